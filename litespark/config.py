@@ -1,0 +1,420 @@
+"""The one typed configuration of a Litespark run.
+
+Everything else (Megatron's ``TransformerConfig``, the DeepSpeed JSON, the Slurm launch) is derived
+from a :class:`LitesparkConfig` by pure functions, so a run is fully described by the resolved config
+that ``--print-config`` shows.  A config is built from a preset, then an optional YAML file, then
+``--set section.field=value`` overrides; unknown keys and impossible combinations are rejected with a
+one-line :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the CLI prints it on one line and exits with code 2."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the Llama-family decoder."""
+
+    num_layers: int = 2
+    """Transformer layers."""
+    hidden_size: int = 64
+    """Model width h."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA groups); equal to num_attention_heads for plain multi-head attention."""
+    ffn_hidden_size: int = 176
+    """Inner width of the SwiGLU MLP (each of gate and up projections)."""
+    vocab_size: int = 512
+    """Tokenizer vocabulary size; the embedding is padded up to a multiple of 128 x TP."""
+    seq_length: int = 64
+    """Training sequence length in tokens."""
+    rotary_base: float = 10000.0
+    """RoPE theta."""
+    norm_epsilon: float = 1e-5
+    """RMSNorm epsilon."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the LM head (Llama-3.2 small models do; Llama-2/3 large do not)."""
+    init_method_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
+    make_vocab_size_divisible_by: int = 128
+    """Padding multiple for the embedding table (times TP), as Megatron-LM does."""
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split over processes."""
+
+    tensor_parallel: int = 1
+    """Tensor-parallel size (Megatron parallel_state); data parallel is world_size / tensor_parallel."""
+    sequence_parallel: bool = False
+    """Shard norms and dropouts along the sequence inside a TP group (needs tensor_parallel > 1)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage: 1 or 2 with any TP; 3 only with tensor_parallel = 1."""
+
+
+@dataclass
+class PrecisionConfig:
+    """Number formats."""
+
+    bf16: bool = True
+    """BF16 compute with fp32 master weights held by the optimizer; false trains in fp32."""
+    fp8: bool = False
+    """FP8 GEMMs through Transformer Engine (Hopper or newer; backend 'te' only)."""
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = "delayed"
+    """TE scaling recipe: delayed (amax history), tensorwise (current scaling), blockwise (1x128 / 128x128)."""
+    fp8_format: Literal["hybrid", "e4m3"] = "hybrid"
+    """hybrid: E4M3 forward, E5M2 gradients; e4m3: E4M3 everywhere."""
+    fp8_amax_history_len: int = 1024
+    """Delayed scaling: amax history window."""
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
+    """Delayed scaling: how the scale is taken from the history."""
+    fp8_margin: int = 0
+    """Delayed scaling: exponent margin for the scale."""
+
+
+@dataclass
+class KernelConfig:
+    """Implementation choices that must not change the function computed (see docs/design.md)."""
+
+    backend: Literal["auto", "te", "torch"] = "auto"
+    """Which modules fill the layer spec's slots: Transformer Engine (CUDA) or the torch reference.
+    'auto' resolves to 'te' when CUDA and Transformer Engine are present, else 'torch'."""
+    fused_mlp: bool = True
+    """TE backend: run RMSNorm + FC1 + SwiGLU + FC2 through TE's operation fuser (TEFusedMLP)."""
+    rope_fusion: bool = True
+    """TE backend: fused RoPE kernel instead of the unfused torch rotation."""
+    fp8_attention: bool = False
+    """TE backend with FP8: run dot-product attention in FP8 too."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_iters: int = 10
+    """Linear warmup steps from 0 to lr."""
+    decay_iters: Optional[int] = None
+    """Steps of cosine decay after warmup; None decays until run.train_iters."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to norms)."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+
+
+@dataclass
+class DataConfig:
+    """Training data and batching."""
+
+    prefixes: list[str] = field(default_factory=list)
+    """Megatron indexed dataset prefixes (PATH without .bin/.idx); empty with source='mock'."""
+    weights: list[float] = field(default_factory=list)
+    """Blend weights, one per prefix; empty means proportional to size."""
+    source: Literal["indexed", "mock"] = "mock"
+    """'indexed' reads the prefixes; 'mock' generates random tokens (benchmarks, tests)."""
+    split: str = "98,2,0"
+    """Train/valid/test split of each prefix, as Megatron's comma-separated weights."""
+    micro_batch_size: int = 2
+    """Sequences per forward/backward on each data-parallel rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all data-parallel ranks (micro x DP x accumulation)."""
+    tokenizer: Optional[str] = None
+    """SentencePiece model path, recorded for checkpoints and export."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving and resuming."""
+
+    save_interval: int = 0
+    """Save every N steps (0: only at the end and on a preemption signal)."""
+    keep_last: int = 2
+    """Complete checkpoints kept on disk."""
+    resume: bool = True
+    """Resume from RUN_DIR/checkpoints/latest when it exists."""
+    load: Optional[str] = None
+    """Initial checkpoint to start from when RUN_DIR has none."""
+
+
+@dataclass
+class RunConfig:
+    """The job itself."""
+
+    train_iters: int = 100
+    """Optimizer steps."""
+    seed: int = 1234
+    """Seed for weights, data order and dropout."""
+    log_interval: int = 10
+    """Steps between metric lines."""
+    eval_interval: int = 0
+    """Steps between validation passes (0: never)."""
+    eval_iters: int = 10
+    """Batches per validation pass."""
+    run_dir: str = "runs/default"
+    """Where checkpoints, metrics.jsonl and the resolved config go."""
+
+
+@dataclass
+class LitesparkConfig:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "custom"
+    """Name of the preset this config started from (informational)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Building from plain data
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a ``--set`` string) to the annotated type ``tp``."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], where)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        (item,) = get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"{where}: unsupported annotation {tp!r}")
+
+
+def _apply_mapping(obj: Any, data: dict, where: str) -> None:
+    """Set the fields of dataclass ``obj`` from ``data``, recursing into nested sections."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of fields, got {type(data).__name__}")
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply_mapping(current, value, path)
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def apply_overrides(cfg: LitesparkConfig, overrides: list[str]) -> LitesparkConfig:
+    """Apply ``section.field=value`` strings, in order, to ``cfg`` (in place) and return it."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        nested: dict = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value.strip()
+        _apply_mapping(cfg, nested, "")
+    return cfg
+
+
+def load_yaml(cfg: LitesparkConfig, path: str | Path) -> LitesparkConfig:
+    """Apply a YAML file of nested sections to ``cfg`` (in place) and return it."""
+    import yaml  # local import: only needed when a file is given
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {p}{at}: not valid YAML") from None
+    _apply_mapping(cfg, data, "")
+    return cfg
+
+
+def to_dict(cfg: LitesparkConfig) -> dict:
+    """Plain nested dict of the config (for printing, YAML and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> LitesparkConfig:
+    """Inverse of :func:`to_dict`, with the same strictness as a YAML file."""
+    cfg = LitesparkConfig()
+    _apply_mapping(cfg, data, "")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> LitesparkConfig:
+    """Reject impossible configurations with a one-line :class:`ConfigError` naming the field.
+
+    ``world_size`` adds the checks that need the process count (TP must divide it, the global batch
+    must be micro x DP x accumulation).
+    """
+    m, par, prec, d, o, r = cfg.model, cfg.parallel, cfg.precision, cfg.data, cfg.optim, cfg.run
+    positive = {
+        "model.num_layers": m.num_layers, "model.hidden_size": m.hidden_size,
+        "model.num_attention_heads": m.num_attention_heads, "model.num_query_groups": m.num_query_groups,
+        "model.ffn_hidden_size": m.ffn_hidden_size, "model.vocab_size": m.vocab_size,
+        "model.seq_length": m.seq_length, "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
+        "parallel.tensor_parallel": par.tensor_parallel, "data.micro_batch_size": d.micro_batch_size,
+        "data.global_batch_size": d.global_batch_size, "run.train_iters": r.train_iters,
+        "run.log_interval": r.log_interval, "checkpoint.keep_last": cfg.checkpoint.keep_last,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    for name, value in {"model.rotary_base": m.rotary_base, "model.norm_epsilon": m.norm_epsilon,
+                        "model.init_method_std": m.init_method_std, "optim.lr": o.lr}.items():
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size ({m.hidden_size}) is not divisible by model.num_attention_heads ({m.num_attention_heads})")
+    if m.num_attention_heads % m.num_query_groups:
+        raise ConfigError(
+            f"model.num_query_groups ({m.num_query_groups}) does not divide model.num_attention_heads ({m.num_attention_heads})")
+    if (m.hidden_size // m.num_attention_heads) % 2:
+        raise ConfigError(f"model head dimension {m.hidden_size // m.num_attention_heads} must be even for RoPE")
+    tp = par.tensor_parallel
+    if m.num_attention_heads % tp:
+        raise ConfigError(
+            f"parallel.tensor_parallel ({tp}) does not divide model.num_attention_heads ({m.num_attention_heads})")
+    if m.num_query_groups % tp:
+        raise ConfigError(
+            f"parallel.tensor_parallel ({tp}) does not divide model.num_query_groups ({m.num_query_groups})")
+    if m.ffn_hidden_size % tp:
+        raise ConfigError(
+            f"parallel.tensor_parallel ({tp}) does not divide model.ffn_hidden_size ({m.ffn_hidden_size})")
+    if par.zero_stage not in (1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage must be 1, 2 or 3, got {par.zero_stage}")
+    if par.zero_stage == 3 and tp > 1:
+        raise ConfigError("parallel.zero_stage=3 needs parallel.tensor_parallel=1 (ZeRO-3 does not shard TP-split weights)")
+    if par.sequence_parallel and tp == 1:
+        raise ConfigError("parallel.sequence_parallel needs parallel.tensor_parallel > 1")
+    if prec.fp8 and cfg.kernels.backend == "torch":
+        raise ConfigError("precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
+    if prec.fp8 and not prec.bf16:
+        raise ConfigError("precision.fp8=true needs precision.bf16=true (non-FP8 ops run in BF16)")
+    if prec.fp8_amax_history_len <= 0:
+        raise ConfigError(f"precision.fp8_amax_history_len must be positive, got {prec.fp8_amax_history_len}")
+    if cfg.kernels.fp8_attention and not prec.fp8:
+        raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
+    if not 0 <= o.min_lr <= o.lr:
+        raise ConfigError(f"optim.min_lr ({o.min_lr}) must lie between 0 and optim.lr ({o.lr})")
+    if o.warmup_iters < 0 or (o.decay_iters is not None and o.decay_iters < 0):
+        raise ConfigError("optim.warmup_iters and optim.decay_iters must not be negative")
+    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+        raise ConfigError(f"optim.beta1/beta2 must lie in [0, 1), got {o.beta1}, {o.beta2}")
+    if o.clip_grad < 0 or o.weight_decay < 0 or o.eps <= 0:
+        raise ConfigError("optim.clip_grad and optim.weight_decay must be >= 0 and optim.eps > 0")
+    if d.global_batch_size % d.micro_batch_size:
+        raise ConfigError(
+            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of data.micro_batch_size ({d.micro_batch_size})")
+    if d.source == "indexed" and not d.prefixes:
+        raise ConfigError("data.prefixes is empty; give dataset prefixes or set data.source=mock")
+    if d.weights and len(d.weights) != len(d.prefixes):
+        raise ConfigError(f"data.weights has {len(d.weights)} entries for {len(d.prefixes)} data.prefixes")
+    if any(w < 0 for w in d.weights) or (d.weights and sum(d.weights) <= 0):
+        raise ConfigError("data.weights must be non-negative and not all zero")
+    split = d.split.split(",")
+    try:
+        split_values = [float(s) for s in split]
+    except ValueError:
+        raise ConfigError(f"data.split {d.split!r} must be comma-separated numbers such as 98,2,0") from None
+    if len(split_values) != 3 or any(s < 0 for s in split_values) or sum(split_values) <= 0:
+        raise ConfigError(f"data.split {d.split!r} must be three non-negative numbers such as 98,2,0")
+    if world_size is not None:
+        if world_size % tp:
+            raise ConfigError(f"parallel.tensor_parallel ({tp}) does not divide the world size ({world_size})")
+        dp = world_size // tp
+        if d.global_batch_size % (d.micro_batch_size * dp):
+            raise ConfigError(
+                f"data.global_batch_size ({d.global_batch_size}) is not a multiple of "
+                f"data.micro_batch_size x data-parallel size ({d.micro_batch_size} x {dp})")
+    return cfg
+
+
+def gradient_accumulation_steps(cfg: LitesparkConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step on each data-parallel rank."""
+    validate(cfg, world_size)
+    dp = world_size // cfg.parallel.tensor_parallel
+    return cfg.data.global_batch_size // (cfg.data.micro_batch_size * dp)
+
+
+def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
+    """Replace kernels.backend='auto' by the backend this host can run (in place)."""
+    if cfg.kernels.backend == "auto":
+        from litespark.layer_spec import te_available  # local: avoids importing torch for config work
+
+        cfg.kernels.backend = "te" if te_available() else "torch"
+    if cfg.precision.fp8 and cfg.kernels.backend != "te":
+        raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+    return cfg

@@ -1,0 +1,1 @@
+"""Conversions between Litespark (Megatron-Core) checkpoints and other formats."""

@@ -1,0 +1,96 @@
+"""Weight mapping between a Litespark model and Hugging Face ``LlamaForCausalLM``.
+
+Pure tensor functions over *unsharded* (TP=1) state dicts; consolidating TP shards and ZeRO
+partitions happens before these are called.  The layouts that differ:
+
+* Megatron fuses Q, K and V into one ``linear_qkv.weight`` grouped by KV head: for each of the
+  ``g`` query groups, the group's ``heads/g`` query heads, then its key head, then its value head.
+* Megatron fuses gate and up projections into ``linear_fc1.weight`` as ``[gate; up]``.
+* RMSNorm weights live inside the fused norm+linear slots (``layer_norm_weight``).
+
+RoPE needs no permutation: Megatron's non-interleaved rotary embedding rotates halves exactly as
+HF's ``rotate_half`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from litespark.config import ModelConfig
+
+
+def _split_qkv(qkv: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d, g = m.hidden_size // m.num_attention_heads, m.num_query_groups
+    per_group = m.num_attention_heads // g
+    grouped = qkv.view(g, (per_group + 2) * d, m.hidden_size)
+    q, k, v = torch.split(grouped, [per_group * d, d, d], dim=1)
+    return (q.reshape(-1, m.hidden_size), k.reshape(-1, m.hidden_size), v.reshape(-1, m.hidden_size))
+
+
+def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: ModelConfig) -> torch.Tensor:
+    d, g = m.hidden_size // m.num_attention_heads, m.num_query_groups
+    per_group = m.num_attention_heads // g
+    grouped = torch.cat([q.view(g, per_group * d, -1), k.view(g, d, -1), v.view(g, d, -1)], dim=1)
+    return grouped.reshape(-1, m.hidden_size)
+
+
+def to_hf_state_dict(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF Llama state dict from a Litespark TP=1 model state dict (vocab padding removed)."""
+    v = m.vocab_size
+    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:v],
+           "model.norm.weight": sd["decoder.final_layernorm.weight"]}
+    # HF lists lm_head.weight even when tied (it is then the embedding tensor itself).
+    out["lm_head.weight"] = out["model.embed_tokens.weight"] if m.tie_embeddings else sd["output_layer.weight"][:v]
+    for i in range(m.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        q, k, vv = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], m)
+        gate, up = torch.chunk(sd[src + "mlp.linear_fc1.weight"], 2, dim=0)
+        out.update({
+            dst + "input_layernorm.weight": sd[src + "self_attention.linear_qkv.layer_norm_weight"],
+            dst + "self_attn.q_proj.weight": q,
+            dst + "self_attn.k_proj.weight": k,
+            dst + "self_attn.v_proj.weight": vv,
+            dst + "self_attn.o_proj.weight": sd[src + "self_attention.linear_proj.weight"],
+            dst + "post_attention_layernorm.weight": sd[src + "mlp.linear_fc1.layer_norm_weight"],
+            dst + "mlp.gate_proj.weight": gate,
+            dst + "mlp.up_proj.weight": up,
+            dst + "mlp.down_proj.weight": sd[src + "mlp.linear_fc2.weight"],
+        })
+    return {k: t.contiguous() for k, t in out.items()}
+
+
+def from_hf_state_dict(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
+    """Litespark TP=1 state dict from an HF Llama state dict; padded vocab rows are zero."""
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = padded_vocab - t.shape[0]
+        return torch.cat([t, t.new_zeros(extra, t.shape[1])]) if extra else t
+
+    out = {"embedding.word_embeddings.weight": pad(hf["model.embed_tokens.weight"]),
+           "decoder.final_layernorm.weight": hf["model.norm.weight"]}
+    if not m.tie_embeddings:
+        out["output_layer.weight"] = pad(hf["lm_head.weight"])
+    for i in range(m.num_layers):
+        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        out.update({
+            dst + "self_attention.linear_qkv.layer_norm_weight": hf[src + "input_layernorm.weight"],
+            dst + "self_attention.linear_qkv.weight": _join_qkv(
+                hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"],
+                hf[src + "self_attn.v_proj.weight"], m),
+            dst + "self_attention.linear_proj.weight": hf[src + "self_attn.o_proj.weight"],
+            dst + "mlp.linear_fc1.layer_norm_weight": hf[src + "post_attention_layernorm.weight"],
+            dst + "mlp.linear_fc1.weight": torch.cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]]),
+            dst + "mlp.linear_fc2.weight": hf[src + "mlp.down_proj.weight"],
+        })
+    return {k: t.contiguous() for k, t in out.items()}
+
+
+def to_hf_config_kwargs(m: ModelConfig) -> dict:
+    """Keyword arguments for ``transformers.LlamaConfig`` describing the same model."""
+    return dict(
+        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_query_groups, max_position_embeddings=m.seq_length,
+        rms_norm_eps=m.norm_epsilon, rope_theta=m.rotary_base, tie_word_embeddings=m.tie_embeddings,
+        hidden_act="silu", attention_bias=False, mlp_bias=False, initializer_range=m.init_method_std,
+    )

@@ -1,0 +1,27 @@
+"""Version-guarded patches that Megatron-Core needs to run the Litespark stack.
+
+One patch per module, each with ``apply()``, a ``TARGET`` naming what it replaces and the
+megatron-core versions it was checked against.  ``apply_all()`` is idempotent.  A patch refuses to
+touch an untested megatron-core release: its target may have moved or been fixed, so a silent
+patch would be wrong either way.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from megatron_patches._guard import PatchError, require_tested_version
+
+PATCHES = ("rope_cpu",)
+
+__all__ = ["PATCHES", "PatchError", "apply_all", "require_tested_version"]
+
+
+def apply_all() -> list[str]:
+    """Apply every patch (each decides whether this host needs it); returns the names applied."""
+    applied = []
+    for name in PATCHES:
+        module = importlib.import_module(f"megatron_patches.{name}")
+        if module.apply():
+            applied.append(name)
+    return applied

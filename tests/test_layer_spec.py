@@ -1,0 +1,47 @@
+"""The Litespark ModuleSpec: same slots for both backends, clear errors, Megatron-LM entry point."""
+
+from __future__ import annotations
+
+import pytest
+from megatron.core.tensor_parallel.layers import RowParallelLinear
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayer
+
+import litespark.layer_spec as layer_spec
+from litespark.layer_spec import get_litespark_layer_spec, te_available
+from litespark.modules import RMSNormColumnParallelLinear, SDPAttention
+
+
+def test_torch_spec_slots():
+    spec = get_litespark_layer_spec("torch")
+    assert isinstance(spec, ModuleSpec) and spec.module is TransformerLayer
+    sub = spec.submodules
+    assert sub.input_layernorm is IdentityOp and sub.pre_mlp_layernorm is IdentityOp  # norms are fused
+    attn = sub.self_attention.submodules
+    assert attn.linear_qkv is RMSNormColumnParallelLinear
+    assert attn.core_attention is SDPAttention
+    assert attn.linear_proj is RowParallelLinear
+    assert sub.mlp.module is MLP
+    assert sub.mlp.submodules.linear_fc1 is RMSNormColumnParallelLinear
+    assert sub.mlp.submodules.linear_fc2 is RowParallelLinear
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown layer-spec backend 'cuda'"):
+        get_litespark_layer_spec("cuda")
+
+
+@pytest.mark.skipif(te_available(), reason="checks the message on hosts without Transformer Engine")
+def test_te_backend_without_te_says_what_to_do():
+    with pytest.raises(RuntimeError, match="needs transformer-engine and a CUDA device"):
+        get_litespark_layer_spec("te")
+
+
+def test_megatron_lm_spec_attribute_is_lazy():
+    # `pretrain_gpt.py --spec litespark.layer_spec litespark_torch_layer_spec` does getattr(module, name).
+    spec = getattr(layer_spec, "litespark_torch_layer_spec")
+    assert spec.submodules.self_attention.submodules.core_attention is SDPAttention
+    with pytest.raises(AttributeError):
+        getattr(layer_spec, "no_such_spec")
