@@ -90,8 +90,10 @@ class KernelConfig:
     backend: Literal["auto", "te", "torch"] = "auto"
     """Which modules fill the layer spec's slots: Transformer Engine (CUDA) or the torch reference.
     'auto' resolves to 'te' when CUDA and Transformer Engine are present, else 'torch'."""
-    fused_mlp: bool = True
-    """TE backend: run RMSNorm + FC1 + SwiGLU + FC2 through TE's operation fuser (TEFusedMLP)."""
+    fused_mlp: bool = False
+    """TE backend: run RMSNorm + FC1 + SwiGLU + FC2 through TE's operation fuser (Megatron's
+    TEFusedMLP).  BF16 or tensorwise FP8 only: with TE 2.10 / mcore 0.16.1 the delayed recipe gave
+    NaN FC1 gradients on an H100 and the blockwise recipe is not implemented by the fuser."""
     rope_fusion: bool = True
     """TE backend: fused RoPE kernel instead of the unfused torch rotation."""
     fp8_attention: bool = False
@@ -365,6 +367,10 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         raise ConfigError("precision.fp8=true needs precision.bf16=true (non-FP8 ops run in BF16)")
     if prec.fp8_amax_history_len <= 0:
         raise ConfigError(f"precision.fp8_amax_history_len must be positive, got {prec.fp8_amax_history_len}")
+    if cfg.kernels.fused_mlp and prec.fp8 and prec.fp8_recipe != "tensorwise":
+        raise ConfigError(
+            f"kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not {prec.fp8_recipe} "
+            "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
     if cfg.kernels.fp8_attention and not prec.fp8:
         raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
     if not 0 <= o.min_lr <= o.lr:

@@ -79,6 +79,8 @@ def test_bad_overrides_name_the_field(override, message):
     (["data.global_batch_size=6", "data.micro_batch_size=4"], "data.global_batch_size (6) is not a multiple of data.micro_batch_size (4)"),
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor_parallel > 1"),
     (["precision.fp8=true"], "precision.fp8=true needs kernels.backend 'te'"),
+    (["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
+     "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed"),
     (["optim.min_lr=1"], "optim.min_lr (1.0) must lie between 0 and optim.lr"),
     (["data.source=indexed"], "data.prefixes is empty"),
     (["data.prefixes=a,b", "data.weights=1"], "data.weights has 1 entries for 2 data.prefixes"),

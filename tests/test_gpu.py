@@ -79,11 +79,13 @@ def test_te_bf16_matches_torch_backend(dist_world_1, fused_mlp):
     assert rel < 2e-2, f"TE vs torch backend relative logit difference {rel:.3e}"
 
 
-@pytest.mark.parametrize("recipe", ["delayed", "tensorwise", "blockwise"])
-def test_fp8_forward_backward(dist_world_1, recipe):
+@pytest.mark.parametrize("recipe, fused_mlp", [
+    ("delayed", False), ("tensorwise", False), ("blockwise", False), ("tensorwise", True)])
+def test_fp8_forward_backward(dist_world_1, recipe, fused_mlp):
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
-    cfg, model = _build("te", "precision.fp8=true", f"precision.fp8_recipe={recipe}")
+    cfg, model = _build("te", "precision.fp8=true", f"precision.fp8_recipe={recipe}",
+                        f"kernels.fused_mlp={str(fused_mlp).lower()}")
     inputs, labels = _batch(cfg)
     losses = []
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
