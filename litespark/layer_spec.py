@@ -82,14 +82,14 @@ def _torch_slots() -> tuple[type, type, type, type, type, type]:
             RMSNormColumnParallelLinear, RowParallelLinear)
 
 
-def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = True) -> ModuleSpec:
+def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False) -> ModuleSpec:
     """The Litespark ``ModuleSpec`` for one ``TransformerLayer``.
 
     Args:
         backend: ``"te"`` (Transformer Engine, CUDA, FP8-capable) or ``"torch"`` (runs anywhere).
         fused_mlp: with ``"te"``, run the MLP through TE's operation fuser (``TEFusedMLP``), which
             fuses RMSNorm + FC1, SwiGLU with its FP8 cast, and FC2; same parameters as ``MLP``.
-            Ignored by the torch backend.
+            BF16 or tensorwise FP8 only (see ``KernelConfig.fused_mlp``).  Ignored by the torch backend.
     """
     if backend == "te":
         qkv, core_attention, proj, mlp, fc1, fc2 = _te_slots(fused_mlp)

@@ -43,10 +43,14 @@ def test_te_spec_slots():
 
     from litespark.layer_spec import get_litespark_layer_spec
 
+    from megatron.core.transformer.mlp import MLP
+
     sub = get_litespark_layer_spec("te").submodules
     attn = sub.self_attention.submodules
     assert attn.linear_qkv is TELayerNormColumnParallelLinear and attn.core_attention is TEDotProductAttention
-    assert attn.linear_proj is TERowParallelLinear and sub.mlp.module is TEFusedMLP
+    assert attn.linear_proj is TERowParallelLinear and sub.mlp.module is MLP
+    assert sub.mlp.submodules.linear_fc1 is TELayerNormColumnParallelLinear
+    assert get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp.module is TEFusedMLP
 
 
 def test_te_and_torch_backends_share_parameter_names(dist_world_1):
