@@ -361,6 +361,8 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         raise ConfigError("parallel.zero_stage=3 needs parallel.tensor_parallel=1 (ZeRO-3 does not shard TP-split weights)")
     if par.sequence_parallel and tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tensor_parallel > 1")
+    if par.sequence_parallel and cfg.kernels.backend == "torch":
+        raise ConfigError("parallel.sequence_parallel needs kernels.backend 'te' (TE norms and reduce-scatter)")
     if prec.fp8 and cfg.kernels.backend == "torch":
         raise ConfigError("precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
     if prec.fp8 and not prec.bf16:
@@ -421,6 +423,9 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
         from litespark.layer_spec import te_available  # local: avoids importing torch for config work
 
         cfg.kernels.backend = "te" if te_available() else "torch"
-    if cfg.precision.fp8 and cfg.kernels.backend != "te":
-        raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+    if cfg.kernels.backend != "te":
+        if cfg.precision.fp8:
+            raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+        if cfg.parallel.sequence_parallel:
+            raise ConfigError("parallel.sequence_parallel=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
     return cfg

@@ -21,7 +21,7 @@ Use it in your own Megatron code::
     from litespark.layer_spec import get_litespark_layer_spec
     model = GPTModel(config=..., transformer_layer_spec=get_litespark_layer_spec("te"), ...)
 
-or with Megatron-LM: ``pretrain_gpt.py --spec litespark.layer_spec litespark_te_layer_spec``.
+or with Megatron-LM: ``pretrain_gpt.py --spec litespark.megatron_lm_spec te_layer_spec`` (docs/layer_spec.md).
 """
 
 from __future__ import annotations
@@ -130,12 +130,3 @@ def get_final_norm_spec(backend: Backend = "te") -> type:
 
     return WrappedTorchNorm
 
-
-def __getattr__(name: str) -> ModuleSpec:
-    # Megatron-LM's `--spec MODULE NAME` takes a module attribute as the spec itself; build it on
-    # first access so that importing this module has no side effects and needs no GPU.
-    if name == "litespark_te_layer_spec":
-        return get_litespark_layer_spec("te")
-    if name == "litespark_torch_layer_spec":
-        return get_litespark_layer_spec("torch")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

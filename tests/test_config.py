@@ -79,6 +79,7 @@ def test_bad_overrides_name_the_field(override, message):
     (["data.global_batch_size=6", "data.micro_batch_size=4"], "data.global_batch_size (6) is not a multiple of data.micro_batch_size (4)"),
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor_parallel > 1"),
     (["precision.fp8=true"], "precision.fp8=true needs kernels.backend 'te'"),
+    (["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"], "parallel.sequence_parallel needs kernels.backend 'te'"),
     (["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
      "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed"),
     (["optim.min_lr=1"], "optim.min_lr (1.0) must lie between 0 and optim.lr"),
@@ -151,3 +152,20 @@ def test_cli_print_config_llama_3b():
     assert "hidden_size: 3072" in proc.stdout
     assert "parameters: 2,917,051,392 (2.92 B)" in proc.stdout
     assert "backend: te" in proc.stdout  # what a GPU host runs, even when printed on CPU
+
+
+def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
+    import litespark.layer_spec
+
+    from litespark.config import resolve_backend
+
+    monkeypatch.setattr(litespark.layer_spec, "te_available", lambda: False)
+    cfg = get_preset("llama-3b")  # fp8 with backend auto
+    with pytest.raises(ConfigError, match="precision.fp8=true needs Transformer Engine on a CUDA host"):
+        resolve_backend(cfg)
+    cfg = apply_overrides(get_preset("llama-3b"), ["precision.fp8=false", "parallel.tensor_parallel=2",
+                                                   "parallel.sequence_parallel=true"])
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel=true needs Transformer Engine"):
+        resolve_backend(cfg)
+    monkeypatch.setattr(litespark.layer_spec, "te_available", lambda: True)
+    assert resolve_backend(get_preset("llama-3b")).kernels.backend == "te"

@@ -53,6 +53,16 @@ def test_te_spec_slots():
     assert get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp.module is TEFusedMLP
 
 
+def test_megatron_lm_spec_entry_point():
+    # What Megatron-LM's `--spec litespark.megatron_lm_spec te_layer_spec` resolves (vars(module)[name]).
+    from megatron.core.transformer.spec_utils import import_module
+
+    from litespark.layer_spec import get_litespark_layer_spec
+
+    spec = import_module(("litespark.megatron_lm_spec", "te_layer_spec"))
+    assert spec == get_litespark_layer_spec("te")
+
+
 def test_te_and_torch_backends_share_parameter_names(dist_world_1):
     _, te_model = _build("te")
     from litespark.distributed import destroy_distributed
