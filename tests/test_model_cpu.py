@@ -79,7 +79,7 @@ def test_logits_equal_hf_llama(dist_world_1, shape):
     # Norm weights start at one; perturb them so a swapped norm could not hide.
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "layernorm" in name:
+            if "norm" in name:  # layer_norm_weight (fused slots) and final_layernorm
                 p.add_(0.1 * torch.randn_like(p))
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**to_hf_config_kwargs(cfg.model))).eval()
