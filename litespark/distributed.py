@@ -16,17 +16,58 @@ import torch
 from megatron.core import parallel_state
 
 
-def init_distributed(tensor_parallel: int, seed: int, timeout_minutes: int = 30) -> None:
-    """Initialise torch.distributed from the launcher's environment and Megatron's TP groups.
+def launcher_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT for this process.
 
-    Reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (torchrun); a single process
-    without them runs as world size 1 on a free local port.
+    torchrun's variables win; under ``srun`` they come from SLURM_PROCID / SLURM_NTASKS /
+    SLURM_LOCALID, with the first host of the allocation as master and a port derived from the job
+    id (so concurrent jobs on one node do not collide); a bare single process gets world size 1.
     """
+    env = dict(os.environ if environ is None else environ)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        env.setdefault("LOCAL_RANK", "0")
+    elif "SLURM_PROCID" in env:
+        env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env.get("SLURM_NTASKS", "1")
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in env:
+            nodes = expand_nodelist(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "")))
+            env["MASTER_ADDR"] = nodes[0] if nodes else "127.0.0.1"
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 40000))
+    else:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k in env}
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Expand a Slurm hostlist such as ``gpu[01-03,07],login1`` into host names, in order."""
+    hosts, i, n = [], 0, len(nodelist)
+    while i < n:
+        j = i
+        while j < n and nodelist[j] not in ",[":
+            j += 1
+        prefix = nodelist[i:j]
+        if j < n and nodelist[j] == "[":
+            close = nodelist.index("]", j)
+            for part in nodelist[j + 1:close].split(","):
+                lo, _, hi = part.partition("-")
+                if hi:
+                    hosts += [f"{prefix}{k:0{len(lo)}d}" for k in range(int(lo), int(hi) + 1)]
+                else:
+                    hosts.append(prefix + lo)
+            j = close + 1
+        elif prefix:
+            hosts.append(prefix)
+        i = j + 1 if j < n and nodelist[j] == "," else j
+    return hosts
+
+
+def init_distributed(tensor_parallel: int, seed: int, timeout_minutes: int = 30) -> None:
+    """Initialise torch.distributed from the launcher's environment and Megatron's TP groups."""
     if not torch.distributed.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(launcher_env())
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

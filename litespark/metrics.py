@@ -10,6 +10,7 @@ also for FP8 runs, so FP8 and BF16 runs are compared on one scale.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from litespark.config import ModelConfig
@@ -93,3 +94,79 @@ def peak_bf16_tflops(device_name: str) -> float | None:
 def mfu(tokens_per_second_per_device: float, m: ModelConfig, peak_tflops: float) -> float:
     """Model FLOPs utilisation (0..1) of one device against its dense BF16 peak."""
     return tokens_per_second_per_device * flops_per_token(m) / (peak_tflops * 1e12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Energy: NVML's total-energy counter
+
+
+class EnergyMeter:
+    """Reads this process's GPU energy counter (``nvmlDeviceGetTotalEnergyConsumption``, mJ).
+
+    ``available`` is False without NVML or a GPU: the energy fields are then absent, never zero.
+    """
+
+    def __init__(self, device_index: int | None = None):
+        self.available, self._handle, self._last = False, None, None
+        try:
+            import pynvml
+            import torch
+
+            if not torch.cuda.is_available():
+                return
+            pynvml.nvmlInit()
+            index = torch.cuda.current_device() if device_index is None else device_index
+            self._handle = _nvml_handle(pynvml, index)
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)  # probe: not every GPU has it
+            self._pynvml, self.available = pynvml, True
+        except Exception:  # noqa: BLE001 - NVML missing, no permission, unsupported device
+            self.available = False
+
+    def read_mj(self) -> int | None:
+        """The counter now, in millijoules, or None when unavailable."""
+        if not self.available:
+            return None
+        return int(self._pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+
+    def interval_joules(self) -> float | None:
+        """Joules since the previous call (None on the first call, without NVML, or on a counter reset)."""
+        now = self.read_mj()
+        previous, self._last = self._last, now
+        return energy_delta_joules(previous, now)
+
+
+def energy_delta_joules(previous_mj: int | None, now_mj: int | None) -> float | None:
+    """Energy between two counter readings; None when either is missing or the counter went back
+    (driver reload), so a bad interval is reported as unknown rather than as a huge or negative value."""
+    if previous_mj is None or now_mj is None or now_mj < previous_mj:
+        return None
+    return (now_mj - previous_mj) / 1000.0
+
+
+def _nvml_handle(pynvml, torch_index: int):
+    """NVML handle of torch's device ``torch_index`` (matched by PCI bus, so CUDA_VISIBLE_DEVICES is honoured)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(torch_index)
+    bus = f"{getattr(props, 'pci_domain_id', 0):08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+    try:
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus)
+    except Exception:  # noqa: BLE001 - fall back to the visible-devices mapping
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        physical = int(visible.split(",")[torch_index]) if visible and visible.split(",")[0].isdigit() else torch_index
+        return pynvml.nvmlDeviceGetHandleByIndex(physical)
+
+
+def interval_metrics(*, tokens: int, seconds: float, world_size: int, m: ModelConfig, peak_tflops: float | None,
+                     energy_joules_all_gpus: float | None, gpus_reporting: int) -> dict:
+    """Throughput and energy of one logging interval, per device and in all (see module docstring)."""
+    per_device = tokens / seconds / world_size
+    out = {"tokens_per_s_per_gpu": per_device,
+           "tflops_per_gpu": per_device * flops_per_token(m) / 1e12}
+    if peak_tflops:
+        out["mfu"] = mfu(per_device, m, peak_tflops)
+    if energy_joules_all_gpus is not None and gpus_reporting == world_size:
+        out["energy_j"] = energy_joules_all_gpus
+        out["joules_per_token"] = energy_joules_all_gpus / tokens
+        out["power_w_per_gpu"] = energy_joules_all_gpus / seconds / world_size
+    return out

@@ -1,9 +1,12 @@
 """``python -m litespark.train``: the Litespark entry point.
 
+    python -m litespark.train --preset tiny                                # train (CPU: torch backend)
+    torchrun --nproc-per-node 8 -m litespark.train --preset llama-3b --data mock --train-iters 30
     python -m litespark.train --preset llama-3b --print-config
     python -m litespark.train --preset tiny --smoke          # one forward/backward, checks finiteness
 
-Config errors print one line and exit with code 2.
+Config and data errors print one line and exit with code 2; a run stopped by SIGTERM/SIGUSR1 saves a
+checkpoint and exits with 75, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -75,8 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--smoke", action="store_true", help="one forward/backward on random tokens, then exit")
+    parser.add_argument("--data", metavar="mock|PREFIX[,PREFIX...]",
+                        help="shortcut: 'mock' for synthetic tokens, else indexed dataset prefixes")
+    parser.add_argument("--train-iters", type=int, help="shortcut for --set run.train_iters=N")
+    parser.add_argument("--run-dir", help="shortcut for --set run.run_dir=DIR")
     args = parser.parse_args(argv)
-    cfg = load_config(args)
+    shortcuts = []
+    if args.data:
+        shortcuts += ["data.source=mock"] if args.data == "mock" else ["data.source=indexed", f"data.prefixes={args.data}"]
+    if args.train_iters is not None:
+        shortcuts.append(f"run.train_iters={args.train_iters}")
+    if args.run_dir:
+        shortcuts.append(f"run.run_dir={args.run_dir}")
+    cfg = load_config(args, extra_overrides=shortcuts)
     if args.print_config:
         try:
             resolve_backend(cfg)
@@ -92,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump({"smoke": result}, sort_keys=False).rstrip())
         ok = math.isfinite(result["loss"]) and not result["params_without_grad"] and not result["params_with_nonfinite_grad"]
         return 0 if ok else 1
-    raise ConfigError("the training loop is not part of this build yet; use --print-config or --smoke")
+    from litespark.trainer import run
+
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,33 @@ def torchrun(script: str, nproc: int, *args: str, timeout: int = 300) -> subproc
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def train_cmd(nproc: int, *args: str) -> list[str]:
+    """The command that trains with ``nproc`` local processes (plain python for one)."""
+    if nproc == 1:
+        return [sys.executable, "-m", "litespark.train", *args]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}", "-m", "litespark.train", *args]
+
+
+def train_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+def run_training(run_dir, *sets: str, nproc: int = 1, preset: str = "tiny", timeout: int = 600,
+                 expect: int = 0) -> subprocess.CompletedProcess:
+    """Train into ``run_dir`` with ``--set`` overrides; asserts the exit code, returns the process."""
+    args = ["--preset", preset, "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(train_cmd(nproc, *args), cwd=ROOT, env=train_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != expect:
+        raise AssertionError(f"training exited {proc.returncode}, expected {expect}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_metrics(run_dir, split: str = "train") -> list[dict]:
+    import json
+
+    path = Path(run_dir) / "metrics.jsonl"
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == split]

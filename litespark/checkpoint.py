@@ -1,0 +1,173 @@
+"""Atomic DeepSpeed checkpoints with a ``latest`` pointer and fallback past a bad one.
+
+Layout under ``RUN_DIR/checkpoints``::
+
+    step_00000100/        DeepSpeed model/optimizer/scheduler files, rng_rank<R>.pt, litespark.json
+    latest                the name of the newest complete checkpoint
+
+A save writes into ``.incomplete-step_N`` (every rank), then rank 0 writes ``litespark.json`` (the
+manifest: step, consumed samples, every file with its size), renames the directory to ``step_N`` and
+rewrites ``latest`` through a temporary file.  Nothing existing is touched before the new checkpoint
+is complete, so a crash mid-save leaves the previous checkpoint intact.  On resume a checkpoint whose
+manifest is missing or whose files are missing or of the wrong size, or that fails to load, is
+reported on one line and the next older one is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from litespark.log import get_logger
+
+MANIFEST = "litespark.json"
+LATEST = "latest"
+_PREFIX, _INCOMPLETE = "step_", ".incomplete-"
+
+log = get_logger(__name__)
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def tag_for(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["megatron_cuda_tracker"] = get_cuda_rng_tracker().get_states()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and "cuda" in state:
+        from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+        torch.cuda.set_rng_state_all(state["cuda"])
+        get_cuda_rng_tracker().set_states(state["megatron_cuda_tracker"])
+
+
+def save_checkpoint(engine, run_dir: str | Path, step: int, client_state: dict, keep_last: int) -> Path:
+    """Save a complete checkpoint of ``engine`` after optimizer step ``step`` (all ranks call this)."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tag = tag_for(step)
+    tmp_tag = _INCOMPLETE + tag
+    rank = dist.get_rank()
+    if rank == 0 and (root / tmp_tag).exists():
+        shutil.rmtree(root / tmp_tag)  # leftover of a save that crashed
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=tmp_tag, client_state=client_state, save_latest=False)
+    rng_path = root / tmp_tag / f"rng_rank{rank}.pt"
+    torch.save(_rng_state(), rng_path.with_suffix(".tmp"))
+    os.replace(rng_path.with_suffix(".tmp"), rng_path)
+    dist.barrier()
+    final = root / tag
+    if rank == 0:
+        files = {p.name: p.stat().st_size for p in sorted((root / tmp_tag).iterdir()) if p.is_file()}
+        manifest = {"step": step, "world_size": dist.get_world_size(), "files": files,
+                    **{k: v for k, v in client_state.items() if k != "config"}}
+        atomic_write_text(root / tmp_tag / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        if final.exists():  # re-saving a step (e.g. after a resume): replace only once complete
+            stale = root / (_INCOMPLETE + "old-" + tag)
+            os.replace(final, stale)
+            os.replace(root / tmp_tag, final)
+            shutil.rmtree(stale)
+        else:
+            os.replace(root / tmp_tag, final)
+        atomic_write_text(root / LATEST, tag + "\n")
+        _prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    complete = sorted(p for p in root.glob(_PREFIX + "*") if (p / MANIFEST).is_file())
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def validate_checkpoint(path: Path) -> Optional[str]:
+    """None when ``path`` is a complete checkpoint, else the reason it is not."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return "no manifest (incomplete save)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError):
+        return "unreadable manifest"
+    for name, size in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, manifest says {size}"
+    return None
+
+
+def candidates(run_dir: str | Path) -> list[Path]:
+    """Checkpoints to try, best first: the ``latest`` pointer, then every step directory, newest first."""
+    root = checkpoint_dir(run_dir)
+    found = sorted(root.glob(_PREFIX + "*"), reverse=True)
+    pointer = root / LATEST
+    if pointer.is_file():
+        named = root / pointer.read_text().strip()
+        found = [named] + [p for p in found if p != named]
+    return found
+
+
+def load_latest_checkpoint(engine, run_dir: str | Path) -> Optional[dict]:
+    """Load the newest usable checkpoint into ``engine``; returns its client state, or None if none.
+
+    All ranks call this and agree on the checkpoint (a failure on any rank moves everyone on).
+    """
+    for path in candidates(run_dir):
+        reason = validate_checkpoint(path)
+        ok = torch.tensor([0 if reason else 1], dtype=torch.int32)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() == 0:
+            log.warning("checkpoint %s unusable (%s); trying an older one", path.name, reason or "bad on another rank")
+            continue
+        try:
+            load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+            error = None if load_path is not None else "DeepSpeed found nothing to load"
+        except Exception as exc:  # noqa: BLE001 - a corrupt file can raise anything from torch.load
+            client_state, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        ok = torch.tensor([0 if error else 1], dtype=torch.int32)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item() == 0:
+            log.warning("checkpoint %s failed to load (%s); trying an older one", path.name, error or "on another rank")
+            continue
+        rng = path / f"rng_rank{dist.get_rank()}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        log.info("resumed from %s (step %d)", path, client_state["step"])
+        return client_state
+    return None

@@ -1,0 +1,55 @@
+"""``build_engine``: DeepSpeed ZeRO over the Litespark GPTModel.
+
+The DeepSpeed config is ``to_deepspeed_config(cfg, world_size)`` passed as a dict; ZeRO shards and
+reduces over Megatron's data-parallel group through :class:`litespark.mpu.MegatronMPU`.  Weights are
+bf16 (or fp32) in the module, DeepSpeed keeps fp32 master weights in the optimizer.  FP8 needs no
+engine support: Megatron's ``TransformerBlock`` enters TE's ``fp8_autocast`` itself, with the amax
+reduction group of the TP group (``parallel_state.get_amax_reduction_group``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from litespark.config import LitesparkConfig
+from litespark.deepspeed_config import to_deepspeed_config
+from litespark.mpu import MegatronMPU
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices, no decay for 1-D parameters (norm weights, biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def init_deepspeed_comm() -> None:
+    """Let DeepSpeed adopt the existing torch.distributed group (NCCL on GPU, gloo on CPU)."""
+    import deepspeed
+    import deepspeed.ops
+
+    if not torch.cuda.is_available():
+        # deepspeed 0.19: its CPU accelerator JIT-builds a shared-memory all-reduce (g++, ninja,
+        # ~30 s per fresh host) on first use; gloo already does the reduction, so mark it unavailable.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
+    """Wrap ``model`` in a DeepSpeed engine; returns ``(engine, optimizer, lr_scheduler)``."""
+    import deepspeed
+
+    init_deepspeed_comm()
+    if torch.cuda.is_available():
+        model = model.cuda()
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups(model, cfg.optim.weight_decay),
+        config=to_deepspeed_config(cfg, world_size),
+        mpu=MegatronMPU(),
+        dist_init_required=False,
+    )
+    return engine, optimizer, scheduler
