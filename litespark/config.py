@@ -150,6 +150,8 @@ class DataConfig:
 class CheckpointConfig:
     """Saving and resuming."""
 
+    enabled: bool = True
+    """False never saves (benchmarks); resume still loads an existing checkpoint when resume=true."""
     save_interval: int = 0
     """Save every N steps (0: only at the end and on a preemption signal)."""
     keep_last: int = 2

@@ -195,6 +195,8 @@ def train(cfg: LitesparkConfig) -> int:
 
     def save(step: int, reason: str) -> None:
         nonlocal last_saved
+        if not cfg.checkpoint.enabled:
+            return
         t = time.perf_counter()
         client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
         path = save_checkpoint(engine, run_dir, step, client, cfg.checkpoint.keep_last)
