@@ -50,7 +50,7 @@ def llama_30b() -> LitesparkConfig:
     m.ffn_hidden_size, m.vocab_size, m.seq_length = 17920, 32000, 4096
     m.rotary_base, m.norm_epsilon = 10000.0, 1e-6
     cfg.precision.fp8 = True
-    cfg.parallel.tensor_parallel, cfg.parallel.sequence_parallel, cfg.parallel.zero_stage = 4, True, 1
+    cfg.parallel.tensor_parallel, cfg.parallel.zero_stage = 4, 1  # sequence parallel: not yet in the trainer
     cfg.data.micro_batch_size, cfg.data.global_batch_size = 1, 256
     cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_iters = 1.5e-4, 1.5e-5, 2000
     cfg.run.train_iters, cfg.run.log_interval = 100000, 10

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from litespark.checkpoint import atomic_write_text, load_latest_checkpoint, save_checkpoint
-from litespark.config import LitesparkConfig, to_dict, validate
+from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
 from litespark.log import get_logger, setup_logging
 from litespark.metrics import EnergyMeter, count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
 
@@ -144,6 +144,11 @@ def train(cfg: LitesparkConfig) -> int:
     from litespark.engine import build_engine
     from litespark.model import build_model
 
+    if cfg.parallel.sequence_parallel:
+        # Megatron's optimizer all-reduces sequence-parallel norm-weight gradients over the TP group;
+        # DeepSpeed does not, and training would silently diverge across TP ranks.
+        raise ConfigError("parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
+                          "(norm-weight gradients would not be reduced over the TP group)")
     init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
     setup_logging()
     world, rank = dist.get_world_size(), dist.get_rank()

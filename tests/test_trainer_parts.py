@@ -109,3 +109,13 @@ def test_training_on_blended_indexed_data_and_bad_data_exit_2(tmp_path):
                        expect=2)
     errors = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "nope.bin does not exist" in errors[0]
+
+
+def test_sequence_parallel_is_refused_by_the_trainer(tmp_path):
+    from litespark.config import resolve_backend
+    from litespark.trainer import train
+
+    cfg = apply_overrides(get_preset("tiny"), ["parallel.tensor_parallel=2"])
+    cfg.parallel.sequence_parallel = True  # as a TE host would allow
+    with pytest.raises(ConfigError, match="parallel.sequence_parallel is not supported by the DeepSpeed trainer"):
+        train(cfg)
