@@ -18,9 +18,27 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
-	$(PY) -m litespark.train --preset tiny --print-config
-	$(PY) -m litespark.train --preset tiny --smoke
+DATA := data
+DEMO_RUN := runs/demo
+TRAIN := OMP_NUM_THREADS=1 $(PY) -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port 29533 \
+	-m litespark.train --preset tiny --data $(DATA)/sample_train --run-dir $(DEMO_RUN) \
+	--set data.tokenizer=$(DATA)/tokenizer.model --set data.split=95,5,0 --set optim.decay_iters=290 \
+	--set run.log_interval=25 --set run.eval_interval=100 --set run.eval_iters=4 --set checkpoint.save_interval=100
+
+# Sample corpus -> tokenizer -> indexed dataset (kept when present), then tiny on 2 CPU processes
+# (DP=2, ZeRO-1): 150 steps, then the same job to 300 steps, which resumes from the checkpoint.
+demo: venv $(DATA)/sample_train.idx
+	rm -rf $(DEMO_RUN)
+	$(TRAIN) --train-iters 150
+	$(TRAIN) --train-iters 300
+	@echo "demo run: $(DEMO_RUN) (metrics.jsonl, tensorboard/, checkpoints/)"
+
+$(DATA)/tokenizer.model:
+	$(PY) data_prep/make_sample.py --out $(DATA)/sample
+	$(PY) data_prep/train_tokenizer.py --input $(DATA)/sample/train --vocab-size 512 --out $@
+
+$(DATA)/sample_train.idx: $(DATA)/tokenizer.model
+	$(PY) data_prep/tokenize_slimpajama.py --input $(DATA)/sample/train --tokenizer $< --output-prefix $(DATA)/sample_train
 
 test: venv
 	$(PY) -m pytest -q -rs

@@ -35,7 +35,8 @@ def load_config(args: argparse.Namespace, extra_overrides: list[str] | None = No
 def quiet_optional_dependency_warnings() -> None:
     """Megatron warns at import about Apex/TE being absent; on CPU hosts that is expected."""
     for pattern in (".*Transformer Engine and Apex are not installed.*", ".*Apex is not installed.*",
-                    ".*full scope is deprecated.*"):
+                    ".*full scope is deprecated.*", r".*barrier\(\): using the device under current context.*",
+                    r".*all_gather_into_tensor. is deprecated.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 

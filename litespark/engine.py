@@ -27,6 +27,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def init_deepspeed_comm() -> None:
     """Let DeepSpeed adopt the existing torch.distributed group (NCCL on GPU, gloo on CPU)."""
+    import os
+
+    # Name the accelerator instead of letting DeepSpeed probe for one (and warn on CPU hosts).
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import deepspeed
     import deepspeed.ops
 

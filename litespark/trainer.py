@@ -13,6 +13,7 @@ import platform
 import resource
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def _versions() -> dict:
     except (OSError, subprocess.SubprocessError):
         out["git_revision"] = None
     return out
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.3f} M"
 
 
 def _peak_memory_gib() -> dict:
@@ -138,6 +143,7 @@ def train(cfg: LitesparkConfig) -> int:
     """Run (or resume) the training job described by ``cfg``; returns the process exit code."""
     from megatron.core import parallel_state as ps
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from litespark.data import build_datasets, iterate_micro_batches
     from litespark.distributed import init_distributed
@@ -162,8 +168,8 @@ def train(cfg: LitesparkConfig) -> int:
                                                                     "tensor_parallel": cfg.parallel.tensor_parallel,
                                                                     "data_parallel": dp_size}, indent=1))
     n = count_parameters(cfg.model)
-    log.info("llama %d x %d, %.3f B parameters (no input embedding), %.2f GFLOP/token; world %d = TP %d x DP %d, ZeRO-%d, %s%s",
-             cfg.model.num_layers, cfg.model.hidden_size, n.without_input_embedding / 1e9, flops_per_token(cfg.model) / 1e9,
+    log.info("llama %d x %d, %s parameters (no input embedding), %.3g GFLOP/token; world %d = TP %d x DP %d, ZeRO-%d, %s%s",
+             cfg.model.num_layers, cfg.model.hidden_size, _human(n.without_input_embedding), flops_per_token(cfg.model) / 1e9,
              world, cfg.parallel.tensor_parallel, dp_size, cfg.parallel.zero_stage, cfg.kernels.backend,
              f", FP8 {cfg.precision.fp8_recipe}" if cfg.precision.fp8 else (", BF16" if cfg.precision.bf16 else ", FP32"))
 
@@ -193,8 +199,9 @@ def train(cfg: LitesparkConfig) -> int:
     peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     sink = MetricsSink(run_dir, enabled=rank == 0)
     tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_length
-    progress = tqdm(total=cfg.run.train_iters, initial=start_step, disable=rank != 0, unit="step",
-                    dynamic_ncols=True, mininterval=2.0)
+    # A live bar on a terminal; in logs (batch jobs, CI) the interval lines already say where we are.
+    progress = tqdm(total=cfg.run.train_iters, initial=start_step, disable=rank != 0 or not sys.stderr.isatty(),
+                    unit="step", dynamic_ncols=True, mininterval=2.0)
     interval_start, interval_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
     last_saved, step_done = None, start_step
 
@@ -208,61 +215,64 @@ def train(cfg: LitesparkConfig) -> int:
         last_saved = step
         log.info("saved checkpoint %s (%s, %.1f s)", path, reason, time.perf_counter() - t)
 
-    for step, micro_batches in iterate_micro_batches(datasets.train, cfg, dp_size, dp_rank, start_step, device):
-        for batch in micro_batches:
-            loss = _forward_loss(engine, batch)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.detach() / len(micro_batches)
-        step_done, interval_steps = step + 1, interval_steps + 1
-        progress.update(1)
-        if step_done % cfg.run.log_interval == 0 or step_done == cfg.run.train_iters:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - interval_start
-            joules = energy.interval_joules()
-            reported = torch.tensor([joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64, device=device)
-            dist.all_reduce(reported)
-            grad_norm = engine.get_global_grad_norm()
-            record = {
-                "step": step_done, "split": "train", "loss": _dp_mean(loss_sum / interval_steps),
-                "lr": float(scheduler.get_last_lr()[0]),
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "seconds": seconds, "tokens": interval_steps * tokens_per_step,
-                "consumed_samples": step_done * cfg.data.global_batch_size,
-                **interval_metrics(tokens=interval_steps * tokens_per_step, seconds=seconds, world_size=world,
-                                   m=cfg.model, peak_tflops=peak, energy_joules_all_gpus=float(reported[0]),
-                                   gpus_reporting=int(reported[1])),
-                **_peak_memory_gib(),
-            }
-            sink.write(record)
-            if rank == 0:
-                progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-                log.info("step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.1f TFLOP/s/gpu%s%s",
-                         step_done, cfg.run.train_iters, record["loss"], record["lr"],
-                         f"{record['grad_norm']:.3f}" if record["grad_norm"] is not None else "-",
-                         record["tokens_per_s_per_gpu"], record["tflops_per_gpu"],
-                         f" MFU {100 * record['mfu']:.1f}% (of BF16 peak)" if "mfu" in record else "",
-                         f" {record['power_w_per_gpu']:.0f} W/gpu {record['joules_per_token']:.4f} J/token" if "energy_j" in record else "")
-            if not math.isfinite(record["loss"]):
-                log.error("loss is %s at step %d; stopping", record["loss"], step_done)
-                return 1
-            interval_start, interval_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        if cfg.run.eval_interval and step_done % cfg.run.eval_interval == 0 and datasets.valid is not None:
-            sink.write({"step": step_done, "split": "valid", "loss": evaluate(engine, datasets.valid, cfg, device)})
-        if cfg.checkpoint.save_interval and step_done % cfg.checkpoint.save_interval == 0:
-            save(step_done, "interval")
-        if stop.agreed(device):
-            if last_saved != step_done:
-                save(step_done, "preemption signal")
-            log.warning("stopping at step %d on a preemption signal; resume by running the same command", step_done)
-            progress.close()
-            return EXIT_PREEMPTED
-    progress.close()
-    if last_saved != step_done:
-        save(step_done, "end of training")
-    log.info("done: %d steps", step_done)
-    return 0
+    with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
+        for step, micro_batches in iterate_micro_batches(datasets.train, cfg, dp_size, dp_rank, start_step, device):
+            for batch in micro_batches:
+                loss = _forward_loss(engine, batch)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.detach() / len(micro_batches)
+            step_done, interval_steps = step + 1, interval_steps + 1
+            progress.update(1)
+            if step_done % cfg.run.log_interval == 0 or step_done == cfg.run.train_iters:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - interval_start
+                joules = energy.interval_joules()
+                reported = torch.tensor([joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64, device=device)
+                dist.all_reduce(reported)
+                grad_norm = engine.get_global_grad_norm()
+                record = {
+                    "step": step_done, "split": "train", "loss": _dp_mean(loss_sum / interval_steps),
+                    "lr": float(scheduler.get_last_lr()[0]),
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "seconds": seconds, "tokens": interval_steps * tokens_per_step,
+                    "consumed_samples": step_done * cfg.data.global_batch_size,
+                    **interval_metrics(tokens=interval_steps * tokens_per_step, seconds=seconds, world_size=world,
+                                       m=cfg.model, peak_tflops=peak, energy_joules_all_gpus=float(reported[0]),
+                                       gpus_reporting=int(reported[1])),
+                    **_peak_memory_gib(),
+                }
+                sink.write(record)
+                if rank == 0:
+                    progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                    log.info("step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s",
+                             step_done, cfg.run.train_iters, record["loss"], record["lr"],
+                             f"{record['grad_norm']:.3f}" if record["grad_norm"] is not None else "-",
+                             record["tokens_per_s_per_gpu"], record["tflops_per_gpu"],
+                             f" MFU {100 * record['mfu']:.1f}% (of BF16 peak)" if "mfu" in record else "",
+                             f" {record['power_w_per_gpu']:.0f} W/gpu {record['joules_per_token']:.4f} J/token" if "energy_j" in record else "")
+                if not math.isfinite(record["loss"]):
+                    log.error("loss is %s at step %d; stopping", record["loss"], step_done)
+                    return 1
+                interval_start, interval_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+            if cfg.run.eval_interval and step_done % cfg.run.eval_interval == 0 and datasets.valid is not None:
+                valid_loss = evaluate(engine, datasets.valid, cfg, device)
+                sink.write({"step": step_done, "split": "valid", "loss": valid_loss})
+                log.info("step %d validation loss %.4f", step_done, valid_loss)
+            if cfg.checkpoint.save_interval and step_done % cfg.checkpoint.save_interval == 0:
+                save(step_done, "interval")
+            if stop.agreed(device):
+                if last_saved != step_done:
+                    save(step_done, "preemption signal")
+                log.warning("stopping at step %d on a preemption signal; resume by running the same command", step_done)
+                progress.close()
+                return EXIT_PREEMPTED
+        progress.close()
+        if last_saved != step_done:
+            save(step_done, "end of training")
+        log.info("done: %d steps", step_done)
+        return 0
 
 
 def run(cfg: LitesparkConfig) -> int:

@@ -1,0 +1,1 @@
+"""Offline data preparation: sample corpus, tokenizer training, tokenisation to Megatron indexed datasets."""

@@ -1,0 +1,84 @@
+"""Write a small SlimPajama-layout corpus from text every Python install has (its standard library).
+
+    python data_prep/make_sample.py --out data/sample [--max-mb 3]
+
+Layout as SlimPajama ships it: ``{train,validation}/chunk{1,2}/example_{split}_{K}.jsonl.zst``, one
+``{"text": ..., "meta": {"redpajama_set_name": ...}}`` per line.  Module sources become
+``RedPajamaGithub`` documents, their docstrings ``RedPajamaWikipedia``-style prose, so the set
+filters have something to filter.  The output is deterministic for a given Python version; files are
+written under temporary names and renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+import zstandard
+
+DOCS_PER_FILE = 200
+
+
+def documents(max_bytes: int):
+    """(set_name, text) pairs from the standard library, in a fixed order, up to ~max_bytes of text."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    total = 0
+    for path in sorted(root.rglob("*.py")):
+        if any(part in {"site-packages", "test", "tests", "idlelib", "lib2to3"} for part in path.parts):
+            continue
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        docs = [ast.get_docstring(node) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        prose = "\n\n".join(d for d in docs if d and len(d) > 80)
+        for set_name, text in (("RedPajamaGithub", source), ("RedPajamaWikipedia", prose)):
+            if len(text) < 200:
+                continue
+            yield set_name, text
+            total += len(text.encode())
+            if total >= max_bytes:
+                return
+
+
+def write_jsonl_zst(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=10).stream_writer(raw) as out:
+        for record in records:
+            out.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output directory (SlimPajama layout)")
+    parser.add_argument("--max-mb", type=float, default=3.0, help="uncompressed text to collect (default 3 MB)")
+    parser.add_argument("--validation-every", type=int, default=20, help="every N-th document goes to validation")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    splits: dict[str, list[dict]] = {"train": [], "validation": []}
+    for i, (set_name, text) in enumerate(documents(int(args.max_mb * 1e6))):
+        split = "validation" if i % args.validation_every == args.validation_every - 1 else "train"
+        splits[split].append({"text": text, "meta": {"redpajama_set_name": set_name}})
+    written = 0
+    for split, records in splits.items():
+        for k in range(0, len(records), DOCS_PER_FILE):
+            chunk = 1 + (k // DOCS_PER_FILE) % 2
+            write_jsonl_zst(out / split / f"chunk{chunk}" / f"example_{split}_{k // DOCS_PER_FILE}.jsonl.zst",
+                            records[k:k + DOCS_PER_FILE])
+            written += 1
+    print(f"wrote {written} files, {sum(map(len, splits.values()))} documents "
+          f"({len(splits['train'])} train, {len(splits['validation'])} validation) under {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
