@@ -26,6 +26,11 @@ def launcher_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if environ is None else environ)
     if "RANK" in env and "WORLD_SIZE" in env:
         env.setdefault("LOCAL_RANK", "0")
+        if "MASTER_PORT" not in env:
+            if env["WORLD_SIZE"] != "1":
+                raise RuntimeError("RANK and WORLD_SIZE are set but MASTER_PORT is not: launch with torchrun or srun, "
+                                   "or set MASTER_ADDR and MASTER_PORT")
+            env["MASTER_PORT"] = str(_free_port())
     elif "SLURM_PROCID" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env.get("SLURM_NTASKS", "1")
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")

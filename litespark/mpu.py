@@ -15,42 +15,27 @@ from megatron.core import parallel_state as ps
 class MegatronMPU:
     """DeepSpeed's mpu interface over Megatron's tensor- and data-parallel groups (no pipeline)."""
 
-    # Model parallel == tensor parallel here (no pipeline parallelism).
-    def get_model_parallel_rank(self) -> int:
-        return ps.get_tensor_model_parallel_rank()
+    get_tensor_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_src_rank = staticmethod(ps.get_tensor_model_parallel_src_rank)
+    # DeepSpeed's "model parallel" is Megatron's tensor parallel here (no pipeline parallelism).
+    get_model_parallel_rank = get_tensor_model_parallel_rank
+    get_model_parallel_world_size = get_tensor_model_parallel_world_size
+    get_model_parallel_group = get_tensor_model_parallel_group
 
-    def get_model_parallel_world_size(self) -> int:
-        return ps.get_tensor_model_parallel_world_size()
+    get_data_parallel_rank = staticmethod(ps.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(ps.get_data_parallel_world_size)
+    get_data_parallel_group = staticmethod(ps.get_data_parallel_group)
 
-    def get_model_parallel_group(self):
-        return ps.get_tensor_model_parallel_group()
-
-    def get_tensor_model_parallel_rank(self) -> int:
-        return ps.get_tensor_model_parallel_rank()
-
-    def get_tensor_model_parallel_world_size(self) -> int:
-        return ps.get_tensor_model_parallel_world_size()
-
-    def get_tensor_model_parallel_group(self):
-        return ps.get_tensor_model_parallel_group()
-
-    def get_tensor_model_parallel_src_rank(self) -> int:
-        return ps.get_tensor_model_parallel_src_rank()
-
-    def get_data_parallel_rank(self) -> int:
-        return ps.get_data_parallel_rank()
-
-    def get_data_parallel_world_size(self) -> int:
-        return ps.get_data_parallel_world_size()
-
-    def get_data_parallel_group(self):
-        return ps.get_data_parallel_group()
-
-    def get_data_parallel_group_ranks(self) -> list[int]:
+    @staticmethod
+    def get_data_parallel_group_ranks() -> list[int]:
         return dist.get_process_group_ranks(ps.get_data_parallel_group())
 
-    def get_pipeline_model_parallel_world_size(self) -> int:
+    @staticmethod
+    def get_pipeline_model_parallel_world_size() -> int:
         return 1
 
-    def get_pipeline_model_parallel_rank(self) -> int:
+    @staticmethod
+    def get_pipeline_model_parallel_rank() -> int:
         return 0

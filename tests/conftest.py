@@ -36,21 +36,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 @pytest.fixture
-def dist_world_1(monkeypatch):
-    """torch.distributed (gloo) + Megatron parallel_state for one process, torn down afterwards."""
+def dist_world_1():
+    """torch.distributed (gloo) + Megatron parallel_state for one process, torn down afterwards.
+
+    init_distributed writes the launcher variables into os.environ; they are removed again so that
+    later tests (and the training subprocesses they start) see a clean environment.
+    """
     from litespark.distributed import destroy_distributed
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    yield
-    destroy_distributed()
+    saved = {k: os.environ.pop(k) for k in LAUNCH_VARS if k in os.environ}
+    try:
+        yield
+    finally:
+        destroy_distributed()
+        for k in LAUNCH_VARS:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
 
 
 def torchrun(script: str, nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``script`` under torchrun with ``nproc`` local CPU processes; raises with the log on failure."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = train_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", script, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -68,7 +78,8 @@ def train_cmd(nproc: int, *args: str) -> list[str]:
 
 
 def train_env() -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    return dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def run_training(run_dir, *sets: str, nproc: int = 1, preset: str = "tiny", timeout: int = 600,

@@ -72,6 +72,10 @@ def test_launcher_env_from_slurm():
     torchrun = launcher_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "5",
                              "SLURM_PROCID": "0"})
     assert torchrun["RANK"] == "1" and torchrun["MASTER_ADDR"] == "h"  # torchrun's variables win
+    single = launcher_env({"RANK": "0", "WORLD_SIZE": "1"})  # leftovers of a single process: still runs
+    assert single["MASTER_ADDR"] == "127.0.0.1" and single["MASTER_PORT"].isdigit()
+    with pytest.raises(RuntimeError, match="MASTER_PORT is not"):
+        launcher_env({"RANK": "0", "WORLD_SIZE": "2"})
     assert expand_nodelist("a[1-2,5],b,c[09-10]") == ["a1", "a2", "a5", "b", "c09", "c10"]
 
 
@@ -112,10 +116,23 @@ def test_training_on_blended_indexed_data_and_bad_data_exit_2(tmp_path):
 
 
 def test_sequence_parallel_is_refused_by_the_trainer(tmp_path):
-    from litespark.config import resolve_backend
     from litespark.trainer import train
 
     cfg = apply_overrides(get_preset("tiny"), ["parallel.tensor_parallel=2"])
     cfg.parallel.sequence_parallel = True  # as a TE host would allow
     with pytest.raises(ConfigError, match="parallel.sequence_parallel is not supported by the DeepSpeed trainer"):
         train(cfg)
+
+
+def test_mpu_maps_model_parallel_to_tensor_parallel(dist_world_1):
+    from megatron.core import parallel_state as ps
+
+    from litespark.distributed import init_distributed
+    from litespark.mpu import MegatronMPU
+
+    init_distributed(tensor_parallel=1, seed=0)
+    mpu = MegatronMPU()
+    assert mpu.get_model_parallel_group() is ps.get_tensor_model_parallel_group()
+    assert mpu.get_data_parallel_group() is ps.get_data_parallel_group()
+    assert (mpu.get_model_parallel_world_size(), mpu.get_data_parallel_world_size()) == (1, 1)
+    assert mpu.get_data_parallel_group_ranks() == [0]
