@@ -131,12 +131,8 @@ def iterate_micro_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: 
                           device: torch.device) -> Iterator[tuple[int, list[dict]]]:
     """Yield ``(step, [micro-batch dicts])`` from ``start_step`` to the end of training."""
     for step in range(start_step, cfg.run.train_iters):
-        batches = []
-        for indices in micro_batch_indices(step, cfg.data.micro_batch_size, cfg.data.global_batch_size, dp_size, dp_rank):
-            samples = [dataset[i] for i in indices]
-            batches.append({key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(device)
-                            for key in ("tokens", "labels", "loss_mask")})
-        yield step, batches
+        indices = micro_batch_indices(step, cfg.data.micro_batch_size, cfg.data.global_batch_size, dp_size, dp_rank)
+        yield step, [_collate([dataset[i] for i in micro], device) for micro in indices]
 
 
 def eval_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, device: torch.device) -> Iterator[dict]:
@@ -144,6 +140,10 @@ def eval_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, devi
     micro, n = cfg.data.micro_batch_size, cfg.run.eval_iters
     for k in range(n):
         indices = [(k * dp_size + dp_rank) * micro + i for i in range(micro)]
-        samples = [dataset[i % len(dataset)] for i in indices]
-        yield {key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(device)
-               for key in ("tokens", "labels", "loss_mask")}
+        yield _collate([dataset[i % len(dataset)] for i in indices], device)
+
+
+def _collate(samples: list[dict], device: torch.device) -> dict:
+    """Stack GPTDataset samples into a [micro, seq] batch on ``device``."""
+    return {key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(device)
+            for key in ("tokens", "labels", "loss_mask")}

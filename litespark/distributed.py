@@ -30,7 +30,7 @@ def launcher_env(environ: dict[str, str] | None = None) -> dict[str, str]:
             if env["WORLD_SIZE"] != "1":
                 raise RuntimeError("RANK and WORLD_SIZE are set but MASTER_PORT is not: launch with torchrun or srun, "
                                    "or set MASTER_ADDR and MASTER_PORT")
-            env["MASTER_PORT"] = str(_free_port())
+            env["MASTER_PORT"] = str(free_port())
     elif "SLURM_PROCID" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env.get("SLURM_NTASKS", "1")
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
@@ -41,7 +41,7 @@ def launcher_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     else:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_port()))
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k in env}
 
@@ -102,7 +102,7 @@ def destroy_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
