@@ -1,25 +1,49 @@
-"""Reading SlimPajama-style inputs: ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` files, streamed."""
+"""Reading SlimPajama-style inputs: ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst``, streamed line by line.
+
+Nothing is dropped silently: every line that cannot be used becomes a :class:`BadLine` with its line
+number and reason (invalid UTF-8, invalid JSON, no text field, a truncated or corrupt compressed
+stream), and the caller counts it.
+"""
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Union
 
 import zstandard
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
 
+@dataclass(frozen=True)
+class Document:
+    line: int
+    text: str
+    set_name: str | None
+
+
+@dataclass(frozen=True)
+class BadLine:
+    line: int
+    reason: str
+
+
 def input_files(inputs: list[str]) -> list[Path]:
-    """Files named directly, or found (recursively, sorted) under directories, or matched by globs."""
+    """Files named directly, found (recursively, sorted) under directories, or matched by globs;
+    a ``@LIST`` argument reads one path per line from the file LIST."""
     files: list[Path] = []
     for item in inputs:
+        if item.startswith("@"):
+            listed = [line.strip() for line in Path(item[1:]).read_text().splitlines() if line.strip()]
+            files += input_files(listed)
+            continue
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.name.endswith(SUFFIXES))
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
         elif path.is_file():
             files.append(path)
         else:
@@ -30,21 +54,81 @@ def input_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def open_text(path: Path) -> io.TextIOBase:
-    """A text stream over ``path``, decompressing zstd or gzip on the fly."""
+def shard(files: list[Path], index: int, count: int) -> list[Path]:
+    """Every ``count``-th file starting at ``index`` (a Slurm array task's share)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: the index must lie in [0, {count})")
+    return files[index::count]
+
+
+class TruncatedStream(Exception):
+    """The compressed input ended inside a frame."""
+
+
+def _zstd_lines(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a (possibly multi-frame) zstd file; raises TruncatedStream when the last frame is cut.
+
+    zstandard's stream reader ends quietly on a truncated file; the decompression object says whether
+    the frame finished.
+    """
+    dctx = zstandard.ZstdDecompressor()
+    dobj, pending = dctx.decompressobj(), b""
+    with open(path, "rb") as raw:
+        for block in iter(lambda: raw.read(chunk), b""):
+            data = dobj.decompress(block)
+            while dobj.eof and dobj.unused_data:  # another frame follows
+                rest, dobj = dobj.unused_data, dctx.decompressobj()
+                data += dobj.decompress(rest)
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line + b"\n"
+    if not dobj.eof:
+        raise TruncatedStream("zstd frame incomplete: the file is truncated")
+    if pending:
+        yield pending
+
+
+def _lines(path: Path) -> Iterator[bytes]:
     if path.name.endswith(".zst"):
-        raw = open(path, "rb")
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), encoding="utf-8")
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        yield from _zstd_lines(path)
+    elif path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            yield from f
+    else:
+        with open(path, "rb") as f:
+            yield from f
+
+
+def iter_records(path: Path, text_key: str = "text") -> Iterator[Union[Document, BadLine]]:
+    """Each line of ``path`` as a :class:`Document` or a :class:`BadLine`, in order."""
+    line_no = 0
+    try:
+        for line_no, raw in enumerate(_lines(path), start=1):
+            if not raw.strip():
+                continue
+            try:
+                text_line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield BadLine(line_no, f"invalid UTF-8 at byte {exc.start}")
+                continue
+            try:
+                record = json.loads(text_line)
+            except ValueError:
+                yield BadLine(line_no, "invalid JSON")
+                continue
+            text = record.get(text_key) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                yield BadLine(line_no, f"no string field '{text_key}'")
+                continue
+            meta = record.get("meta")
+            yield Document(line_no, text, meta.get("redpajama_set_name") if isinstance(meta, dict) else None)
+    except (TruncatedStream, zstandard.ZstdError, EOFError, OSError, zlib.error) as exc:
+        yield BadLine(line_no + 1, f"unreadable stream after line {line_no} ({type(exc).__name__}: {str(exc)[:120]})")
 
 
 def iter_texts(path: Path, text_key: str = "text") -> Iterator[tuple[str, str | None]]:
-    """(text, redpajama_set_name) of each well-formed line of ``path``."""
-    with open_text(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            yield record[text_key], (record.get("meta") or {}).get("redpajama_set_name")
+    """(text, set name) of the usable documents of ``path`` (bad lines skipped; for tools that only read)."""
+    for item in iter_records(path, text_key):
+        if isinstance(item, Document):
+            yield item.text, item.set_name

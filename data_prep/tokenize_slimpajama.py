@@ -1,15 +1,24 @@
 """SlimPajama (or any JSONL corpus) to a Megatron indexed dataset: ``PREFIX.bin`` + ``PREFIX.idx``.
 
-    python data_prep/tokenize_slimpajama.py --input data/sample/train --tokenizer data/tokenizer.model \\
-        --output-prefix data/sample_train
+    python data_prep/tokenize_slimpajama.py --input data/slimpajama/train --tokenizer tokenizer.model \\
+        --output-prefix data/slimpajama_train --workers 16
 
-One sequence per document: BOS + tokens + EOS (``--no-bos`` drops the BOS, as Megatron-LM's newer
-tokenizer path does).  Tokens are uint16 when the vocabulary is below 65,500, else int32.  The dataset
-is written by Megatron-Core's own ``IndexedDatasetBuilder`` under temporary names and renamed only when
-complete, with ``PREFIX.manifest.json`` (tokenizer checksum, vocabulary, per-file counts).
+One sequence per document: BOS + tokens + EOS, as Megatron-LM's ``tools/preprocess_data.py`` writes with
+``--tokenizer-type Llama2Tokenizer --append-eod`` (``--no-bos`` drops the BOS, as its newer tokenizer
+path does).  Tokens are uint16 below a 65,500 vocabulary, else int32.
 
-This build is sequential; parallel, resumable tokenisation with per-line error accounting is the data
-issue's work (docs/data.md).
+How it works: each input file is tokenized by one worker process (``--workers``) into its own part under
+``PREFIX.parts/``, streamed in batches of at most ``--batch-bytes`` of text that SentencePiece encodes
+with ``--threads`` threads.  A part is committed by writing its ``.bin``/``.idx`` under temporary names
+and then its ``.json`` (the commit marker); a rerun after Ctrl-C or SIGKILL skips every committed part
+whose input file, tokenizer and options are unchanged.  The parts are then concatenated in input order
+with Megatron-Core's ``IndexedDatasetBuilder.add_index`` into ``PREFIX.bin/.idx`` (temporary names,
+renamed when complete), so an interrupted and resumed run is byte-identical to an uninterrupted one.
+
+Bad input (invalid UTF-8 or JSON, a line without the text field, a truncated or corrupt compressed
+file) is skipped, counted per file with line numbers in ``PREFIX.manifest.json`` and the summary;
+``--strict`` makes it fatal (exit 1).  Memory per worker is bounded by the batch: about
+4 x ``--batch-bytes`` (text, ids and their lists) plus the decompression window and the tokenizer.
 """
 
 from __future__ import annotations
@@ -17,105 +26,279 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing as mp
 import os
+import resource
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.corpus import input_files, iter_texts  # noqa: E402
+from data_prep.corpus import BadLine, Document, input_files, iter_records, shard  # noqa: E402
 
-BATCH = 256
+MAX_BAD_LINES_LISTED = 100  # per file in the manifest; the count is always exact
+TUNING = ("threads", "batch_bytes")  # options that change speed and memory, never the output
+
+
+def output_identity(options: dict) -> dict:
+    """The options a committed part must share to be reused."""
+    return {k: v for k, v in options.items() if k not in TUNING}
 
 
 def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size < 65_500 else np.int32
 
 
-def tokenize(files: list[Path], sp: spm.SentencePieceProcessor, prefix: Path, *, bos: bool, text_key: str,
-             include: set[str] | None, exclude: set[str]) -> dict:
-    """Encode every document of ``files`` into ``prefix``.bin/.idx; returns the manifest."""
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# One file -> one committed part (runs in a worker process)
+
+_SP = None
+_OPTS: dict = {}
+
+
+def _init_worker(tokenizer: str, options: dict) -> None:
+    global _SP, _OPTS
+    import sentencepiece as spm
+
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
+    _SP, _OPTS = spm.SentencePieceProcessor(model_file=tokenizer), options
+
+
+def part_stem(parts_dir: Path, index: int, path: Path) -> Path:
+    return parts_dir / f"{index:06d}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+
+
+def part_is_current(stem: Path, path: Path, options: dict) -> bool:
+    """A committed part for this very input file and these options exists."""
+    marker = stem.with_suffix(".json")
+    if not marker.is_file():
+        return False
+    try:
+        done = json.loads(marker.read_text())
+    except ValueError:
+        return False
+    stat = path.stat()
+    return (done.get("source") == {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime}
+            and done.get("options") == options)
+
+
+def tokenize_file(job: tuple[int, str, str]) -> dict:
+    """Tokenize one input file into the part at ``stem``; returns its per-file report."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    import torch
+
+    index, path_str, stem_str = job
+    path, stem, opts, sp = Path(path_str), Path(stem_str), _OPTS, _SP
+    stat = path.stat()
+    head, tail = ([sp.bos_id()] if opts["bos"] else []), [sp.eos_id()]
+    dtype = token_dtype(sp.get_piece_size())
+    builders: dict[str, IndexedDatasetBuilder] = {}
+    sets: dict[str, dict] = {}
+    report = {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime, "documents": 0, "tokens": 0,
+              "filtered_out": 0, "bad_lines": 0, "bad": []}
+    include, exclude = set(opts["include_sets"] or []), set(opts["exclude_sets"])
+    batch: list[Document] = []
+    batch_bytes = 0
+
+    def builder_for(name: str) -> IndexedDatasetBuilder:
+        key = name if opts["split_by_set"] else "all"
+        if key not in builders:
+            builders[key] = IndexedDatasetBuilder(f"{stem}.{key}.bin.tmp", dtype=dtype)
+        return builders[key]
+
+    def flush() -> None:
+        nonlocal batch_bytes
+        if not batch:
+            return
+        for doc, ids in zip(batch, sp.encode([d.text for d in batch], num_threads=opts["threads"])):
+            seq = head + ids + tail
+            name = doc.set_name or "unknown"
+            builder_for(name).add_document(torch.tensor(seq, dtype=torch.int64), [len(seq)])
+            report["documents"] += 1
+            report["tokens"] += len(seq)
+            entry = sets.setdefault(name, {"documents": 0, "tokens": 0})
+            entry["documents"] += 1
+            entry["tokens"] += len(seq)
+        batch.clear()
+        batch_bytes = 0
+
+    for item in iter_records(path, opts["text_key"]):
+        if isinstance(item, BadLine):
+            report["bad_lines"] += 1
+            if len(report["bad"]) < MAX_BAD_LINES_LISTED:
+                report["bad"].append({"line": item.line, "reason": item.reason})
+            continue
+        if (include and item.set_name not in include) or item.set_name in exclude:
+            report["filtered_out"] += 1
+            continue
+        batch.append(item)
+        batch_bytes += len(item.text)
+        if batch_bytes >= opts["batch_bytes"]:
+            flush()
+    flush()
+    for key, builder in builders.items():
+        builder.finalize(f"{stem}.{key}.idx.tmp")
+        os.replace(f"{stem}.{key}.bin.tmp", f"{stem}.{key}.bin")
+        os.replace(f"{stem}.{key}.idx.tmp", f"{stem}.{key}.idx")
+    report["sets"] = sets
+    report["parts"] = sorted(builders)
+    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    marker = {"source": {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime},
+              "options": output_identity(opts), "report": report}
+    tmp = Path(f"{stem}.json.tmp")
+    tmp.write_text(json.dumps(marker))
+    os.replace(tmp, f"{stem}.json")  # the commit
+    return {"index": index, **report}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+
+
+def merge_parts(stems: list[Path], reports: list[dict], out: Path, key: str, dtype) -> None:
+    """Concatenate the parts named ``key`` of ``stems`` (in order) into ``out``.bin/.idx, atomically."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    tmp_bin, tmp_idx = prefix.with_name(f".{prefix.name}.bin.tmp"), prefix.with_name(f".{prefix.name}.idx.tmp")
-    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=token_dtype(sp.get_piece_size()))
-    head, tail = ([sp.bos_id()] if bos else []), [sp.eos_id()]
-    per_file, sets = [], {}
-    for path in files:
-        docs = tokens = skipped = 0
-        batch, names = [], []
-
-        def flush():
-            nonlocal docs, tokens
-            for ids, name in zip(sp.encode(batch), names):
-                seq = head + ids + tail
-                builder.add_document(torch.tensor(seq, dtype=torch.int64), [len(seq)])
-                docs, tokens = docs + 1, tokens + len(seq)
-                entry = sets.setdefault(name or "unknown", {"documents": 0, "tokens": 0})
-                entry["documents"] += 1
-                entry["tokens"] += len(seq)
-            batch.clear(), names.clear()
-
-        for text, set_name in iter_texts(path, text_key):
-            if (include and set_name not in include) or set_name in exclude:
-                skipped += 1
-                continue
-            batch.append(text)
-            names.append(set_name)
-            if len(batch) == BATCH:
-                flush()
-        flush()
-        stat = path.stat()
-        per_file.append({"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime, "documents": docs,
-                         "tokens": tokens, "filtered_out": skipped})
+    tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
+    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    for stem, report in zip(stems, reports):
+        if key in report["parts"]:
+            builder.add_index(f"{stem}.{key}")
     builder.finalize(str(tmp_idx))
-    os.replace(tmp_bin, f"{prefix}.bin")
-    os.replace(tmp_idx, f"{prefix}.idx")
-    return {"files": per_file, "sets": sets}
+    os.replace(tmp_bin, f"{out}.bin")
+    os.replace(tmp_idx, f"{out}.idx")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", nargs="+", required=True, help="files, directories or globs of .jsonl[.gz|.zst]")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="files, directories, globs of .jsonl[.gz|.zst], or @LIST files of paths")
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model")
     parser.add_argument("--output-prefix", required=True)
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="processes over files")
+    parser.add_argument("--threads", type=int, default=2, help="SentencePiece threads per worker")
+    parser.add_argument("--batch-bytes", type=int, default=16 << 20, help="text per encode batch (memory bound)")
     parser.add_argument("--no-bos", action="store_true", help="no BOS before each document")
     parser.add_argument("--text-key", default="text")
     parser.add_argument("--include-sets", nargs="*", default=None, help="keep only these redpajama_set_name values")
     parser.add_argument("--exclude-sets", nargs="*", default=[], help="drop these redpajama_set_name values")
+    parser.add_argument("--split-by-set", action="store_true", help="one dataset per source set: PREFIX_<set>.bin/.idx")
+    parser.add_argument("--strict", action="store_true", help="any bad line or file is fatal (exit 1)")
+    parser.add_argument("--shard", metavar="I/N", help="take every N-th input file from the I-th (Slurm arrays)")
+    parser.add_argument("--keep-parts", action="store_true", help="keep PREFIX.parts/ after the final merge")
+    parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
-    tok = Path(args.tokenizer)
-    try:
-        if not tok.is_file():
-            raise FileNotFoundError(f"--tokenizer {tok} does not exist")
-        files = input_files(args.input)
-    except FileNotFoundError as exc:
-        print(f"tokenize_slimpajama: error: {exc}", file=sys.stderr)
+
+    def fail(message: str) -> int:
+        print(f"tokenize_slimpajama: error: {message}", file=sys.stderr)
         return 2
-    prefix = Path(args.output_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+
+    tok = Path(args.tokenizer)
+    if not tok.is_file():
+        return fail(f"--tokenizer {tok} does not exist")
+    try:
+        files = input_files(args.input)
+        if args.shard:
+            i, _, n = args.shard.partition("/")
+            files = shard(files, int(i), int(n))
+    except (FileNotFoundError, ValueError) as exc:
+        return fail(str(exc))
+    if not files and not args.shard:
+        return fail("no input files")  # an array task may get none (more tasks than files): empty output
+    if args.workers < 1 or args.threads < 1 or args.batch_bytes < 1:
+        return fail("--workers, --threads and --batch-bytes must be positive")
+
+    import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor(model_file=str(tok))
-    start = time.perf_counter()
-    result = tokenize(files, sp, prefix, bos=not args.no_bos, text_key=args.text_key,
-                      include=set(args.include_sets) if args.include_sets else None, exclude=set(args.exclude_sets))
-    manifest = {"tokenizer": str(tok), "tokenizer_sha256": hashlib.sha256(tok.read_bytes()).hexdigest(),
-                "vocab_size": sp.get_piece_size(), "bos": not args.no_bos, "eos": True,
-                "dtype": np.dtype(token_dtype(sp.get_piece_size())).name, **result}
-    tmp = prefix.with_name(f".{prefix.name}.manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, f"{prefix}.manifest.json")
-    docs = sum(f["documents"] for f in result["files"])
-    tokens = sum(f["tokens"] for f in result["files"])
+    tokenizer_sha = sha256_of(tok)
+    options = {"tokenizer_sha256": tokenizer_sha, "bos": not args.no_bos, "text_key": args.text_key,
+               "include_sets": args.include_sets, "exclude_sets": args.exclude_sets,
+               "split_by_set": args.split_by_set, "threads": args.threads, "batch_bytes": args.batch_bytes}
+    identity = output_identity(options)
+    prefix = Path(args.output_prefix)
+    parts_dir = prefix.with_name(prefix.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    stems = [part_stem(parts_dir, i, p) for i, p in enumerate(files)]
+    pending = [(i, str(p), str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
+    done = len(files) - len(pending)
+    if done:
+        print(f"resuming: {done} of {len(files)} files already tokenized in {parts_dir}", file=sys.stderr)
+
+    from tqdm import tqdm
+
+    start, docs, tokens = time.perf_counter(), 0, 0
+    total_bytes = sum(Path(p).stat().st_size for _, p, _ in pending)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.no_progress, desc="tokenizing")
+    with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(str(tok), options)) as pool:
+        for result in pool.imap_unordered(tokenize_file, pending):
+            docs, tokens = docs + result["documents"], tokens + result["tokens"]
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.update(result["size"])
+            bar.set_postfix(docs_s=f"{docs / elapsed:,.0f}", tok_s=f"{tokens / elapsed:,.0f}", refresh=False)
+            if result["bad_lines"] and args.strict:
+                pool.terminate()
+                bad = result["bad"][0]
+                print(f"tokenize_slimpajama: error: {result['path']} line {bad['line']}: {bad['reason']} (--strict)",
+                      file=sys.stderr)
+                return 1
+    bar.close()
+
+    # Every part is committed now; reports come from the markers so resumed files count too.
+    for stem, path in zip(stems, files):
+        if not part_is_current(stem, path, identity):
+            raise RuntimeError(f"part {stem} for {path} is missing after tokenization")
+    reports = [json.loads(s.with_suffix(".json").read_text())["report"] for s in stems]
+    dtype = token_dtype(sp.get_piece_size())
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    outputs = {}
+    if args.split_by_set:
+        for key in sorted({k for r in reports for k in r["parts"]}):
+            out = prefix.with_name(f"{prefix.name}_{key}")
+            merge_parts(stems, reports, out, key, dtype)
+            outputs[key] = str(out)
+    else:
+        merge_parts(stems, reports, prefix, "all", dtype)
+        outputs["all"] = str(prefix)
+    sets: dict[str, dict] = {}
+    for r in reports:
+        for name, entry in r["sets"].items():
+            acc = sets.setdefault(name, {"documents": 0, "tokens": 0})
+            acc["documents"] += entry["documents"]
+            acc["tokens"] += entry["tokens"]
+    manifest = {"tokenizer": str(tok), "tokenizer_sha256": tokenizer_sha, "vocab_size": sp.get_piece_size(),
+                "bos": not args.no_bos, "eos": True, "dtype": np.dtype(dtype).name, "outputs": outputs,
+                "files": [{k: r[k] for k in ("path", "size", "mtime", "documents", "tokens", "filtered_out",
+                                             "bad_lines", "bad")} for r in reports],
+                "sets": sets}
+    manifest_paths = [prefix] if not args.split_by_set else [Path(p) for p in outputs.values()]
+    for p in manifest_paths:
+        tmp = p.with_name(f".{p.name}.manifest.json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, f"{p}.manifest.json")
+    if not args.keep_parts:
+        shutil.rmtree(parts_dir)
+    total_docs = sum(r["documents"] for r in reports)
+    total_tokens = sum(r["tokens"] for r in reports)
+    bad = sum(r["bad_lines"] for r in reports)
     seconds = time.perf_counter() - start
-    print(f"wrote {prefix}.bin/.idx: {docs} documents, {tokens} tokens from {len(files)} files "
-          f"in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s)")
+    print(f"wrote {', '.join(outputs.values())} (.bin/.idx): {total_docs} documents, {total_tokens} tokens from "
+          f"{len(files)} files in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s this run); "
+          f"{bad} bad lines skipped" + (" (see the manifest)" if bad else ""))
     return 0
 
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 from tests.conftest import ROOT
 
@@ -19,6 +24,11 @@ def _run(script: str, *args: str, expect: int = 0) -> subprocess.CompletedProces
     return proc
 
 
+def _tokenize(inputs, tok, prefix, *extra, expect: int = 0) -> subprocess.CompletedProcess:
+    return _run("tokenize_slimpajama.py", "--input", *map(str, inputs), "--tokenizer", str(tok), "--output-prefix",
+                str(prefix), "--no-progress", "--workers", "1", "--threads", "1", *extra, expect=expect)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
@@ -26,6 +36,29 @@ def corpus(tmp_path_factory):
     _run("train_tokenizer.py", "--input", str(root / "sample" / "train"), "--vocab-size", "400",
          "--out", str(root / "tok.model"))
     return root
+
+
+@pytest.fixture(scope="module")
+def many_files(corpus):
+    """The sample's documents spread over 12 small files of each supported kind."""
+    from data_prep.corpus import input_files, iter_records
+
+    docs = [d for f in input_files([str(corpus / "sample" / "train")]) for d in iter_records(f)]
+    out = corpus / "many"
+    out.mkdir()
+    for k in range(12):
+        lines = "".join(json.dumps({"text": d.text, "meta": {"redpajama_set_name": d.set_name}}) + "\n"
+                        for d in docs[k::12]).encode()
+        name = out / f"part_{k:02d}.jsonl"
+        if k % 3 == 1:
+            Path(f"{name}.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+        elif k % 3 == 2:
+            import gzip
+
+            Path(f"{name}.gz").write_bytes(gzip.compress(lines))
+        else:
+            name.write_bytes(lines)
+    return out
 
 
 def _documents(path):
@@ -38,8 +71,7 @@ def test_sample_has_slimpajama_layout(corpus):
     files = sorted(p.relative_to(corpus / "sample").as_posix() for p in (corpus / "sample").rglob("*.jsonl.zst"))
     assert any(f.startswith("train/chunk1/example_train_") for f in files)
     assert any(f.startswith("validation/chunk1/example_validation_") for f in files)
-    names = {name for _, name in _documents(corpus / "sample")}
-    assert names == {"RedPajamaGithub", "RedPajamaWikipedia"}
+    assert {name for _, name in _documents(corpus / "sample")} == {"RedPajamaGithub", "RedPajamaWikipedia"}
 
 
 def test_tokenizer_is_llama_style(corpus):
@@ -57,8 +89,7 @@ def test_round_trip_through_megatron_indexed_dataset(corpus, tmp_path, bos):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     prefix = tmp_path / "train"
-    _run("tokenize_slimpajama.py", "--input", str(corpus / "sample" / "train"), "--tokenizer", str(corpus / "tok.model"),
-         "--output-prefix", str(prefix), *([] if bos else ["--no-bos"]))
+    _tokenize([corpus / "sample" / "train"], corpus / "tok.model", prefix, *([] if bos else ["--no-bos"]))
     sp = spm.SentencePieceProcessor(model_file=str(corpus / "tok.model"))
     expected = [([1] if bos else []) + sp.encode(text) + [2] for text, _ in _documents(corpus / "sample" / "train")]
     ds = IndexedDataset(str(prefix))
@@ -69,19 +100,97 @@ def test_round_trip_through_megatron_indexed_dataset(corpus, tmp_path, bos):
     manifest = json.loads((tmp_path / "train.manifest.json").read_text())
     assert manifest["vocab_size"] == 400 and manifest["bos"] is bos
     assert sum(f["tokens"] for f in manifest["files"]) == sum(map(len, expected))
-    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.bin", "train.idx", "train.manifest.json"]
 
 
-def test_set_filters(corpus, tmp_path):
+def test_workers_and_batch_bound_do_not_change_the_output(many_files, corpus, tmp_path):
+    _tokenize([many_files], corpus / "tok.model", tmp_path / "one")
+    # A 4 KiB batch bound is far below each file's size: the stream is encoded in many batches.
+    _tokenize([many_files], corpus / "tok.model", tmp_path / "two", "--workers", "2", "--batch-bytes", "4096")
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"one{suffix}").read_bytes() == (tmp_path / f"two{suffix}").read_bytes()
+
+
+def test_resume_after_sigkill_is_byte_identical(many_files, corpus, tmp_path):
+    _tokenize([many_files], corpus / "tok.model", tmp_path / "clean")
+    prefix = tmp_path / "killed"
+    cmd = [sys.executable, "data_prep/tokenize_slimpajama.py", "--input", str(many_files), "--tokenizer",
+           str(corpus / "tok.model"), "--output-prefix", str(prefix), "--no-progress", "--workers", "1",
+           "--threads", "1", "--batch-bytes", "2048"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parts = Path(f"{prefix}.parts")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.json"))) < 4:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list(parts.glob("*.json")))
+    assert 0 < committed < 12, f"{committed} parts committed when killed: the kill came too late or too early"
+    assert not Path(f"{prefix}.bin").exists()  # nothing final before completion
+    resumed = _tokenize([many_files], corpus / "tok.model", prefix)
+    assert f"resuming: {committed} of 12 files" in resumed.stderr
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
+
+
+def test_bad_input_is_counted_not_lost(corpus, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"text": "good one"}\n{"text": broken json\n{"meta": {}}\n\xff\xfe not utf8\n{"text": 5}\n'
+                    b'{"text": "good two"}\n')
+    good = zstandard.ZstdCompressor().compress(b"".join(b'{"text": "doc %d"}\n' % i for i in range(50)))
+    (tmp_path / "cut.jsonl.zst").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    proc = _tokenize([bad, tmp_path / "cut.jsonl.zst", tmp_path / "empty.jsonl"], corpus / "tok.model", tmp_path / "out")
+    assert "bad lines skipped" in proc.stdout
+    files = {Path(f["path"]).name: f for f in json.loads((tmp_path / "out.manifest.json").read_text())["files"]}
+    assert files["bad.jsonl"]["documents"] == 2 and files["bad.jsonl"]["bad_lines"] == 4
+    assert [(b["line"], b["reason"].split(" at")[0]) for b in files["bad.jsonl"]["bad"]] == [
+        (2, "invalid JSON"), (3, "no string field 'text'"), (4, "invalid UTF-8"), (5, "no string field 'text'")]
+    cut = files["cut.jsonl.zst"]
+    assert cut["bad_lines"] == 1 and "truncated" in cut["bad"][0]["reason"]
+    assert 0 <= cut["documents"] < 50
+    assert files["empty.jsonl"]["documents"] == 0
+    strict = _tokenize([bad], corpus / "tok.model", tmp_path / "strict", "--strict", expect=1)
+    assert "bad.jsonl line 2: invalid JSON (--strict)" in strict.stderr
+    assert not (tmp_path / "strict.bin").exists()
+
+
+def test_set_filters_and_split_by_set(corpus, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    _run("tokenize_slimpajama.py", "--input", str(corpus / "sample" / "train"), "--tokenizer", str(corpus / "tok.model"),
-         "--output-prefix", str(tmp_path / "code"), "--include-sets", "RedPajamaGithub")
     docs = _documents(corpus / "sample" / "train")
+    _tokenize([corpus / "sample" / "train"], corpus / "tok.model", tmp_path / "code", "--include-sets", "RedPajamaGithub")
     assert len(IndexedDataset(str(tmp_path / "code"))) == sum(1 for _, n in docs if n == "RedPajamaGithub")
     manifest = json.loads((tmp_path / "code.manifest.json").read_text())
     assert set(manifest["sets"]) == {"RedPajamaGithub"}
     assert sum(f["filtered_out"] for f in manifest["files"]) == sum(1 for _, n in docs if n != "RedPajamaGithub")
+    _tokenize([corpus / "sample" / "train"], corpus / "tok.model", tmp_path / "by", "--split-by-set")
+    for name in ("RedPajamaGithub", "RedPajamaWikipedia"):
+        assert len(IndexedDataset(str(tmp_path / f"by_{name}"))) == sum(1 for _, n in docs if n == name)
+
+
+def test_shards_cover_every_file_once_and_merge_equals_one_run(many_files, corpus, tmp_path):
+    from data_prep.corpus import input_files, shard
+
+    files = input_files([str(many_files)])
+    taken = [f for i in range(5) for f in shard(files, i, 5)]
+    assert sorted(taken) == sorted(files) and len(taken) == len(set(taken))
+    with pytest.raises(ValueError):
+        shard(files, 5, 5)
+    # Shards as an array job would make them, merged in order, equal a run over files in shard order.
+    for i in range(3):
+        _tokenize([many_files], corpus / "tok.model", tmp_path / f"s{i}", "--shard", f"{i}/3")
+    _run("merge_indexed.py", "--inputs", *[str(tmp_path / f"s{i}") for i in range(3)], "--output-prefix", str(tmp_path / "merged"))
+    ordered = [str(f) for i in range(3) for f in shard(files, i, 3)]
+    _tokenize(ordered, corpus / "tok.model", tmp_path / "single")
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"merged{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
+    merged = json.loads((tmp_path / "merged.manifest.json").read_text())
+    assert len(merged["files"]) == 12
+    _tokenize([many_files], corpus / "tok.model", tmp_path / "empty_shard", "--shard", "12/13")  # no files: empty output
+    mismatch = _run("merge_indexed.py", "--inputs", str(tmp_path / "s0"), str(tmp_path / "nope"), "--output-prefix",
+                    str(tmp_path / "x"), expect=2)
+    assert "nope.bin does not exist" in mismatch.stderr
 
 
 def test_missing_inputs_exit_2(tmp_path):

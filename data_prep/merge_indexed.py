@@ -1,0 +1,77 @@
+"""Merge several Megatron indexed datasets (e.g. the shards of a Slurm array job) into one.
+
+    python data_prep/merge_indexed.py --inputs data/train.shard0 data/train.shard1 --output-prefix data/train
+
+Datasets are concatenated in the order given with Megatron-Core's ``IndexedDatasetBuilder.add_index``;
+their token dtypes and, where manifests exist, their tokenizers must agree.  The output is written under
+temporary names and renamed when complete; the manifests are merged (file lists concatenated, per-set
+totals summed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+
+def fail(message: str) -> int:
+    print(f"merge_indexed: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", nargs="+", required=True, help="dataset prefixes, in order")
+    parser.add_argument("--output-prefix", required=True)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, _IndexReader
+
+    dtypes, manifests = set(), []
+    for prefix in args.inputs:
+        for suffix in (".bin", ".idx"):
+            if not Path(prefix + suffix).is_file():
+                return fail(f"{prefix}{suffix} does not exist")
+        try:
+            dtypes.add(_IndexReader(prefix + ".idx", multimodal=False).dtype)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input
+            return fail(f"{prefix}.idx is not a Megatron index ({exc})")
+        manifest = Path(prefix + ".manifest.json")
+        manifests.append(json.loads(manifest.read_text()) if manifest.is_file() else None)
+    if len(dtypes) != 1:
+        return fail(f"inputs hold different token dtypes: {sorted(str(d) for d in dtypes)}")
+    shas = {m["tokenizer_sha256"] for m in manifests if m}
+    if len(shas) > 1:
+        return fail("inputs were tokenized with different tokenizers (manifest tokenizer_sha256 differs)")
+    out = Path(args.output_prefix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
+    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtypes.pop())
+    for prefix in args.inputs:
+        builder.add_index(prefix)
+    builder.finalize(str(tmp_idx))
+    os.replace(tmp_bin, f"{out}.bin")
+    os.replace(tmp_idx, f"{out}.idx")
+    if all(manifests):
+        merged = {k: v for k, v in manifests[0].items() if k not in ("files", "sets", "outputs")}
+        merged["merged_from"] = list(args.inputs)
+        merged["files"] = [f for m in manifests for f in m["files"]]
+        merged["sets"] = {}
+        for m in manifests:
+            for name, entry in m["sets"].items():
+                acc = merged["sets"].setdefault(name, {"documents": 0, "tokens": 0})
+                acc["documents"] += entry["documents"]
+                acc["tokens"] += entry["tokens"]
+        tmp = out.with_name(f".{out.name}.manifest.json.tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        os.replace(tmp, f"{out}.manifest.json")
+    print(f"wrote {out}.bin/.idx from {len(args.inputs)} datasets")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Tokenize SlimPajama with a Slurm array job, then merge the shards with a dependent job.
+#
+#   INPUT=/data/SlimPajama-627B/train TOKENIZER=/models/llama2/tokenizer.model OUTPUT=/data/slimpajama_train \
+#     bash slurm/tokenize_slimpajama.sh           # submits both jobs and prints their ids
+#
+# Array task i of N tokenizes every N-th input file from the i-th (--shard i/N) into OUTPUT.shard<i>;
+# the merge job concatenates the shards in order into OUTPUT.bin/.idx.  A task that is requeued or
+# rerun resumes from its committed per-file parts.  Every value below can be set from the environment.
+set -euo pipefail
+INPUT=${INPUT:?set INPUT to the SlimPajama split directory (or a glob / @list file)}
+TOKENIZER=${TOKENIZER:?set TOKENIZER to the SentencePiece .model}
+OUTPUT=${OUTPUT:?set OUTPUT to the output prefix}
+TASKS=${TASKS:-16}                     # array size
+CPUS=${CPUS:-32}                       # CPUs per array task
+WORKERS=${WORKERS:-$((CPUS / 2))}      # processes per task (each encodes with 2 threads)
+PARTITION=${PARTITION:-}               # empty: the cluster's default partition
+PYTHON=${PYTHON:-python}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+part=()
+[ -n "$PARTITION" ] && part=(--partition "$PARTITION")
+
+case "${1:-submit}" in
+  submit)
+    array=$(sbatch --parsable "${part[@]}" --job-name=tokenize --array=0-$((TASKS - 1)) --cpus-per-task="$CPUS" \
+      --output="${OUTPUT}.shard%a.log" --export=ALL "$0" task)
+    merge=$(sbatch --parsable "${part[@]}" --job-name=tokenize-merge --dependency=afterok:"$array" \
+      --cpus-per-task=2 --output="${OUTPUT}.merge.log" --export=ALL "$0" merge)
+    echo "array job $array ($TASKS tasks), merge job $merge"
+    ;;
+  task)
+    i=${SLURM_ARRAY_TASK_ID:?task mode runs inside a Slurm array}
+    n=${SLURM_ARRAY_TASK_COUNT:-$TASKS}
+    exec "$PYTHON" "$HERE/data_prep/tokenize_slimpajama.py" --input "$INPUT" --tokenizer "$TOKENIZER" \
+      --output-prefix "${OUTPUT}.shard${i}" --shard "${i}/${n}" --workers "$WORKERS" --no-progress
+    ;;
+  merge)
+    shards=()
+    for ((i = 0; i < TASKS; i++)); do shards+=("${OUTPUT}.shard${i}"); done
+    exec "$PYTHON" "$HERE/data_prep/merge_indexed.py" --inputs "${shards[@]}" --output-prefix "$OUTPUT"
+    ;;
+  *)
+    echo "usage: $0 [submit|task|merge]" >&2
+    exit 2
+    ;;
+esac
