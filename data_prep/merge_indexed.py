@@ -11,6 +11,7 @@ totals summed).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
     builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtypes.pop())
+    # add_index runs gc.collect() per dataset: 0.22 s each with torch loaded (3.7 h for 59k SlimPajama
+    # files).  Frozen objects are not scanned, which makes each collection ~1 ms; output unchanged.
+    gc.freeze()
     for prefix in args.inputs:
         builder.add_index(prefix)
     builder.finalize(str(tmp_idx))

@@ -24,13 +24,16 @@ file) is skipped, counted per file with line numbers in ``PREFIX.manifest.json``
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
+import importlib
 import json
 import multiprocessing as mp
 import os
 import resource
 import shutil
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -98,7 +101,6 @@ def part_is_current(stem: Path, path: Path, options: dict) -> bool:
 def tokenize_file(job: tuple[int, str, str]) -> dict:
     """Tokenize one input file into the part at ``stem``; returns its per-file report."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-    import torch
 
     index, path_str, stem_str = job
     path, stem, opts, sp = Path(path_str), Path(stem_str), _OPTS, _SP
@@ -126,7 +128,8 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
         for doc, ids in zip(batch, sp.encode([d.text for d in batch], num_threads=opts["threads"])):
             seq = head + ids + tail
             name = doc.set_name or "unknown"
-            builder_for(name).add_document(torch.tensor(seq, dtype=torch.int64), [len(seq)])
+            # add_document converts with numpy.array(...); an array avoids a torch tensor per document
+            builder_for(name).add_document(np.asarray(seq, dtype=dtype), [len(seq)])
             report["documents"] += 1
             report["tokens"] += len(seq)
             entry = sets.setdefault(name, {"documents": 0, "tokens": 0})
@@ -174,6 +177,9 @@ def merge_parts(stems: list[Path], reports: list[dict], out: Path, key: str, dty
 
     tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
     builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    # add_index runs gc.collect() per dataset: 0.22 s each with torch loaded (3.7 h for 59k SlimPajama
+    # files).  Frozen objects are not scanned, which makes each collection ~1 ms; output unchanged.
+    gc.freeze()
     for stem, report in zip(stems, reports):
         if key in report["parts"]:
             builder.add_index(f"{stem}.{key}")
@@ -241,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
+    # Importing megatron.core takes seconds; do it for the final merge while the workers run.
+    preload = threading.Thread(target=importlib.import_module, args=("megatron.core.datasets.indexed_dataset",), daemon=True)
+    preload.start()
     start, docs, tokens = time.perf_counter(), 0, 0
     total_bytes = sum(Path(p).stat().st_size for _, p, _ in pending)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.no_progress, desc="tokenizing")
@@ -257,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
                 return 1
     bar.close()
+    preload.join()
 
     # Every part is committed now; reports come from the markers so resumed files count too.
     for stem, path in zip(stems, files):
