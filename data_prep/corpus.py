@@ -127,6 +127,28 @@ def iter_records(path: Path, text_key: str = "text") -> Iterator[Union[Document,
         yield BadLine(line_no + 1, f"unreadable stream after line {line_no} ({type(exc).__name__}: {str(exc)[:120]})")
 
 
+def iter_hf_records(name: str, split: str, index: int, count: int,
+                    text_key: str = "text") -> Iterator[Union[Document, BadLine]]:
+    """Shard ``index`` of ``count`` of a ``datasets`` dataset, streamed; positions count from 1 per shard."""
+    import datasets
+
+    stream = datasets.load_dataset(name, split=split, streaming=True).shard(num_shards=count, index=index)
+    for position, record in enumerate(stream, start=1):
+        text = record.get(text_key)
+        if not isinstance(text, str):
+            yield BadLine(position, f"no string field '{text_key}'")
+            continue
+        meta = record.get("meta")
+        yield Document(position, text, meta.get("redpajama_set_name") if isinstance(meta, dict) else None)
+
+
+def hf_shard_count(name: str, split: str) -> int:
+    """How many shards (data files) the streamed dataset has: the unit of parallel work."""
+    import datasets
+
+    return datasets.load_dataset(name, split=split, streaming=True).n_shards
+
+
 def iter_texts(path: Path, text_key: str = "text") -> Iterator[tuple[str, str | None]]:
     """(text, set name) of the usable documents of ``path`` (bad lines skipped; for tools that only read)."""
     for item in iter_records(path, text_key):

@@ -42,7 +42,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_prep.corpus import BadLine, Document, input_files, iter_records, shard  # noqa: E402
+from data_prep.corpus import (  # noqa: E402
+    BadLine, Document, hf_shard_count, input_files, iter_hf_records, iter_records, shard,
+)
 
 MAX_BAD_LINES_LISTED = 100  # per file in the manifest; the count is always exact
 TUNING = ("threads", "batch_bytes")  # options that change speed and memory, never the output
@@ -80,12 +82,35 @@ def _init_worker(tokenizer: str, options: dict) -> None:
     _SP, _OPTS = spm.SentencePieceProcessor(model_file=tokenizer), options
 
 
-def part_stem(parts_dir: Path, index: int, path: Path) -> Path:
-    return parts_dir / f"{index:06d}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+HF_PREFIX = "hf://"  # work units of --hf-dataset: hf://NAME?split=S&shard=I/N
 
 
-def part_is_current(stem: Path, path: Path, options: dict) -> bool:
-    """A committed part for this very input file and these options exists."""
+def hf_unit(name: str, split: str, index: int, count: int) -> str:
+    return f"{HF_PREFIX}{name}?split={split}&shard={index}/{count}"
+
+
+def parse_hf_unit(unit: str) -> tuple[str, str, int, int]:
+    name, _, query = unit[len(HF_PREFIX):].rpartition("?")
+    fields = dict(kv.split("=", 1) for kv in query.split("&"))
+    index, count = fields["shard"].split("/")
+    return name, fields["split"], int(index), int(count)
+
+
+def source_of(unit: str) -> dict:
+    """What a committed part was made from: a file's path, size and mtime, or a dataset shard."""
+    if unit.startswith(HF_PREFIX):
+        return {"path": unit}  # a hub dataset has no mtime: a changed upstream needs a fresh output prefix
+    stat = Path(unit).stat()
+    return {"path": unit, "size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def part_stem(parts_dir: Path, index: int, unit: str) -> Path:
+    key = unit if unit.startswith(HF_PREFIX) else str(Path(unit).resolve())
+    return parts_dir / f"{index:06d}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def part_is_current(stem: Path, unit: str, options: dict) -> bool:
+    """A committed part for this very input (file or dataset shard) and these options exists."""
     marker = stem.with_suffix(".json")
     if not marker.is_file():
         return False
@@ -93,24 +118,26 @@ def part_is_current(stem: Path, path: Path, options: dict) -> bool:
         done = json.loads(marker.read_text())
     except ValueError:
         return False
-    stat = path.stat()
-    return (done.get("source") == {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime}
-            and done.get("options") == options)
+    return done.get("source") == source_of(unit) and done.get("options") == options
 
 
 def tokenize_file(job: tuple[int, str, str]) -> dict:
     """Tokenize one input file into the part at ``stem``; returns its per-file report."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    index, path_str, stem_str = job
-    path, stem, opts, sp = Path(path_str), Path(stem_str), _OPTS, _SP
-    stat = path.stat()
+    index, unit, stem_str = job
+    stem, opts, sp = Path(stem_str), _OPTS, _SP
+    source = source_of(unit)
+    if unit.startswith(HF_PREFIX):
+        records = iter_hf_records(*parse_hf_unit(unit), text_key=opts["text_key"])
+    else:
+        records = iter_records(Path(unit), opts["text_key"])
     head, tail = ([sp.bos_id()] if opts["bos"] else []), [sp.eos_id()]
     dtype = token_dtype(sp.get_piece_size())
     builders: dict[str, IndexedDatasetBuilder] = {}
     sets: dict[str, dict] = {}
-    report = {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime, "documents": 0, "tokens": 0,
-              "filtered_out": 0, "bad_lines": 0, "bad": []}
+    report = {"size": 0, "mtime": None, **source, "documents": 0, "tokens": 0, "filtered_out": 0, "bad_lines": 0,
+              "bad": []}
     include, exclude = set(opts["include_sets"] or []), set(opts["exclude_sets"])
     batch: list[Document] = []
     batch_bytes = 0
@@ -138,7 +165,7 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
         batch.clear()
         batch_bytes = 0
 
-    for item in iter_records(path, opts["text_key"]):
+    for item in records:
         if isinstance(item, BadLine):
             report["bad_lines"] += 1
             if len(report["bad"]) < MAX_BAD_LINES_LISTED:
@@ -159,8 +186,7 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
     report["sets"] = sets
     report["parts"] = sorted(builders)
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    marker = {"source": {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime},
-              "options": output_identity(opts), "report": report}
+    marker = {"source": source, "options": output_identity(opts), "report": report}
     tmp = Path(f"{stem}.json.tmp")
     tmp.write_text(json.dumps(marker))
     os.replace(tmp, f"{stem}.json")  # the commit
@@ -190,8 +216,10 @@ def merge_parts(stems: list[Path], reports: list[dict], out: Path, key: str, dty
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", nargs="+", required=True,
+    parser.add_argument("--input", nargs="+",
                         help="files, directories, globs of .jsonl[.gz|.zst], or @LIST files of paths")
+    parser.add_argument("--hf-dataset", metavar="NAME", help="stream a `datasets` dataset (hub name or local path) instead")
+    parser.add_argument("--split", default="train", help="split of --hf-dataset")
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model")
     parser.add_argument("--output-prefix", required=True)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="processes over files")
@@ -216,13 +244,21 @@ def main(argv: list[str] | None = None) -> int:
     tok = Path(args.tokenizer)
     if not tok.is_file():
         return fail(f"--tokenizer {tok} does not exist")
+    if bool(args.input) == bool(args.hf_dataset):
+        return fail("give either --input or --hf-dataset")
     try:
-        files = input_files(args.input)
+        if args.hf_dataset:
+            n = hf_shard_count(args.hf_dataset, args.split)
+            files = [hf_unit(args.hf_dataset, args.split, i, n) for i in range(n)]
+        else:
+            files = [str(p) for p in input_files(args.input)]
         if args.shard:
             i, _, n = args.shard.partition("/")
             files = shard(files, int(i), int(n))
     except (FileNotFoundError, ValueError) as exc:
         return fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a dataset it cannot open
+        return fail(f"--hf-dataset {args.hf_dataset}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     if not files and not args.shard:
         return fail("no input files")  # an array task may get none (more tasks than files): empty output
     if args.workers < 1 or args.threads < 1 or args.batch_bytes < 1:
@@ -240,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parts_dir = prefix.with_name(prefix.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
     stems = [part_stem(parts_dir, i, p) for i, p in enumerate(files)]
-    pending = [(i, str(p), str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
+    pending = [(i, p, str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
     done = len(files) - len(pending)
     if done:
         print(f"resuming: {done} of {len(files)} files already tokenized in {parts_dir}", file=sys.stderr)
@@ -251,13 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     preload = threading.Thread(target=importlib.import_module, args=("megatron.core.datasets.indexed_dataset",), daemon=True)
     preload.start()
     start, docs, tokens = time.perf_counter(), 0, 0
-    total_bytes = sum(Path(p).stat().st_size for _, p, _ in pending)
+    total_bytes = sum(source_of(p).get("size", 0) for _, p, _ in pending) or len(pending)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.no_progress, desc="tokenizing")
     with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(str(tok), options)) as pool:
         for result in pool.imap_unordered(tokenize_file, pending):
             docs, tokens = docs + result["documents"], tokens + result["tokens"]
             elapsed = max(time.perf_counter() - start, 1e-9)
-            bar.update(result["size"])
+            bar.update(result["size"] or 1)
             bar.set_postfix(docs_s=f"{docs / elapsed:,.0f}", tok_s=f"{tokens / elapsed:,.0f}", refresh=False)
             if result["bad_lines"] and args.strict:
                 pool.terminate()

@@ -197,3 +197,34 @@ def test_missing_inputs_exit_2(tmp_path):
     proc = _run("tokenize_slimpajama.py", "--input", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "x.model"),
                 "--output-prefix", str(tmp_path / "out"), expect=2)
     assert "does not exist" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
+    """--hf-dataset streams through `datasets` (here a local directory: no hub is reachable in tests)."""
+    import sentencepiece as spm
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    local = tmp_path / "local_dataset"
+    local.mkdir()
+    texts = [f"document {k} of shard {s}: " + "words " * (k + 1) for s in range(3) for k in range(5)]
+    for s in range(3):
+        (local / f"part{s}.jsonl").write_text("".join(
+            json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}}) + "\n" for t in texts[s * 5:(s + 1) * 5]))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = ["--hf-dataset", str(local), "--split", "train", "--tokenizer", str(corpus / "tok.model"),
+            "--output-prefix", str(tmp_path / "hf"), "--no-progress", "--workers", "2", "--keep-parts"]
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "data_prep/tokenize_slimpajama.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sp = spm.SentencePieceProcessor(model_file=str(corpus / "tok.model"))
+    ds = IndexedDataset(str(tmp_path / "hf"))
+    got = sorted(ds[i].tolist() for i in range(len(ds)))
+    assert got == sorted([1] + sp.encode(t) + [2] for t in texts)
+    again = subprocess.run([sys.executable, "data_prep/tokenize_slimpajama.py", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming: 3 of 3" in again.stderr
+    both = _run("tokenize_slimpajama.py", "--input", str(local), "--hf-dataset", str(local), "--tokenizer",
+                str(corpus / "tok.model"), "--output-prefix", str(tmp_path / "x"), expect=2)
+    assert "either --input or --hf-dataset" in both.stderr
