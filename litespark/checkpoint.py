@@ -143,10 +143,12 @@ def candidates(run_dir: str | Path) -> list[Path]:
     return found
 
 
-def load_latest_checkpoint(engine, run_dir: str | Path) -> Optional[dict]:
+def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = False) -> Optional[dict]:
     """Load the newest usable checkpoint into ``engine``; returns its client state, or None if none.
 
-    All ranks call this and agree on the checkpoint (a failure on any rank moves everyone on).
+    ``weights_only`` loads the model alone (a new run initialised from another run's weights: its own
+    optimizer, LR schedule and RNG start fresh).  All ranks call this and agree on the checkpoint (a
+    failure on any rank moves everyone on).
     """
     for path in candidates(run_dir):
         reason = validate_checkpoint(path)
@@ -156,7 +158,9 @@ def load_latest_checkpoint(engine, run_dir: str | Path) -> Optional[dict]:
             log.warning("checkpoint %s unusable (%s); trying an older one", path.name, reason or "bad on another rank")
             continue
         try:
-            load_path, client_state = engine.load_checkpoint(str(path.parent), tag=path.name)
+            load_path, client_state = engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_module_only=weights_only,
+                load_optimizer_states=not weights_only, load_lr_scheduler_states=not weights_only)
             error = None if load_path is not None else "DeepSpeed found nothing to load"
         except Exception as exc:  # noqa: BLE001 - a corrupt file can raise anything from torch.load
             client_state, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
@@ -166,8 +170,9 @@ def load_latest_checkpoint(engine, run_dir: str | Path) -> Optional[dict]:
             log.warning("checkpoint %s failed to load (%s); trying an older one", path.name, error or "on another rank")
             continue
         rng = path / f"rng_rank{dist.get_rank()}.pt"
-        if rng.is_file():
+        if rng.is_file() and not weights_only:
             _set_rng_state(torch.load(rng, weights_only=False))
-        log.info("resumed from %s (step %d)", path, client_state["step"])
+        if not weights_only:
+            log.info("resumed from %s (step %d)", path, client_state["step"])
         return client_state
     return None

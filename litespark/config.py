@@ -159,7 +159,7 @@ class CheckpointConfig:
     resume: bool = True
     """Resume from RUN_DIR/checkpoints/latest when it exists."""
     load: Optional[str] = None
-    """Initial checkpoint to start from when RUN_DIR has none."""
+    """Another run's directory whose newest checkpoint initialises the weights (only) when RUN_DIR has none."""
 
 
 @dataclass

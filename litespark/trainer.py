@@ -185,10 +185,11 @@ def train(cfg: LitesparkConfig) -> int:
         if state is not None:
             start_step = state["step"]
     if start_step == 0 and cfg.checkpoint.load:
-        state = load_latest_checkpoint(engine, cfg.checkpoint.load)
+        state = load_latest_checkpoint(engine, cfg.checkpoint.load, weights_only=True)
         if state is None:
-            raise FileNotFoundError(f"checkpoint.load: no usable checkpoint under {cfg.checkpoint.load}/checkpoints")
-        log.info("initialised from %s (its step %d; this run starts at 0)", cfg.checkpoint.load, state["step"])
+            raise ConfigError(f"checkpoint.load: no usable checkpoint under {cfg.checkpoint.load}/checkpoints")
+        log.info("initialised weights from %s (its step %d); this run starts at step 0 with a fresh optimizer",
+                 cfg.checkpoint.load, state["step"])
     if start_step >= cfg.run.train_iters:
         log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
         return 0

@@ -135,3 +135,17 @@ def test_metrics_file_has_the_promised_fields(tmp_path):
     valid = read_metrics(tmp_path, "valid")
     assert [r["step"] for r in valid] == [2, 4]
     assert (tmp_path / "tensorboard").is_dir() and (tmp_path / "config.yaml").is_file()
+
+
+def test_checkpoint_load_initialises_weights_only(tmp_path):
+    run_training(tmp_path / "base", *FAST, "run.train_iters=20")
+    fresh = run_training(tmp_path / "fresh", *FAST, "run.train_iters=2")
+    warm = run_training(tmp_path / "warm", *FAST, "run.train_iters=2", f"checkpoint.load={tmp_path / 'base'}")
+    assert "initialised weights from" in warm.stderr and "fresh optimizer" in warm.stderr
+    base, cold, init = _losses(tmp_path / "base"), _losses(tmp_path / "fresh"), _losses(tmp_path / "warm")
+    assert sorted(init) == [1, 2]  # starts at step 0, not at the loaded step 20
+    assert init[1] < cold[1] - 0.5 and init[1] == pytest.approx(base[20], abs=0.3)  # the trained weights
+    missing = run_training(tmp_path / "none", *FAST, "run.train_iters=2", f"checkpoint.load={tmp_path / 'nope'}",
+                           expect=2)
+    assert [line for line in missing.stderr.splitlines() if "error:" in line][-1].endswith(
+        f"checkpoint.load: no usable checkpoint under {tmp_path / 'nope'}/checkpoints")
