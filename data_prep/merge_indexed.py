@@ -19,6 +19,40 @@ import warnings
 from pathlib import Path
 
 
+def concatenate(prefixes: list[str], out: Path, dtype) -> None:
+    """Concatenate indexed datasets, in order, into ``out``.bin/.idx (temporary names, then renamed)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
+    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    # add_index runs gc.collect() per dataset: 0.22 s each with torch loaded (3.7 h for 59k SlimPajama
+    # files).  Frozen objects are not scanned, which makes each collection ~1 ms; output unchanged.
+    gc.freeze()
+    for prefix in prefixes:
+        builder.add_index(prefix)
+    builder.finalize(str(tmp_idx))
+    os.replace(tmp_bin, f"{out}.bin")
+    os.replace(tmp_idx, f"{out}.idx")
+
+
+def sum_sets(set_tables: list[dict]) -> dict:
+    """Per-set document and token totals summed over several manifests or part reports."""
+    total: dict[str, dict] = {}
+    for table in set_tables:
+        for name, entry in table.items():
+            acc = total.setdefault(name, {"documents": 0, "tokens": 0})
+            acc["documents"] += entry["documents"]
+            acc["tokens"] += entry["tokens"]
+    return total
+
+
+def write_manifest(prefix: Path, manifest: dict) -> None:
+    """``prefix``.manifest.json, through a temporary file and a rename."""
+    tmp = prefix.with_name(f".{prefix.name}.manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, f"{prefix}.manifest.json")
+
+
 def fail(message: str) -> int:
     print(f"merge_indexed: error: {message}", file=sys.stderr)
     return 2
@@ -30,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-prefix", required=True)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder, _IndexReader
+    from megatron.core.datasets.indexed_dataset import _IndexReader
 
     dtypes, manifests = set(), []
     for prefix in args.inputs:
@@ -50,29 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail("inputs were tokenized with different tokenizers (manifest tokenizer_sha256 differs)")
     out = Path(args.output_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
-    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtypes.pop())
-    # add_index runs gc.collect() per dataset: 0.22 s each with torch loaded (3.7 h for 59k SlimPajama
-    # files).  Frozen objects are not scanned, which makes each collection ~1 ms; output unchanged.
-    gc.freeze()
-    for prefix in args.inputs:
-        builder.add_index(prefix)
-    builder.finalize(str(tmp_idx))
-    os.replace(tmp_bin, f"{out}.bin")
-    os.replace(tmp_idx, f"{out}.idx")
+    concatenate(list(args.inputs), out, dtypes.pop())
     if all(manifests):
         merged = {k: v for k, v in manifests[0].items() if k not in ("files", "sets", "outputs")}
         merged["merged_from"] = list(args.inputs)
         merged["files"] = [f for m in manifests for f in m["files"]]
-        merged["sets"] = {}
-        for m in manifests:
-            for name, entry in m["sets"].items():
-                acc = merged["sets"].setdefault(name, {"documents": 0, "tokens": 0})
-                acc["documents"] += entry["documents"]
-                acc["tokens"] += entry["tokens"]
-        tmp = out.with_name(f".{out.name}.manifest.json.tmp")
-        tmp.write_text(json.dumps(merged, indent=1))
-        os.replace(tmp, f"{out}.manifest.json")
+        merged["sets"] = sum_sets([m["sets"] for m in manifests])
+        write_manifest(out, merged)
     print(f"wrote {out}.bin/.idx from {len(args.inputs)} datasets")
     return 0
 
