@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import resource
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ import yaml
 
 from litespark.checkpoint import atomic_write_text, load_latest_checkpoint, save_checkpoint
 from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
+from litespark.environment import collect_versions
 from litespark.log import get_logger, setup_logging
 from litespark.metrics import EnergyMeter, count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
 
@@ -45,29 +44,6 @@ class StopFlag:
         flag = torch.tensor([1 if self.signal else 0], dtype=torch.int32, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-
-def _versions() -> dict:
-    import deepspeed
-    import megatron.core
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "megatron_core": megatron.core.__version__,
-           "deepspeed": deepspeed.__version__, "host": platform.node()}
-    try:
-        import transformer_engine
-
-        out["transformer_engine"] = getattr(transformer_engine, "__version__", "?")
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name()
-        out["cuda"] = torch.version.cuda
-    try:
-        out["git_revision"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                             cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git_revision"] = None
-    return out
 
 
 def _human(n: int) -> str:
@@ -116,6 +92,33 @@ def _forward_loss(engine, batch: dict) -> torch.Tensor:
     return (losses.float() * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def refresh_fp8_weight_cache(engine) -> None:
+    """Make the next forward re-quantise the weights.
+
+    Megatron's TE linears cache their FP8 weights (and transposes) after the first micro-batch
+    (``is_first_microbatch``), so the later micro-batches of the same step skip the casts; the cache
+    must be invalidated whenever the weights change, i.e. before the first micro-batch after an
+    optimizer step, as Megatron's own schedule does.  Without it every forward after step 1 would run
+    on step 1's weights.  A no-op without FP8.
+    """
+    module = getattr(engine, "module", engine)
+    if hasattr(module, "set_is_first_microbatch"):
+        module.set_is_first_microbatch()
+
+
+def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches (DeepSpeed accumulates and steps at the
+    boundary); returns the mean micro-batch loss, still on the device."""
+    refresh_fp8_weight_cache(engine)
+    total = None
+    for batch in micro_batches:
+        loss = _forward_loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total / len(micro_batches)
+
+
 def _dp_mean(value: torch.Tensor) -> float:
     from megatron.core import parallel_state as ps
 
@@ -131,6 +134,7 @@ def evaluate(engine, dataset, cfg: LitesparkConfig, device: torch.device) -> flo
     from litespark.data import eval_batches
 
     engine.eval()
+    refresh_fp8_weight_cache(engine)
     total = torch.zeros((), device=device)
     with torch.no_grad():
         for batch in eval_batches(dataset, cfg, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), device):
@@ -164,7 +168,7 @@ def train(cfg: LitesparkConfig) -> int:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        atomic_write_text(run_dir / "environment.json", json.dumps({**_versions(), "world_size": world,
+        atomic_write_text(run_dir / "environment.json", json.dumps({**collect_versions(), "world_size": world,
                                                                     "tensor_parallel": cfg.parallel.tensor_parallel,
                                                                     "data_parallel": dp_size}, indent=1))
     n = count_parameters(cfg.model)
@@ -218,11 +222,7 @@ def train(cfg: LitesparkConfig) -> int:
 
     with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
         for step, micro_batches in iterate_micro_batches(datasets.train, cfg, dp_size, dp_rank, start_step, device):
-            for batch in micro_batches:
-                loss = _forward_loss(engine, batch)
-                engine.backward(loss)
-                engine.step()
-                loss_sum += loss.detach() / len(micro_batches)
+            loss_sum += train_step(engine, micro_batches)
             step_done, interval_steps = step + 1, interval_steps + 1
             progress.update(1)
             if step_done % cfg.run.log_interval == 0 or step_done == cfg.run.train_iters:

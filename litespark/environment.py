@@ -1,0 +1,52 @@
+"""What a run or benchmark ran on: package versions, GPU, driver, git revision.
+
+Recorded next to every result so that a number can be traced to the software that produced it.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module, fromlist=["__version__"])
+    except Exception:  # noqa: BLE001 - absent or broken optional package
+        return None
+    return getattr(mod, "__version__", "?")
+
+
+def git_revision() -> str | None:
+    """HEAD of the checkout this package was imported from, or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def collect_versions() -> dict:
+    """Python, torch, Megatron-Core, DeepSpeed, TE and transformers versions, host, GPU, driver, git."""
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
+    for key, module in (("megatron_core", "megatron.core"), ("deepspeed", "deepspeed"),
+                        ("transformer_engine", "transformer_engine"), ("transformers", "transformers")):
+        version = _version(module)
+        if version is not None:
+            out[key] = version
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
+        out["cuda"] = torch.version.cuda
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            out["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception:  # noqa: BLE001 - NVML is optional
+            pass
+    out["git_revision"] = git_revision()
+    return out
