@@ -1,0 +1,132 @@
+"""One benchmark measurement: one stack, one micro-batch size, in a process of its own.
+
+The parent (``python -m litespark.bench``) starts one worker per attempt so that every stack starts
+from an empty GPU and an out-of-memory attempt cannot leave fragments behind for the next.  The
+worker writes one JSON object to ``--out`` and exits 0, or exits 3 after writing ``{"oom": true}``
+when the micro-batch does not fit.
+
+Timing: ``--warmup`` optimizer steps (excluded: allocator growth, TE workspace and FP8 amax
+history set-up, cuDNN plan search), then ``--steps`` timed steps between two device
+synchronisations.  Energy is NVML's counter over the same window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+EXIT_OOM = 3
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA out-of-memory, whichever layer raised it (torch, TE, cuBLAS workspace, DeepSpeed)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> dict:
+    """Build ``stack`` for ``cfg``, run ``warmup + steps`` optimizer steps on ``tokens``, return figures.
+
+    ``tokens`` is [(warmup + steps) * global_batch, seq + 1]; step k uses rows [k*G, (k+1)*G).
+    """
+    from litespark.bench.stacks import build_stack
+    from litespark.metrics import EnergyMeter, flops_per_token, peak_bf16_tflops
+
+    d = cfg.data
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    t0 = time.perf_counter()
+    built = build_stack(stack, cfg)
+    build_s = time.perf_counter() - t0
+
+    def batches(k: int) -> list[torch.Tensor]:
+        rows = tokens[k * d.global_batch_size:(k + 1) * d.global_batch_size].to(device, non_blocking=True)
+        return list(rows.split(d.micro_batch_size))
+
+    losses = []
+    for k in range(warmup):
+        losses.append(float(built.step(batches(k))))
+    _sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    energy = EnergyMeter()
+    energy.interval_joules()
+    start = time.perf_counter()
+    timed = []
+    for k in range(warmup, warmup + steps):
+        timed.append(built.step(batches(k)))
+    _sync()
+    seconds = time.perf_counter() - start
+    joules = energy.interval_joules()
+    losses += [float(x) for x in timed]
+
+    n_tokens = steps * d.global_batch_size * cfg.model.seq_length
+    tok_s = n_tokens / seconds
+    out = {
+        "stack": stack, "description": built.description, "micro_batch": d.micro_batch_size,
+        "global_batch": d.global_batch_size, "seq_length": cfg.model.seq_length,
+        "warmup_steps": warmup, "timed_steps": steps, "build_seconds": build_s, "timed_seconds": seconds,
+        "tokens_per_s": tok_s, "tflops": tok_s * flops_per_token(cfg.model) / 1e12,
+        "losses": losses, "final_loss": losses[-1],
+    }
+    peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+    if peak:
+        out["mfu"] = out["tflops"] / peak
+    if joules is not None:
+        out.update(energy_j=joules, joules_per_token=joules / n_tokens, avg_watts=joules / seconds)
+    if torch.cuda.is_available():
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from litespark.bench.data import load_windows
+    from litespark.cli import quiet_optional_dependency_warnings
+    from litespark.config import from_dict
+    from litespark.distributed import destroy_distributed, init_distributed
+
+    p = argparse.ArgumentParser(prog="litespark.bench.worker")
+    p.add_argument("--stack", required=True)
+    p.add_argument("--config-json", required=True, help="resolved LitesparkConfig as JSON (micro-batch included)")
+    p.add_argument("--data", required=True, help="'random' or an indexed-dataset prefix")
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    quiet_optional_dependency_warnings()
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    cfg = from_dict(json.loads(Path(args.config_json).read_text()))
+    out = Path(args.out)
+    init_distributed(1, cfg.run.seed)
+    try:
+        tokens = load_windows(args.data, (args.warmup + args.steps) * cfg.data.global_batch_size,
+                              cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
+        result = measure(args.stack, cfg, tokens, args.warmup, args.steps)
+    except Exception as exc:  # noqa: BLE001 - classify, then re-raise anything but OOM
+        if is_oom(exc):
+            out.write_text(json.dumps({"stack": args.stack, "micro_batch": cfg.data.micro_batch_size, "oom": True,
+                                       "error": str(exc).splitlines()[0][:300]}))
+            print(f"{args.stack} micro-batch {cfg.data.micro_batch_size}: out of memory", file=sys.stderr)
+            return EXIT_OOM
+        raise
+    finally:
+        destroy_distributed()
+    out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
