@@ -143,6 +143,35 @@ def candidates(run_dir: str | Path) -> list[Path]:
     return found
 
 
+def _all_ok(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (the flag lives on the GPU under NCCL, which cannot reduce CPU tensors)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _weights_mismatch(engine, path: Path) -> Optional[str]:
+    """Why the weights in ``path`` cannot go into ``engine.module`` (missing, extra or reshaped
+    tensors: another model shape or TP size), or None.  TE's ``_extra_state`` (FP8 metadata) is not
+    required: checkpoints imported from Hugging Face have none."""
+    from megatron.core import parallel_state as ps
+
+    f = path / f"mp_rank_{ps.get_tensor_model_parallel_rank():02d}_model_states.pt"
+    if not f.is_file():
+        return None  # ZeRO-3 layout: DeepSpeed consolidates and checks
+    theirs = {k: tuple(v.shape) for k, v in torch.load(f, map_location="cpu", mmap=True, weights_only=False)["module"].items()
+              if not k.endswith("_extra_state")}
+    ours = {k: tuple(v.shape) for k, v in engine.module.state_dict().items() if not k.endswith("_extra_state")}
+    for name, shape in ours.items():
+        if name not in theirs:
+            return f"{path} has no tensor {name}"
+        if theirs[name] != shape:
+            return f"{name} is {theirs[name]} in {path}, this run's model needs {shape} (another model shape or TP size?)"
+    extra = sorted(set(theirs) - set(ours))
+    return f"{path} has tensor {extra[0]} that this run's model lacks" if extra else None
+
+
 def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = False) -> Optional[dict]:
     """Load the newest usable checkpoint into ``engine``; returns its client state, or None if none.
 
@@ -152,21 +181,24 @@ def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = Fal
     """
     for path in candidates(run_dir):
         reason = validate_checkpoint(path)
-        ok = torch.tensor([0 if reason else 1], dtype=torch.int32)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if ok.item() == 0:
+        if not _all_ok(reason is None):
             log.warning("checkpoint %s unusable (%s); trying an older one", path.name, reason or "bad on another rank")
             continue
+        if weights_only:
+            from litespark.config import ConfigError
+
+            mismatch = _weights_mismatch(engine, path)
+            if not _all_ok(mismatch is None):
+                raise ConfigError(f"checkpoint.load: {mismatch or 'incompatible weights on another rank'}")
         try:
             load_path, client_state = engine.load_checkpoint(
                 str(path.parent), tag=path.name, load_module_only=weights_only,
-                load_optimizer_states=not weights_only, load_lr_scheduler_states=not weights_only)
+                load_optimizer_states=not weights_only, load_lr_scheduler_states=not weights_only,
+                load_module_strict=not weights_only)
             error = None if load_path is not None else "DeepSpeed found nothing to load"
         except Exception as exc:  # noqa: BLE001 - a corrupt file can raise anything from torch.load
             client_state, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ok = torch.tensor([0 if error else 1], dtype=torch.int32)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if ok.item() == 0:
+        if not _all_ok(error is None):
             log.warning("checkpoint %s failed to load (%s); trying an older one", path.name, error or "on another rank")
             continue
         rng = path / f"rng_rank{dist.get_rank()}.pt"

@@ -34,55 +34,79 @@ def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: ModelConfig)
     return grouped.reshape(-1, m.hidden_size)
 
 
+def layer_to_hf(sd: dict[str, torch.Tensor], m: ModelConfig, i: int) -> dict[str, torch.Tensor]:
+    """HF tensors of decoder layer ``i`` from the Litespark TP=1 tensors of that layer (full names)."""
+    src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+    q, k, v = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], m)
+    gate, up = torch.chunk(sd[src + "mlp.linear_fc1.weight"], 2, dim=0)
+    out = {
+        dst + "input_layernorm.weight": sd[src + "self_attention.linear_qkv.layer_norm_weight"],
+        dst + "self_attn.q_proj.weight": q,
+        dst + "self_attn.k_proj.weight": k,
+        dst + "self_attn.v_proj.weight": v,
+        dst + "self_attn.o_proj.weight": sd[src + "self_attention.linear_proj.weight"],
+        dst + "post_attention_layernorm.weight": sd[src + "mlp.linear_fc1.layer_norm_weight"],
+        dst + "mlp.gate_proj.weight": gate,
+        dst + "mlp.up_proj.weight": up,
+        dst + "mlp.down_proj.weight": sd[src + "mlp.linear_fc2.weight"],
+    }
+    return {key: t.contiguous() for key, t in out.items()}
+
+
+def outer_to_hf(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF embedding, final norm and LM head (vocabulary padding removed; the head is the embedding
+    tensor itself when tied, as HF lists it)."""
+    v = m.vocab_size
+    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:v].contiguous(),
+           "model.norm.weight": sd["decoder.final_layernorm.weight"]}
+    out["lm_head.weight"] = out["model.embed_tokens.weight"] if m.tie_embeddings else sd["output_layer.weight"][:v].contiguous()
+    return out
+
+
 def to_hf_state_dict(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
     """HF Llama state dict from a Litespark TP=1 model state dict (vocab padding removed)."""
-    v = m.vocab_size
-    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:v],
-           "model.norm.weight": sd["decoder.final_layernorm.weight"]}
-    # HF lists lm_head.weight even when tied (it is then the embedding tensor itself).
-    out["lm_head.weight"] = out["model.embed_tokens.weight"] if m.tie_embeddings else sd["output_layer.weight"][:v]
+    out = outer_to_hf(sd, m)
     for i in range(m.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        q, k, vv = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], m)
-        gate, up = torch.chunk(sd[src + "mlp.linear_fc1.weight"], 2, dim=0)
-        out.update({
-            dst + "input_layernorm.weight": sd[src + "self_attention.linear_qkv.layer_norm_weight"],
-            dst + "self_attn.q_proj.weight": q,
-            dst + "self_attn.k_proj.weight": k,
-            dst + "self_attn.v_proj.weight": vv,
-            dst + "self_attn.o_proj.weight": sd[src + "self_attention.linear_proj.weight"],
-            dst + "post_attention_layernorm.weight": sd[src + "mlp.linear_fc1.layer_norm_weight"],
-            dst + "mlp.gate_proj.weight": gate,
-            dst + "mlp.up_proj.weight": up,
-            dst + "mlp.down_proj.weight": sd[src + "mlp.linear_fc2.weight"],
-        })
-    return {k: t.contiguous() for k, t in out.items()}
+        out.update(layer_to_hf(sd, m, i))
+    return out
+
+
+def layer_from_hf(hf: dict[str, torch.Tensor], m: ModelConfig, i: int) -> dict[str, torch.Tensor]:
+    """Litespark TP=1 tensors of decoder layer ``i`` from the HF tensors of that layer."""
+    src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+    out = {
+        dst + "self_attention.linear_qkv.layer_norm_weight": hf[src + "input_layernorm.weight"],
+        dst + "self_attention.linear_qkv.weight": _join_qkv(
+            hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"],
+            hf[src + "self_attn.v_proj.weight"], m),
+        dst + "self_attention.linear_proj.weight": hf[src + "self_attn.o_proj.weight"],
+        dst + "mlp.linear_fc1.layer_norm_weight": hf[src + "post_attention_layernorm.weight"],
+        dst + "mlp.linear_fc1.weight": torch.cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]]),
+        dst + "mlp.linear_fc2.weight": hf[src + "mlp.down_proj.weight"],
+    }
+    return {key: t.contiguous() for key, t in out.items()}
+
+
+def outer_from_hf(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
+    """Litespark embedding, final norm and (untied) output layer; padded vocabulary rows are zero."""
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = padded_vocab - t.shape[0]
+        return torch.cat([t, t.new_zeros(extra, t.shape[1])]) if extra else t.contiguous()
+
+    out = {"embedding.word_embeddings.weight": pad(hf["model.embed_tokens.weight"]),
+           "decoder.final_layernorm.weight": hf["model.norm.weight"].contiguous()}
+    if not m.tie_embeddings:
+        out["output_layer.weight"] = pad(hf["lm_head.weight"])
+    return out
 
 
 def from_hf_state_dict(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
     """Litespark TP=1 state dict from an HF Llama state dict; padded vocab rows are zero."""
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        extra = padded_vocab - t.shape[0]
-        return torch.cat([t, t.new_zeros(extra, t.shape[1])]) if extra else t
-
-    out = {"embedding.word_embeddings.weight": pad(hf["model.embed_tokens.weight"]),
-           "decoder.final_layernorm.weight": hf["model.norm.weight"]}
-    if not m.tie_embeddings:
-        out["output_layer.weight"] = pad(hf["lm_head.weight"])
+    out = outer_from_hf(hf, m, padded_vocab)
     for i in range(m.num_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        out.update({
-            dst + "self_attention.linear_qkv.layer_norm_weight": hf[src + "input_layernorm.weight"],
-            dst + "self_attention.linear_qkv.weight": _join_qkv(
-                hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"],
-                hf[src + "self_attn.v_proj.weight"], m),
-            dst + "self_attention.linear_proj.weight": hf[src + "self_attn.o_proj.weight"],
-            dst + "mlp.linear_fc1.layer_norm_weight": hf[src + "post_attention_layernorm.weight"],
-            dst + "mlp.linear_fc1.weight": torch.cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]]),
-            dst + "mlp.linear_fc2.weight": hf[src + "mlp.down_proj.weight"],
-        })
-    return {k: t.contiguous() for k, t in out.items()}
+        out.update(layer_from_hf(hf, m, i))
+    return out
 
 
 def to_hf_config_kwargs(m: ModelConfig) -> dict:

@@ -1,0 +1,165 @@
+"""``python -m litespark.convert``: Litespark checkpoints to Hugging Face Llama and back.
+
+    python -m litespark.convert to-hf --checkpoint RUN_DIR --out HF_DIR [--tokenizer tok.model] [--dtype bf16|fp32]
+    python -m litespark.convert from-hf --hf HF_DIR --out CKPT_DIR --tp N
+
+``to-hf`` consolidates the TP shards (and, for ZeRO-3 or ``--dtype fp32`` of a BF16 run, DeepSpeed's
+ZeRO partitions) into ``LlamaForCausalLM`` safetensors shards of at most 5 GB, ``config.json`` and
+tokenizer files.  ``from-hf`` writes a step-0 Litespark checkpoint for any TP size; train from it
+with ``--set checkpoint.load=CKPT_DIR``.  Neither needs a GPU or a process group; both stream one
+layer at a time.  Mistakes (incompatible shapes, missing shards, a tokenizer that does not match the
+embedding) end with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from litespark.cli import quiet_optional_dependency_warnings, user_errors_exit_2
+from litespark.config import ConfigError, LitesparkConfig, validate
+from litespark.log import get_logger, setup_logging
+
+log = get_logger(__name__)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def _padded(cfg: LitesparkConfig) -> int:
+    from litespark.model import padded_vocab_size
+
+    return padded_vocab_size(cfg)
+
+
+def to_hf(args: argparse.Namespace) -> int:
+    from litespark.convert.hf_files import write_hf_dir
+    from litespark.convert.hf_llama import layer_to_hf, outer_to_hf, to_hf_config_kwargs
+    from litespark.convert.litespark_checkpoint import (
+        check_shapes, expected_shapes, fp32_master_weights, read_checkpoint, resolve_checkpoint)
+    from litespark.convert.tp_shards import merge_state_dicts, merge_tensor
+
+    step = resolve_checkpoint(args.checkpoint)
+    cfg, shards = read_checkpoint(step)
+    m, tp = cfg.model, len(shards)
+    stored = next(iter(shards[0].values())).dtype
+    dtype_name = args.dtype or ("fp32" if stored == torch.float32 else "bf16")
+    if dtype_name == "fp32" and stored != torch.float32 and cfg.parallel.zero_stage != 3:
+        if tp > 1:
+            raise ConfigError("--dtype fp32: the fp32 master weights of a tensor-parallel checkpoint cannot be "
+                              "consolidated (DeepSpeed's zero_to_fp32 is TP=1 only); use --dtype bf16")
+        log.info("reading the fp32 master weights from the ZeRO partitions")
+        shards = [fp32_master_weights(step)]
+    expected = expected_shapes(m, _padded(cfg))
+    shapes = {}
+    for name in shards[0]:
+        merged_meta = merge_tensor(name, [sd[name].to("meta") for sd in shards if name in sd]) if all(
+            name in sd for sd in shards) else None
+        if merged_meta is None:
+            raise ConfigError(f"checkpoint {step}: tensor {name} is missing from a TP shard")
+        shapes[name] = tuple(merged_meta.shape)
+    check_shapes(shapes, expected, f"checkpoint {step}")
+    tokenizer = args.tokenizer
+    if tokenizer is None and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
+        tokenizer = cfg.data.tokenizer
+        log.info("tokenizer from the run's config: %s", tokenizer)
+    elif tokenizer is None:
+        log.warning("no tokenizer given and none recorded in the run's config: writing weights and config only")
+
+    def tensors():
+        outer = [k for k in expected if not k.startswith("decoder.layers.")]
+        for name, t in outer_to_hf(merge_state_dicts(shards, outer), m).items():
+            if not (m.tie_embeddings and name == "lm_head.weight"):  # HF re-ties it from the embedding
+                yield name, t
+        for i in range(m.num_layers):
+            names = [k for k in expected if k.startswith(f"decoder.layers.{i}.")]
+            yield from layer_to_hf(merge_state_dicts(shards, names), m, i).items()
+            if (i + 1) % 8 == 0 or i + 1 == m.num_layers:
+                log.info("converted %d/%d layers", i + 1, m.num_layers)
+
+    files = write_hf_dir(Path(args.out), tensors(), to_hf_config_kwargs(m), DTYPES[dtype_name], tokenizer,
+                         max_shard_bytes=args.max_shard_bytes)
+    log.info("wrote %s (%s, TP %d -> 1, step %s): %s", args.out, dtype_name, tp, step.name,
+             ", ".join(f.name for f in files))
+    return 0
+
+
+def from_hf(args: argparse.Namespace) -> int:
+    from litespark.convert.hf_files import HFTensors, model_config_from_hf
+    from litespark.convert.hf_llama import layer_from_hf, outer_from_hf
+    from litespark.convert.litespark_checkpoint import check_shapes, expected_shapes, write_checkpoint
+    from litespark.convert.tp_shards import split_tensor
+
+    hf_dir = Path(args.hf)
+    cfg = LitesparkConfig(preset="custom")
+    cfg.model = model_config_from_hf(hf_dir, args.seq_length)
+    cfg.parallel.tensor_parallel = args.tp
+    tensors = HFTensors(hf_dir)
+    stored = tensors["model.embed_tokens.weight"].dtype if "model.embed_tokens.weight" in tensors else torch.bfloat16
+    cfg.precision.bf16 = (DTYPES[args.dtype] if args.dtype else stored) != torch.float32
+    validate(cfg)
+    m = cfg.model
+    expected = expected_shapes(m, _padded(cfg))
+    hf_names = set(k for k in tensors.keys() if not k.endswith("rotary_emb.inv_freq"))
+    needed = {"model.embed_tokens.weight", "model.norm.weight"} | ({"lm_head.weight"} if not m.tie_embeddings else set())
+    for i in range(m.num_layers):
+        needed |= {f"model.layers.{i}.{s}" for s in (
+            "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
+            "mlp.up_proj.weight", "mlp.down_proj.weight")}
+    missing, extra = sorted(needed - hf_names), sorted(hf_names - needed - {"lm_head.weight"})
+    if missing:
+        raise ConfigError(f"--hf {hf_dir}: tensor {missing[0]} is missing")
+    if extra:
+        raise ConfigError(f"--hf {hf_dir}: unexpected tensor {extra[0]} (not a plain Llama checkpoint?)")
+    dtype = DTYPES[args.dtype] if args.dtype else None
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(args.tp)]
+
+    def add(part: dict[str, torch.Tensor]) -> None:
+        check_shapes({k: tuple(v.shape) for k, v in part.items()}, {k: expected[k] for k in part}, f"--hf {hf_dir}")
+        for name, full in part.items():
+            full = full if dtype is None else full.to(dtype)
+            for r, shard in enumerate(split_tensor(name, full, args.tp)):
+                shards[r][name] = shard
+
+    add(outer_from_hf(tensors, m, _padded(cfg)))
+    for i in range(m.num_layers):
+        add(layer_from_hf(tensors, m, i))
+    if (hf_dir / "tokenizer.model").is_file():
+        out_tok = Path(args.out) / "tokenizer.model"
+        out_tok.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(hf_dir / "tokenizer.model", out_tok)
+        cfg.data.tokenizer = str(out_tok)
+    path = write_checkpoint(Path(args.out), cfg, shards, source=str(hf_dir))
+    log.info("wrote %s: %d layers x %d, TP %d; start a run from it with --set checkpoint.load=%s "
+             "(and the same model shape: --set model.*, printed by --print-config of this checkpoint's config)",
+             path, m.num_layers, m.hidden_size, args.tp, args.out)
+    return 0
+
+
+@user_errors_exit_2("litespark.convert")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m litespark.convert", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("to-hf", help="Litespark checkpoint -> Hugging Face LlamaForCausalLM directory")
+    a.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ directory, or one step_N directory")
+    a.add_argument("--out", required=True, help="new directory for the HF checkpoint")
+    a.add_argument("--tokenizer", help="SentencePiece model (default: the run's data.tokenizer, if it exists)")
+    a.add_argument("--dtype", choices=sorted(DTYPES), help="default: the dtype the weights are stored in (bf16 for BF16/FP8 runs)")
+    a.add_argument("--max-shard-bytes", type=int, default=5 * 10**9, help="safetensors shard size limit (default 5 GB)")
+    b = sub.add_parser("from-hf", help="Hugging Face Llama directory -> Litespark checkpoint for any TP size")
+    b.add_argument("--hf", required=True, help="HF directory (config.json + safetensors)")
+    b.add_argument("--out", required=True, help="new Litespark run directory (checkpoint under OUT/checkpoints)")
+    b.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the runs that will load it")
+    b.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep the HF dtype)")
+    b.add_argument("--seq-length", type=int, help="training sequence length to record (default min(max_position_embeddings, 4096))")
+    args = p.parse_args(argv)
+    quiet_optional_dependency_warnings()
+    setup_logging()
+    return to_hf(args) if args.command == "to-hf" else from_hf(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
