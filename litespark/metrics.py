@@ -135,12 +135,66 @@ class EnergyMeter:
         return energy_delta_joules(previous, now)
 
 
+NVML_COUNTER_MODULUS = 2**64
+"""``nvmlDeviceGetTotalEnergyConsumption`` is an unsigned 64-bit millijoule counter."""
+_WRAP_WINDOW = 2**40  # ~35 years of a 1 kW GPU: a reading this close to the top can only have wrapped
+
+
 def energy_delta_joules(previous_mj: int | None, now_mj: int | None) -> float | None:
-    """Energy between two counter readings; None when either is missing or the counter went back
-    (driver reload), so a bad interval is reported as unknown rather than as a huge or negative value."""
-    if previous_mj is None or now_mj is None or now_mj < previous_mj:
+    """Energy between two counter readings.
+
+    A counter that wrapped past 2**64 (previous reading within ``_WRAP_WINDOW`` of the top, new one
+    near zero) is unwrapped; one that otherwise went back (a driver reload resets it) gives None, as
+    does a missing reading, so a bad interval is reported as unknown rather than as a huge or
+    negative value.
+    """
+    if previous_mj is None or now_mj is None:
         return None
-    return (now_mj - previous_mj) / 1000.0
+    if now_mj >= previous_mj:
+        return (now_mj - previous_mj) / 1000.0
+    if previous_mj >= NVML_COUNTER_MODULUS - _WRAP_WINDOW and now_mj < _WRAP_WINDOW:
+        return (NVML_COUNTER_MODULUS - previous_mj + now_mj) / 1000.0
+    return None
+
+
+class PhaseMeter:
+    """Splits wall time and GPU energy between training intervals and the pauses inside them
+    (evaluation, checkpoint saves), so that throughput and joules per token count training alone and
+    the pauses are reported on their own."""
+
+    def __init__(self, energy: EnergyMeter):
+        import time
+
+        self._clock = time.perf_counter
+        self.energy = energy
+        self.energy.interval_joules()
+        self._start = self._clock()
+        self._pending: float | None = 0.0 if energy.available else None
+        self._paused_at: float | None = None
+
+    def _add(self, joules: float | None) -> None:
+        self._pending = None if (self._pending is None or joules is None) else self._pending + joules
+
+    def pause(self) -> None:
+        """A side phase begins: bank the interval's energy so far."""
+        self._add(self.energy.interval_joules())
+        self._paused_at = self._clock()
+
+    def resume(self) -> tuple[float, float | None]:
+        """The side phase ends: its (seconds, joules), which the interval will not include."""
+        seconds = self._clock() - self._paused_at
+        self._start += seconds
+        self._paused_at = None
+        return seconds, self.energy.interval_joules()
+
+    def close_interval(self) -> tuple[float, float | None]:
+        """The training interval ends: its (seconds, joules) without the pauses; the next one starts."""
+        now = self._clock()
+        seconds = now - self._start
+        self._add(self.energy.interval_joules())
+        joules, self._pending = self._pending, (0.0 if self.energy.available else None)
+        self._start = now
+        return seconds, joules
 
 
 def _nvml_handle(pynvml, torch_index: int):

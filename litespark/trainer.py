@@ -23,7 +23,7 @@ from litespark.checkpoint import atomic_write_text, load_latest_checkpoint, save
 from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
 from litespark.environment import collect_versions
 from litespark.log import get_logger, setup_logging
-from litespark.metrics import EnergyMeter, count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
+from litespark.metrics import EnergyMeter, PhaseMeter, count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
 
 EXIT_PREEMPTED = 75
 log = get_logger(__name__)
@@ -119,6 +119,13 @@ def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
     return total / len(micro_batches)
 
 
+def _all_gpus_joules(joules: float | None, device: torch.device) -> tuple[float, int]:
+    """Sum of every rank's joules and how many ranks had a reading (collective)."""
+    reported = torch.tensor([joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64, device=device)
+    dist.all_reduce(reported)
+    return float(reported[0]), int(reported[1])
+
+
 def _dp_mean(value: torch.Tensor) -> float:
     from megatron.core import parallel_state as ps
 
@@ -159,8 +166,11 @@ def train(cfg: LitesparkConfig) -> int:
         # DeepSpeed does not, and training would silently diverge across TP ranks.
         raise ConfigError("parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
                           "(norm-weight gradients would not be reduced over the TP group)")
+    t_setup = time.perf_counter()
     init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
     setup_logging()
+    energy = EnergyMeter()
+    energy.interval_joules()
     world, rank = dist.get_world_size(), dist.get_rank()
     validate(cfg, world)
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -199,16 +209,29 @@ def train(cfg: LitesparkConfig) -> int:
         return 0
 
     stop = StopFlag()
-    energy = EnergyMeter()
-    energy.interval_joules()
     peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     sink = MetricsSink(run_dir, enabled=rank == 0)
     tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_length
     # A live bar on a terminal; in logs (batch jobs, CI) the interval lines already say where we are.
     progress = tqdm(total=cfg.run.train_iters, initial=start_step, disable=rank != 0 or not sys.stderr.isatty(),
                     unit="step", dynamic_ncols=True, mininterval=2.0)
-    interval_start, interval_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+    setup_j, setup_reporting = _all_gpus_joules(energy.interval_joules(), device)
+    sink.write({"step": start_step, "split": "setup", "seconds": time.perf_counter() - t_setup, "world_size": world,
+                **({"energy_j": setup_j} if setup_reporting == world else {})})
+    phases = PhaseMeter(energy)
+    interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
     last_saved, step_done = None, start_step
+
+    def side_phase(kind: str, fn):
+        """Run an evaluation or a save outside the training interval's time and energy; record it."""
+        phases.pause()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds, joules = phases.resume()
+        total, reporting = _all_gpus_joules(joules, device)
+        sink.write({"step": step_done, "split": kind, "seconds": seconds, **({"energy_j": total} if reporting == world else {})})
+        return result
 
     def save(step: int, reason: str) -> None:
         nonlocal last_saved
@@ -216,32 +239,32 @@ def train(cfg: LitesparkConfig) -> int:
             return
         t = time.perf_counter()
         client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
-        path = save_checkpoint(engine, run_dir, step, client, cfg.checkpoint.keep_last)
+        path = side_phase("checkpoint", lambda: save_checkpoint(engine, run_dir, step, client, cfg.checkpoint.keep_last))
         last_saved = step
         log.info("saved checkpoint %s (%s, %.1f s)", path, reason, time.perf_counter() - t)
 
     with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
+        fetch_start = time.perf_counter()
         for step, micro_batches in iterate_micro_batches(datasets.train, cfg, dp_size, dp_rank, start_step, device):
+            data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
             loss_sum += train_step(engine, micro_batches)
             step_done, interval_steps = step + 1, interval_steps + 1
             progress.update(1)
             if step_done % cfg.run.log_interval == 0 or step_done == cfg.run.train_iters:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                seconds = time.perf_counter() - interval_start
-                joules = energy.interval_joules()
-                reported = torch.tensor([joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64, device=device)
-                dist.all_reduce(reported)
+                seconds, joules = phases.close_interval()
+                interval_j, reporting = _all_gpus_joules(joules, device)
                 grad_norm = engine.get_global_grad_norm()
                 record = {
                     "step": step_done, "split": "train", "loss": _dp_mean(loss_sum / interval_steps),
                     "lr": float(scheduler.get_last_lr()[0]),
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "seconds": seconds, "tokens": interval_steps * tokens_per_step,
+                    "seconds": seconds, "data_wait_s": data_wait, "tokens": interval_steps * tokens_per_step,
                     "consumed_samples": step_done * cfg.data.global_batch_size,
                     **interval_metrics(tokens=interval_steps * tokens_per_step, seconds=seconds, world_size=world,
-                                       m=cfg.model, peak_tflops=peak, energy_joules_all_gpus=float(reported[0]),
-                                       gpus_reporting=int(reported[1])),
+                                       m=cfg.model, peak_tflops=peak, energy_joules_all_gpus=interval_j,
+                                       gpus_reporting=reporting),
                     **_peak_memory_gib(),
                 }
                 sink.write(record)
@@ -256,9 +279,9 @@ def train(cfg: LitesparkConfig) -> int:
                 if not math.isfinite(record["loss"]):
                     log.error("loss is %s at step %d; stopping", record["loss"], step_done)
                     return 1
-                interval_start, interval_steps, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+                interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
             if cfg.run.eval_interval and step_done % cfg.run.eval_interval == 0 and datasets.valid is not None:
-                valid_loss = evaluate(engine, datasets.valid, cfg, device)
+                valid_loss = side_phase("eval", lambda: evaluate(engine, datasets.valid, cfg, device))
                 sink.write({"step": step_done, "split": "valid", "loss": valid_loss})
                 log.info("step %d validation loss %.4f", step_done, valid_loss)
             if cfg.checkpoint.save_interval and step_done % cfg.checkpoint.save_interval == 0:
@@ -269,6 +292,7 @@ def train(cfg: LitesparkConfig) -> int:
                 log.warning("stopping at step %d on a preemption signal; resume by running the same command", step_done)
                 progress.close()
                 return EXIT_PREEMPTED
+            fetch_start = time.perf_counter()
         progress.close()
         if last_saved != step_done:
             save(step_done, "end of training")
