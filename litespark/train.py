@@ -72,6 +72,30 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
         destroy_distributed()
 
 
+def preflight(cfg, world_size: int) -> str:
+    """What a launch of ``cfg`` on ``world_size`` processes needs, checked in seconds; ConfigError if not."""
+    from pathlib import Path
+
+    from litespark.config import gradient_accumulation_steps, validate
+
+    if world_size < 1:
+        raise ConfigError(f"--preflight {world_size}: the world size must be >= 1")
+    validate(cfg, world_size)
+    if cfg.data.source == "indexed":
+        from litespark.data import check_indexed_prefixes
+
+        check_indexed_prefixes(cfg)
+    run_dir = Path(cfg.run.run_dir)
+    probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"run.run_dir: {run_dir} is not writable (checked {probe})")
+    tp = cfg.parallel.tensor_parallel
+    return (f"preflight ok: {cfg.preset}, world {world_size} = TP {tp} x DP {world_size // tp}, ZeRO-{cfg.parallel.zero_stage}, "
+            f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
+            f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
+            f"{' ' + ','.join(cfg.data.prefixes) if cfg.data.source == 'indexed' else ''}, run dir {run_dir}")
+
+
 @user_errors_exit_2("litespark.train")
 def main(argv: list[str] | None = None) -> int:
     quiet_optional_dependency_warnings()
@@ -83,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="shortcut: 'mock' for synthetic tokens, else indexed dataset prefixes")
     parser.add_argument("--train-iters", type=int, help="shortcut for --set run.train_iters=N")
     parser.add_argument("--run-dir", help="shortcut for --set run.run_dir=DIR")
+    parser.add_argument("--preflight", type=int, metavar="WORLD_SIZE",
+                        help="check, without a GPU or process group, that the config is valid for WORLD_SIZE "
+                             "processes (TP x DP), the data prefixes exist and the run directory is writable; "
+                             "print one line and exit (job scripts run this before queueing work)")
     args = parser.parse_args(argv)
     shortcuts = []
     if args.data:
@@ -92,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_dir:
         shortcuts.append(f"run.run_dir={args.run_dir}")
     cfg = load_config(args, extra_overrides=shortcuts)
+    if args.preflight is not None:
+        print(preflight(cfg, args.preflight))
+        return 0
     if args.print_config:
         try:
             resolve_backend(cfg)

@@ -13,10 +13,13 @@ TOKENIZER=${TOKENIZER:?set TOKENIZER to the SentencePiece .model}
 OUTPUT=${OUTPUT:?set OUTPUT to the output prefix}
 TASKS=${TASKS:-16}                     # array size
 CPUS=${CPUS:-32}                       # CPUs per array task
+MERGE_CPUS=${MERGE_CPUS:-2}            # CPUs of the merge job
 WORKERS=${WORKERS:-$((CPUS / 2))}      # processes per task (each encodes with 2 threads)
 PARTITION=${PARTITION:-}               # empty: the cluster's default partition
 PYTHON=${PYTHON:-python}
-HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Inside a job the script runs from Slurm's spool copy: the repository comes from the submitting shell.
+HERE=${LITESPARK_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+export LITESPARK_HOME=$HERE
 
 part=()
 [ -n "$PARTITION" ] && part=(--partition "$PARTITION")
@@ -26,7 +29,7 @@ case "${1:-submit}" in
     array=$(sbatch --parsable "${part[@]}" --job-name=tokenize --array=0-$((TASKS - 1)) --cpus-per-task="$CPUS" \
       --output="${OUTPUT}.shard%a.log" --export=ALL "$0" task)
     merge=$(sbatch --parsable "${part[@]}" --job-name=tokenize-merge --dependency=afterok:"$array" \
-      --cpus-per-task=2 --output="${OUTPUT}.merge.log" --export=ALL "$0" merge)
+      --cpus-per-task="$MERGE_CPUS" --output="${OUTPUT}.merge.log" --export=ALL "$0" merge)
     echo "array job $array ($TASKS tasks), merge job $merge"
     ;;
   task)
