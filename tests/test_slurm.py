@@ -88,7 +88,7 @@ def test_two_node_run_then_resume(cluster, tmp_path):
 
 def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
     run = tmp_path / "run"
-    sets = "run.train_iters=400 run.log_interval=10"
+    sets = "run.train_iters=1500 run.log_interval=50 data.micro_batch_size=4 data.global_batch_size=8"
     proc = _submit(cluster, "pretrain_3b.sh", _env(run, sets), tmp_path / "job.out", wait=False)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
@@ -97,15 +97,25 @@ def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
         assert time.time() < deadline, f"training never logged\n{(tmp_path / 'job.out').read_text()[-3000:]}"
         time.sleep(0.5)
     assert cluster.run("scancel", "--signal=USR1", "--batch", job).returncode == 0
-    state = _wait_done(cluster, job, timeout=400)
+    # Slurm holds a requeued job for about two minutes (its BeginTime); let it start at once instead.
+    deadline = time.time() + 180
+    while True:
+        state = cluster.job_state(job)
+        if state.get("Restarts", "0") != "0" and state.get("JobState") == "PENDING":
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+            break
+        assert state.get("JobState") in ("RUNNING", "PENDING", "COMPLETING", "REQUEUED"), state
+        assert time.time() < deadline, f"job was not requeued: {state}\n{(tmp_path / 'job.out').read_text()[-3000:]}"
+        time.sleep(0.5)
+    state = _wait_done(cluster, job, timeout=300)
     log = (tmp_path / "job.out").read_text()
     assert state["JobState"] == "COMPLETED", f"{state}\n{log[-4000:]}\n{cluster.logs()}"
     assert int(state.get("Restarts", "0")) == 1, state
     assert "USR1: preemption notice" in log and "requeueing job" in log and "training finished" in log
     steps = [r["step"] for r in read_metrics(run)]
-    assert steps[-1] == 400
+    assert steps[-1] == 1500
     setups = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "setup"]
-    assert len(setups) == 2 and 0 < setups[1]["step"] < 400  # the second start resumed mid-run
+    assert len(setups) == 2 and 0 < setups[1]["step"] < 1500  # the second start resumed mid-run
     assert (run / "slurm" / f"job-{job}-restart-1").is_dir()
 
 
