@@ -55,6 +55,9 @@ SlurmctldPort=16817
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# Credential lifetime; it is also how long a requeued job waits before it may start again (default
+# 120 s), so that no node still holds the revoked credential of its previous run.
+AuthInfo=cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/slurmctld.pid

@@ -97,16 +97,6 @@ def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
         assert time.time() < deadline, f"training never logged\n{(tmp_path / 'job.out').read_text()[-3000:]}"
         time.sleep(0.5)
     assert cluster.run("scancel", "--signal=USR1", "--batch", job).returncode == 0
-    # Slurm holds a requeued job for about two minutes (its BeginTime); let it start at once instead.
-    deadline = time.time() + 180
-    while True:
-        state = cluster.job_state(job)
-        if state.get("Restarts", "0") != "0" and state.get("JobState") == "PENDING":
-            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
-            break
-        assert state.get("JobState") in ("RUNNING", "PENDING", "COMPLETING", "REQUEUED"), state
-        assert time.time() < deadline, f"job was not requeued: {state}\n{(tmp_path / 'job.out').read_text()[-3000:]}"
-        time.sleep(0.5)
     state = _wait_done(cluster, job, timeout=300)
     log = (tmp_path / "job.out").read_text()
     assert state["JobState"] == "COMPLETED", f"{state}\n{log[-4000:]}\n{cluster.logs()}"
