@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--warmup and --steps must be >= 1")
     base = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false"]))
     base.run.train_iters = args.warmup + args.steps
+    corpus_size = None
     if args.data != "random":
         from litespark.bench.data import corpus_tokens
 
-        corpus_tokens(args.data)  # fail now, in one line, not in every worker
+        corpus_size = corpus_tokens(args.data).size  # fail now, in one line, not in every worker
 
     import torch
 
@@ -125,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     gb = base.data.global_batch_size
     data_description = ("uniform random token ids (seeded; a speed test, the loss cannot fall far)" if args.data == "random"
                         else f"token windows read in order from the indexed dataset `{args.data}`")
-    if args.data != "random":
-        from litespark.bench.data import repeats_needed
-
-        reps = repeats_needed(args.data, (args.warmup + args.steps) * gb, base.model.seq_length + 1)
+    if corpus_size is not None:
+        reps = (args.warmup + args.steps) * gb * (base.model.seq_length + 1) / corpus_size
         if reps > 1:
             data_description += f" (the corpus is repeated {reps:.1f} times to fill the windows)"
     results: dict[str, dict] = {}

@@ -45,8 +45,3 @@ def _indexed_windows(prefix: str, n: int, length: int, vocab_size: int) -> torch
     need = n * length
     reps = -(-need // flat.size)
     return torch.from_numpy(np.tile(flat, reps)[:need].reshape(n, length).copy())
-
-
-def repeats_needed(prefix: str, n: int, length: int) -> float:
-    """How many times the corpus is read to fill ``n`` windows (> 1: tokens repeat)."""
-    return n * length / corpus_tokens(prefix).size

@@ -60,6 +60,8 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from litespark.engine import param_groups
+
     m, o = cfg.model, cfg.optim
     device = _device()
     conf = LlamaConfig(
@@ -71,10 +73,7 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     with device:
         model = LlamaForCausalLM(conf)
     model.train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
     sched = WarmupCosineLR(opt, **_scheduler_params(cfg))
     dtype = torch.bfloat16 if cfg.precision.bf16 else torch.float32
 

@@ -39,7 +39,7 @@ def to_hf(args: argparse.Namespace) -> int:
     from litespark.convert.hf_llama import layer_to_hf, outer_to_hf, to_hf_config_kwargs
     from litespark.convert.litespark_checkpoint import (
         check_shapes, expected_shapes, fp32_master_weights, read_checkpoint, resolve_checkpoint)
-    from litespark.convert.tp_shards import merge_state_dicts, merge_tensor
+    from litespark.convert.tp_shards import merge_state_dicts
 
     step = resolve_checkpoint(args.checkpoint)
     cfg, shards = read_checkpoint(step)
@@ -53,13 +53,10 @@ def to_hf(args: argparse.Namespace) -> int:
         log.info("reading the fp32 master weights from the ZeRO partitions")
         shards = [fp32_master_weights(step)]
     expected = expected_shapes(m, _padded(cfg))
-    shapes = {}
-    for name in shards[0]:
-        merged_meta = merge_tensor(name, [sd[name].to("meta") for sd in shards if name in sd]) if all(
-            name in sd for sd in shards) else None
-        if merged_meta is None:
-            raise ConfigError(f"checkpoint {step}: tensor {name} is missing from a TP shard")
-        shapes[name] = tuple(merged_meta.shape)
+    # Shapes after the TP merge, computed on meta tensors (no data touched); a tensor absent from a
+    # rank is reported by the merge itself.
+    merged = merge_state_dicts([{k: v.to("meta") for k, v in sd.items()} for sd in shards])
+    shapes = {name: tuple(t.shape) for name, t in merged.items()}
     check_shapes(shapes, expected, f"checkpoint {step}")
     tokenizer = args.tokenizer
     if tokenizer is None and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
@@ -88,7 +85,7 @@ def to_hf(args: argparse.Namespace) -> int:
 
 def from_hf(args: argparse.Namespace) -> int:
     from litespark.convert.hf_files import HFTensors, model_config_from_hf
-    from litespark.convert.hf_llama import layer_from_hf, outer_from_hf
+    from litespark.convert.hf_llama import layer_from_hf, outer_from_hf, to_hf_state_dict
     from litespark.convert.litespark_checkpoint import check_shapes, expected_shapes, write_checkpoint
     from litespark.convert.tp_shards import split_tensor
 
@@ -103,12 +100,9 @@ def from_hf(args: argparse.Namespace) -> int:
     m = cfg.model
     expected = expected_shapes(m, _padded(cfg))
     hf_names = set(k for k in tensors.keys() if not k.endswith("rotary_emb.inv_freq"))
-    needed = {"model.embed_tokens.weight", "model.norm.weight"} | ({"lm_head.weight"} if not m.tie_embeddings else set())
-    for i in range(m.num_layers):
-        needed |= {f"model.layers.{i}.{s}" for s in (
-            "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight",
-            "mlp.up_proj.weight", "mlp.down_proj.weight")}
+    # The HF names a Llama of this shape has: the export mapping applied to the expected shapes.
+    meta = to_hf_state_dict({k: torch.empty(shape, device="meta") for k, shape in expected.items()}, m)
+    needed = set(meta) - ({"lm_head.weight"} if m.tie_embeddings else set())
     missing, extra = sorted(needed - hf_names), sorted(hf_names - needed - {"lm_head.weight"})
     if missing:
         raise ConfigError(f"--hf {hf_dir}: tensor {missing[0]} is missing")
