@@ -100,6 +100,15 @@ def _lines(path: Path) -> Iterator[bytes]:
             yield from f
 
 
+def _lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone UTF-16 surrogate (only a JSON ``\\udXXX`` escape can put one there)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def iter_records(path: Path, text_key: str = "text") -> Iterator[Union[Document, BadLine]]:
     """Each line of ``path`` as a :class:`Document` or a :class:`BadLine`, in order."""
     line_no = 0
@@ -120,6 +129,9 @@ def iter_records(path: Path, text_key: str = "text") -> Iterator[Union[Document,
             text = record.get(text_key) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 yield BadLine(line_no, f"no string field '{text_key}'")
+                continue
+            if b"\\u" in raw and (bad_at := _lone_surrogate(text)) is not None:
+                yield BadLine(line_no, f"invalid Unicode: a lone surrogate escape at character {bad_at}")
                 continue
             meta = record.get("meta")
             yield Document(line_no, text, meta.get("redpajama_set_name") if isinstance(meta, dict) else None)

@@ -42,12 +42,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_prep.merge_indexed import concatenate, sum_sets, write_manifest  # noqa: E402
+from data_prep.encoder import Encoder, memo_blocker  # noqa: E402
 from data_prep.corpus import (  # noqa: E402
     BadLine, Document, hf_shard_count, input_files, iter_hf_records, iter_records, shard,
 )
 
 MAX_BAD_LINES_LISTED = 100  # per file in the manifest; the count is always exact
-TUNING = ("threads", "batch_bytes")  # options that change speed and memory, never the output
+TUNING = ("threads", "batch_bytes", "memo_words")  # options that change speed and memory, never the output
 
 
 def output_identity(options: dict) -> dict:
@@ -70,16 +71,17 @@ def sha256_of(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # One file -> one committed part (runs in a worker process)
 
-_SP = None
+_ENCODER = None
 _OPTS: dict = {}
 
 
 def _init_worker(tokenizer: str, options: dict) -> None:
-    global _SP, _OPTS
+    global _ENCODER, _OPTS
     import sentencepiece as spm
 
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
-    _SP, _OPTS = spm.SentencePieceProcessor(model_file=tokenizer), options
+    sp = spm.SentencePieceProcessor(model_file=tokenizer)
+    _ENCODER, _OPTS = Encoder(sp, options["threads"], options["memo_words"]), options
 
 
 HF_PREFIX = "hf://"  # work units of --hf-dataset: hf://NAME?split=S&shard=I/N
@@ -126,14 +128,16 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     index, unit, stem_str = job
-    stem, opts, sp = Path(stem_str), _OPTS, _SP
+    stem, opts, encoder = Path(stem_str), _OPTS, _ENCODER
+    sp = encoder.sp
     source = source_of(unit)
     if unit.startswith(HF_PREFIX):
         records = iter_hf_records(*parse_hf_unit(unit), text_key=opts["text_key"])
     else:
         records = iter_records(Path(unit), opts["text_key"])
-    head, tail = ([sp.bos_id()] if opts["bos"] else []), [sp.eos_id()]
     dtype = token_dtype(sp.get_piece_size())
+    head = np.array([sp.bos_id()] if opts["bos"] else [], dtype)
+    tail = np.array([sp.eos_id()], dtype)
     builders: dict[str, IndexedDatasetBuilder] = {}
     sets: dict[str, dict] = {}
     report = {"size": 0, "mtime": None, **source, "documents": 0, "tokens": 0, "filtered_out": 0, "bad_lines": 0,
@@ -152,11 +156,14 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
         nonlocal batch_bytes
         if not batch:
             return
-        for doc, ids in zip(batch, sp.encode([d.text for d in batch], num_threads=opts["threads"])):
-            seq = head + ids + tail
+        ids, lengths = encoder.encode([d.text for d in batch])
+        ids = ids.astype(dtype, copy=False)
+        end = 0
+        for doc, n in zip(batch, lengths.tolist()):
+            start, end = end, end + n
+            seq = np.concatenate((head, ids[start:end], tail))
             name = doc.set_name or "unknown"
-            # add_document converts with numpy.array(...); an array avoids a torch tensor per document
-            builder_for(name).add_document(np.asarray(seq, dtype=dtype), [len(seq)])
+            builder_for(name).add_document(seq, [len(seq)])
             report["documents"] += 1
             report["tokens"] += len(seq)
             entry = sets.setdefault(name, {"documents": 0, "tokens": 0})
@@ -213,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="processes over files")
     parser.add_argument("--threads", type=int, default=2, help="SentencePiece threads per worker")
     parser.add_argument("--batch-bytes", type=int, default=16 << 20, help="text per encode batch (memory bound)")
+    parser.add_argument("--memo-words", type=int, default=1 << 20,
+                        help="distinct words whose ids a worker remembers (~150 B each; 0: off; see data_prep/encoder.py)")
     parser.add_argument("--no-bos", action="store_true", help="no BOS before each document")
     parser.add_argument("--text-key", default="text")
     parser.add_argument("--include-sets", nargs="*", default=None, help="keep only these redpajama_set_name values")
@@ -249,16 +258,20 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--hf-dataset {args.hf_dataset}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     if not files and not args.shard:
         return fail("no input files")  # an array task may get none (more tasks than files): empty output
-    if args.workers < 1 or args.threads < 1 or args.batch_bytes < 1:
-        return fail("--workers, --threads and --batch-bytes must be positive")
+    if args.workers < 1 or args.threads < 1 or args.batch_bytes < 1 or args.memo_words < 0:
+        return fail("--workers, --threads and --batch-bytes must be positive, --memo-words not negative")
 
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tok))
+    blocker = memo_blocker(sp) if args.memo_words else "--memo-words 0"
+    print("word memo: " + (f"on ({args.memo_words:,} words per worker)" if blocker is None else f"off ({blocker})"),
+          file=sys.stderr)
     tokenizer_sha = sha256_of(tok)
     options = {"tokenizer_sha256": tokenizer_sha, "bos": not args.no_bos, "text_key": args.text_key,
                "include_sets": args.include_sets, "exclude_sets": args.exclude_sets,
-               "split_by_set": args.split_by_set, "threads": args.threads, "batch_bytes": args.batch_bytes}
+               "split_by_set": args.split_by_set, "threads": args.threads, "batch_bytes": args.batch_bytes,
+               "memo_words": args.memo_words}
     identity = output_identity(options)
     prefix = Path(args.output_prefix)
     parts_dir = prefix.with_name(prefix.name + ".parts")

@@ -136,16 +136,17 @@ def test_resume_after_sigkill_is_byte_identical(many_files, corpus, tmp_path):
 def test_bad_input_is_counted_not_lost(corpus, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"text": "good one"}\n{"text": broken json\n{"meta": {}}\n\xff\xfe not utf8\n{"text": 5}\n'
-                    b'{"text": "good two"}\n')
+                    b'{"text": "good two"}\n{"text": "lone \\ud83d surrogate"}\n{"text": "pair \\ud83d\\ude00 ok"}\n')
     good = zstandard.ZstdCompressor().compress(b"".join(b'{"text": "doc %d"}\n' % i for i in range(50)))
     (tmp_path / "cut.jsonl.zst").write_bytes(good[: len(good) // 2])
     (tmp_path / "empty.jsonl").write_bytes(b"")
     proc = _tokenize([bad, tmp_path / "cut.jsonl.zst", tmp_path / "empty.jsonl"], corpus / "tok.model", tmp_path / "out")
     assert "bad lines skipped" in proc.stdout
     files = {Path(f["path"]).name: f for f in json.loads((tmp_path / "out.manifest.json").read_text())["files"]}
-    assert files["bad.jsonl"]["documents"] == 2 and files["bad.jsonl"]["bad_lines"] == 4
+    assert files["bad.jsonl"]["documents"] == 3 and files["bad.jsonl"]["bad_lines"] == 5
     assert [(b["line"], b["reason"].split(" at")[0]) for b in files["bad.jsonl"]["bad"]] == [
-        (2, "invalid JSON"), (3, "no string field 'text'"), (4, "invalid UTF-8"), (5, "no string field 'text'")]
+        (2, "invalid JSON"), (3, "no string field 'text'"), (4, "invalid UTF-8"), (5, "no string field 'text'"),
+        (7, "invalid Unicode: a lone surrogate escape")]
     cut = files["cut.jsonl.zst"]
     assert cut["bad_lines"] == 1 and "truncated" in cut["bad"][0]["reason"]
     assert 0 <= cut["documents"] < 50
@@ -228,3 +229,82 @@ def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
     both = _run("tokenize_slimpajama.py", "--input", str(local), "--hf-dataset", str(local), "--tokenizer",
                 str(corpus / "tok.model"), "--output-prefix", str(tmp_path / "x"), expect=2)
     assert "either --input or --hf-dataset" in both.stderr
+
+
+def _adversarial_texts(seed: int, count: int) -> list[str]:
+    """Short texts mixing the characters SentencePiece's word boundaries depend on."""
+    import random
+
+    rng = random.Random(seed)
+    chars = list(" \n\t\r\u2581\u3000\u00a0\u200b\ufeff\x00abcXYZ019.,;:()'\"\\/-_=#éüñ中文字😀🎉")
+    words = ["the", "of", "def", "self", "return", "  ", "\n", "    ", "1234", "3.14", "http://a.b/c", "\u2581x"]
+    edge = ["", " ", "  ", "\n", " \n ", "a", " a", "a ", "\u2581", "\u2581a", "a\u2581b", " \u2581 ", "\n\u2581 "]
+    return edge + ["".join(rng.choice(chars) if rng.random() < 0.6 else rng.choice(words) + rng.choice(" \n")
+                           for _ in range(rng.randint(0, 40))) for _ in range(count)]
+
+
+def test_word_memo_encoder_equals_sentencepiece(corpus):
+    """The memoised encoder gives sp.encode's ids on real documents and on adversarial whitespace/Unicode,
+    across memo resets (a tiny memo) and batches."""
+    import sentencepiece as spm
+
+    from data_prep.encoder import Encoder
+
+    sp = spm.SentencePieceProcessor(model_file=str(corpus / "tok.model"))
+    texts = [t for t, _ in _documents(corpus / "sample" / "train")] + _adversarial_texts(0, 3000)
+    for memo_words in (1 << 20, 300):
+        encoder = Encoder(sp, memo_words=memo_words)
+        assert encoder.memoised, encoder.blocker
+        for start in range(0, len(texts), 257):
+            batch = texts[start:start + 257]
+            ids, lengths = encoder.encode(batch)
+            expected = sp.encode(batch)
+            assert lengths.tolist() == [len(e) for e in expected]
+            assert ids.tolist() == [i for e in expected for i in e]
+    # the first slot's word was encoded once and reused: the memo really serves repeats
+    assert encoder._slots and len(encoder._slots) < sum(len(t.split()) for t in texts)
+
+
+def test_word_memo_refuses_models_it_cannot_reproduce(corpus, tmp_path):
+    """A normalising (NFKC) model or one that collapses whitespace is encoded plainly, still exactly."""
+    import sentencepiece as spm
+
+    from data_prep.encoder import Encoder, memo_blocker
+
+    text_file = tmp_path / "lines.txt"
+    text_file.write_text("\n".join(t for t, _ in _documents(corpus / "sample" / "train"))[:400_000])
+    texts = _adversarial_texts(1, 300) + ["ﬁne  Ｗｉｄｅ   spaces"]
+    for name, extra in (("nfkc", {"normalization_rule_name": "nmt_nfkc"}),
+                        ("collapse", {"normalization_rule_name": "identity", "remove_extra_whitespaces": True}),
+                        ("unigram", {"normalization_rule_name": "identity", "model_type": "unigram"})):
+        options = {"model_type": "bpe", **extra}
+        spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(tmp_path / name), vocab_size=600,
+                                       byte_fallback=True, minloglevel=2, **options)
+        sp = spm.SentencePieceProcessor(model_file=str(tmp_path / f"{name}.model"))
+        assert memo_blocker(sp) is not None, name
+        encoder = Encoder(sp)
+        assert not encoder.memoised
+        ids, lengths = encoder.encode(texts)
+        assert ids.tolist() == [i for e in sp.encode(texts) for i in e]
+
+
+def test_worker_memory_stays_bounded_on_a_file_larger_than_the_bound(corpus, tmp_path):
+    """One 96 MB file with a 1 MiB batch and a 20k-word memo: the worker's peak RSS grows by far less than the
+    file, against the same worker on a 1 MB file (the import of megatron.core dominates both)."""
+    docs = [t for t, _ in _documents(corpus / "sample" / "train")]
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    with open(large, "w") as f:
+        written, k = 0, 0
+        while written < 96_000_000:
+            line = json.dumps({"text": f"copy {k}: " + docs[k % len(docs)]}) + "\n"
+            f.write(line)
+            written, k = written + len(line), k + 1
+    small.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs)[:1_000_000].rsplit("\n", 1)[0] + "\n")
+    peaks = {}
+    for name, path in (("small", small), ("large", large)):
+        _tokenize([path], corpus / "tok.model", tmp_path / name, "--batch-bytes", str(1 << 20), "--memo-words",
+                  "20000", "--keep-parts")
+        marker = next(Path(f"{tmp_path / name}.parts").glob("*.json"))
+        peaks[name] = json.loads(marker.read_text())["report"]["peak_rss_mib"]
+    growth = peaks["large"] - peaks["small"]
+    assert growth < 48, f"worker peak RSS {peaks}: grew {growth:.0f} MiB on a 96 MB file"
