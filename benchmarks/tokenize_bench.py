@@ -1,13 +1,17 @@
 """Tokenisation speed: Litespark's tokenize_slimpajama.py vs Megatron-LM's tools/preprocess_data.py.
 
-    python benchmarks/tokenize_bench.py --megatron-lm /path/to/Megatron-LM --input data/sample/train \\
-        --tokenizer data/tokenizer.model --workers 1 2 [--repeat 8] [--out benchmarks/results/tokenize_...]
+    python data_prep/make_sample.py --out /tmp/bench_corpus --max-mb 200 --validation-every 1000000 \\
+        --source "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" --source .venv/lib/python3.11/site-packages
+    python benchmarks/tokenize_bench.py --megatron-lm /path/to/Megatron-LM --input /tmp/bench_corpus/train \\
+        --tokenizer data/tokenizer.model --workers 1 2 [--out benchmarks/results/tokenize_...]
 
 Both tools tokenize the same documents with the same SentencePiece model and the same worker count,
 one after the other in this process's machine.  Litespark reads the ``.jsonl.zst`` files as given;
 Megatron-LM (which reads plain JSONL, one file) gets their decompressed concatenation, so its
-decompression is not timed while Litespark's is.  ``--repeat`` copies the input K times so start-up
-costs are amortised.  Megatron-LM runs with ``--tokenizer-type Llama2Tokenizer --legacy-tokenizer
+decompression is not timed while Litespark's is.  The input should be large and free of repeats:
+Litespark's workers remember the ids of the words they have seen (``data_prep/encoder.py``), so a corpus
+made of copies of one sample would flatter it; ``make_sample.py --source`` builds a distinct corpus of
+any size from installed Python sources and docstrings.  Megatron-LM runs with ``--tokenizer-type Llama2Tokenizer --legacy-tokenizer
 --append-eod`` (BOS + tokens + EOS); the two outputs are compared byte for byte.  The Megatron-LM
 checkout is only read, never copied into this repository; it needs ``six`` and ``regex`` installed.
 """
@@ -45,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", nargs="+", required=True)
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
-    parser.add_argument("--repeat", type=int, default=8, help="copies of the input (amortises start-up)")
     parser.add_argument("--threads", type=int, default=1, help="SentencePiece threads per Litespark worker")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args(argv)
@@ -58,17 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         copies = []
-        for k in range(args.repeat):
-            for i, f in enumerate(files):
-                dst = tmp / "in" / f"{k:03d}_{i:04d}_{f.name}"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(f, dst)
-                copies.append(dst)
-        plain = tmp / "all.jsonl"
+        for i, f in enumerate(files):  # one flat directory, in input order, for both tools
+            dst = tmp / "in" / f"{i:05d}_{f.name}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dst)
+            copies.append(dst)
+        plain, text_bytes = tmp / "all.jsonl", 0
         with open(plain, "w", encoding="utf-8") as out:
             for f in copies:
                 for d in iter_records(f):
                     out.write(json.dumps({"text": d.text}) + "\n")
+                    text_bytes += len(d.text.encode())
+        import sentencepiece as spm
+
+        vocab_size = spm.SentencePieceProcessor(model_file=args.tokenizer).get_piece_size()
+        print(f"{len(files)} files, {text_bytes / 1e6:.1f} MB of text, vocabulary {vocab_size}", file=sys.stderr)
         env = dict(os.environ, OMP_NUM_THREADS="1")
         for workers in args.workers:
             ours_prefix, theirs_prefix = tmp / f"ours{workers}", tmp / f"mlm{workers}"
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "python": platform.python_version(),
-                "cpu_count": os.cpu_count(), "rows": rows}
+                "cpu_count": os.cpu_count(), "input_files": len(files), "input_text_bytes": text_bytes,
+                "vocab_size": vocab_size, "rows": rows}
         Path(args.out + ".json").write_text(json.dumps(meta, indent=1) + "\n")
         Path(args.out + ".md").write_text(table + "\n")
     return 0 if all(r["byte_identical"] for r in rows) else 1

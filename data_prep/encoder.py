@@ -17,9 +17,9 @@ only for models whose normaliser is the identity and that keep extra whitespace 
 :func:`memo_blocker` checks the model and :class:`Encoder` falls back to plain batch encoding
 otherwise.  ``tests/test_data_prep.py`` compares both paths on real and adversarial text.
 
-Memory: the memo holds at most ``memo_words`` words (default 2**20); each costs about 150 bytes
-(the key string, its dict slot, its ids and offsets), so ~150 MiB at the default, after which the
-memo is emptied and refilled.  ``memo_words=0`` disables it.
+Memory: the memo holds at most ``memo_words`` words (default 2**20); each costs about 250 bytes
+(the key string, its dict slot, its ids and offsets; measured), so ~0.25 GiB at the default, after
+which the memo is emptied and refilled.  ``memo_words=0`` disables it.
 """
 
 from __future__ import annotations

@@ -5,14 +5,18 @@
 Layout as SlimPajama ships it: ``{train,validation}/chunk{1,2}/example_{split}_{K}.jsonl.zst``, one
 ``{"text": ..., "meta": {"redpajama_set_name": ...}}`` per line.  Module sources become
 ``RedPajamaGithub`` documents, their docstrings ``RedPajamaWikipedia``-style prose, so the set
-filters have something to filter.  The output is deterministic for a given Python version; files are
-written under temporary names and renamed.
+filters have something to filter.  ``--source DIR`` draws from other Python trees (a virtual
+environment's site-packages gives hundreds of MB) and ``--text-source DIR`` from plain-text
+documentation instead (``/usr/share/doc``: prose, a stand-in for web text), for tokenisation
+benchmarks.  The output is deterministic for a given Python version and inputs; files are written
+under temporary names and renamed.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import gzip
 import json
 import os
 import sys
@@ -24,13 +28,20 @@ import zstandard
 DOCS_PER_FILE = 200
 
 
-def documents(max_bytes: int):
-    """(set_name, text) pairs from the standard library, in a fixed order, up to ~max_bytes of text."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def python_files(roots: list[Path]):
+    """The ``.py`` files under ``roots`` in a fixed order, test suites and installed packages skipped."""
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            if any(part in {"site-packages", "test", "tests", "idlelib", "lib2to3"} for part in path.relative_to(root).parts):
+                continue
+            yield path
+
+
+def documents(max_bytes: int, roots: list[Path] | None = None):
+    """(set_name, text) pairs from Python sources (default: the standard library), in a fixed order, up to
+    ~max_bytes of text."""
     total = 0
-    for path in sorted(root.rglob("*.py")):
-        if any(part in {"site-packages", "test", "tests", "idlelib", "lib2to3"} for part in path.parts):
-            continue
+    for path in python_files(roots or [Path(sysconfig.get_paths()["stdlib"])]):
         try:
             source = path.read_text(encoding="utf-8")
             tree = ast.parse(source)
@@ -43,6 +54,27 @@ def documents(max_bytes: int):
             if len(text) < 200:
                 continue
             yield set_name, text
+            total += len(text.encode())
+            if total >= max_bytes:
+                return
+
+
+def text_documents(max_bytes: int, roots: list[Path]):
+    """("RedPajamaCommonCrawl", text) for every UTF-8 text file (gzip read through) under ``roots``, in a
+    fixed order: human-written prose such as /usr/share/doc, a stand-in for web text."""
+    total = 0
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if not path.is_file() or path.is_symlink():
+                continue
+            try:
+                data = path.read_bytes()
+                text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8")
+            except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile):
+                continue
+            if len(text) < 200 or "\x00" in text:
+                continue
+            yield "RedPajamaCommonCrawl", text
             total += len(text.encode())
             if total >= max_bytes:
                 return
@@ -61,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (SlimPajama layout)")
     parser.add_argument("--max-mb", type=float, default=3.0, help="uncompressed text to collect (default 3 MB)")
+    parser.add_argument("--source", action="append", type=Path,
+                        help="directory of Python sources to draw from, repeatable (default: the standard library); "
+                             "e.g. a virtual environment's site-packages for a large benchmark corpus")
+    parser.add_argument("--text-source", action="append", type=Path,
+                        help="directory of plain or .gz text files, one document each (e.g. /usr/share/doc), "
+                             "used instead of Python sources; repeatable")
     parser.add_argument("--validation-every", type=int, default=20, help="every N-th document goes to validation")
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits: dict[str, list[dict]] = {"train": [], "validation": []}
-    for i, (set_name, text) in enumerate(documents(int(args.max_mb * 1e6))):
+    for i, (set_name, text) in enumerate((text_documents(int(args.max_mb * 1e6), args.text_source) if args.text_source
+                                          else documents(int(args.max_mb * 1e6), args.source))):
         split = "validation" if i % args.validation_every == args.validation_every - 1 else "train"
         splits[split].append({"text": text, "meta": {"redpajama_set_name": set_name}})
     written = 0

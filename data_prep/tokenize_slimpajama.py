@@ -8,17 +8,19 @@ One sequence per document: BOS + tokens + EOS, as Megatron-LM's ``tools/preproce
 path does).  Tokens are uint16 below a 65,500 vocabulary, else int32.
 
 How it works: each input file is tokenized by one worker process (``--workers``) into its own part under
-``PREFIX.parts/``, streamed in batches of at most ``--batch-bytes`` of text that SentencePiece encodes
-with ``--threads`` threads.  A part is committed by writing its ``.bin``/``.idx`` under temporary names
+``PREFIX.parts/``, streamed in batches of at most ``--batch-bytes`` of text.  Each distinct word is
+encoded once per worker (``data_prep/encoder.py``: exact for Llama-style models, checked at start-up)
+with ``--threads`` SentencePiece threads.  A part is committed by writing its ``.bin``/``.idx`` under temporary names
 and then its ``.json`` (the commit marker); a rerun after Ctrl-C or SIGKILL skips every committed part
 whose input file, tokenizer and options are unchanged.  The parts are then concatenated in input order
 with Megatron-Core's ``IndexedDatasetBuilder.add_index`` into ``PREFIX.bin/.idx`` (temporary names,
 renamed when complete), so an interrupted and resumed run is byte-identical to an uninterrupted one.
 
-Bad input (invalid UTF-8 or JSON, a line without the text field, a truncated or corrupt compressed
-file) is skipped, counted per file with line numbers in ``PREFIX.manifest.json`` and the summary;
-``--strict`` makes it fatal (exit 1).  Memory per worker is bounded by the batch: about
-4 x ``--batch-bytes`` (text, ids and their lists) plus the decompression window and the tokenizer.
+Bad input (invalid UTF-8 or JSON, a lone surrogate escape, a line without the text field, a truncated
+or corrupt compressed file) is skipped, counted per file with line numbers in ``PREFIX.manifest.json``
+and the summary; ``--strict`` makes it fatal (exit 1).  Memory per worker: the interpreter with
+megatron.core, about 7 x ``--batch-bytes`` while a batch is encoded, the word memo (``--memo-words``
+x ~250 B) and the decompression window (docs/data.md has the measurements).
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="SentencePiece threads per worker")
     parser.add_argument("--batch-bytes", type=int, default=16 << 20, help="text per encode batch (memory bound)")
     parser.add_argument("--memo-words", type=int, default=1 << 20,
-                        help="distinct words whose ids a worker remembers (~150 B each; 0: off; see data_prep/encoder.py)")
+                        help="distinct words whose ids a worker remembers (~250 B each; 0: off; see data_prep/encoder.py)")
     parser.add_argument("--no-bos", action="store_true", help="no BOS before each document")
     parser.add_argument("--text-key", default="text")
     parser.add_argument("--include-sets", nargs="*", default=None, help="keep only these redpajama_set_name values")
