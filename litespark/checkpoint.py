@@ -151,10 +151,22 @@ def _all_ok(ok: bool) -> bool:
     return bool(flag.item())
 
 
+def shape_mismatch(found: dict[str, tuple[int, ...]], needed: dict[str, tuple[int, ...]]) -> Optional[str]:
+    """The first missing, reshaped or unexpected tensor of ``found`` against ``needed`` (name -> shape),
+    as a phrase for an error message, or None when they agree."""
+    for name, shape in needed.items():
+        if name not in found:
+            return f"tensor {name} is missing"
+        if tuple(found[name]) != tuple(shape):
+            return f"{name} has shape {tuple(found[name])}, this run's model needs {tuple(shape)}"
+    extra = sorted(set(found) - set(needed))
+    return f"unexpected tensor {extra[0]}" if extra else None
+
+
 def _weights_mismatch(engine, path: Path) -> Optional[str]:
-    """Why the weights in ``path`` cannot go into ``engine.module`` (missing, extra or reshaped
-    tensors: another model shape or TP size), or None.  TE's ``_extra_state`` (FP8 metadata) is not
-    required: checkpoints imported from Hugging Face have none."""
+    """Why the weights in ``path`` cannot go into ``engine.module`` (another model shape or TP size), or
+    None.  TE's ``_extra_state`` (FP8 metadata) is not required: checkpoints imported from Hugging Face
+    have none."""
     from megatron.core import parallel_state as ps
 
     f = path / f"mp_rank_{ps.get_tensor_model_parallel_rank():02d}_model_states.pt"
@@ -163,13 +175,8 @@ def _weights_mismatch(engine, path: Path) -> Optional[str]:
     theirs = {k: tuple(v.shape) for k, v in torch.load(f, map_location="cpu", mmap=True, weights_only=False)["module"].items()
               if not k.endswith("_extra_state")}
     ours = {k: tuple(v.shape) for k, v in engine.module.state_dict().items() if not k.endswith("_extra_state")}
-    for name, shape in ours.items():
-        if name not in theirs:
-            return f"{path} has no tensor {name}"
-        if theirs[name] != shape:
-            return f"{name} is {theirs[name]} in {path}, this run's model needs {shape} (another model shape or TP size?)"
-    extra = sorted(set(theirs) - set(ours))
-    return f"{path} has tensor {extra[0]} that this run's model lacks" if extra else None
+    reason = shape_mismatch(theirs, ours)
+    return f"{path}: {reason} (another model shape or TP size?)" if reason else None
 
 
 def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = False) -> Optional[dict]:

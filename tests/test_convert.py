@@ -251,3 +251,13 @@ def test_pretraining_continues_from_imported_weights(tmp_path):
     # data; equal first losses would mean the checkpoint was not loaded.
     assert abs(cont[0]["loss"] - fresh[0]["loss"]) > 1e-3
     assert len(cont) == 4 and all(r["loss"] == r["loss"] for r in cont)
+
+
+def test_shape_mismatch_names_the_first_problem():
+    from litespark.checkpoint import shape_mismatch
+
+    needed = {"a": (2, 3), "b": (4,)}
+    assert shape_mismatch({"a": (2, 3), "b": (4,)}, needed) is None
+    assert shape_mismatch({"a": (2, 3)}, needed) == "tensor b is missing"
+    assert shape_mismatch({"a": (3, 2), "b": (4,)}, needed) == "a has shape (3, 2), this run's model needs (2, 3)"
+    assert shape_mismatch({"a": (2, 3), "b": (4,), "c": (1,)}, needed) == "unexpected tensor c"

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from litespark.checkpoint import LATEST, MANIFEST, atomic_write_text, checkpoint_dir, tag_for, validate_checkpoint
+from litespark.checkpoint import (
+    LATEST, MANIFEST, atomic_write_text, checkpoint_dir, shape_mismatch, tag_for, validate_checkpoint,
+)
 from litespark.config import ConfigError, LitesparkConfig, ModelConfig, from_dict, to_dict
 from litespark.convert.tp_shards import is_weight
 
@@ -106,15 +108,9 @@ def expected_shapes(m: ModelConfig, padded_vocab: int) -> dict[str, tuple[int, .
 
 def check_shapes(names_shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str) -> None:
     """One-line error for a missing, unexpected or wrongly shaped tensor."""
-    for name, shape in expected.items():
-        if name not in names_shapes:
-            raise ConfigError(f"{where}: tensor {name} is missing")
-        if tuple(names_shapes[name]) != shape:
-            raise ConfigError(f"{where}: {name} has shape {tuple(names_shapes[name])}, the model shape needs {shape} "
-                              "(checkpoint from an incompatible model?)")
-    extra = sorted(set(names_shapes) - set(expected))
-    if extra:
-        raise ConfigError(f"{where}: unexpected tensor {extra[0]} (checkpoint from an incompatible model?)")
+    reason = shape_mismatch(names_shapes, expected)
+    if reason:
+        raise ConfigError(f"{where}: {reason} (checkpoint from an incompatible model?)")
 
 
 def write_checkpoint(out: Path, cfg: LitesparkConfig, shards: list[dict[str, torch.Tensor]], source: str) -> Path:
