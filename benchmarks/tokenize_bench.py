@@ -11,8 +11,8 @@ Megatron-LM (which reads plain JSONL, one file) gets their decompressed concaten
 decompression is not timed while Litespark's is.  The input should be large and free of repeats:
 Litespark's workers remember the ids of the words they have seen (``data_prep/encoder.py``), so a corpus
 made of copies of one sample would flatter it; ``make_sample.py --source`` builds a distinct corpus of
-any size from installed Python sources and docstrings.  Megatron-LM runs with ``--tokenizer-type Llama2Tokenizer --legacy-tokenizer
---append-eod`` (BOS + tokens + EOS); the two outputs are compared byte for byte.  The Megatron-LM
+any size from installed Python sources and docstrings.  Megatron-LM runs with ``--tokenizer-type
+Llama2Tokenizer --legacy-tokenizer --append-eod`` (BOS + tokens + EOS); the two outputs are compared byte for byte.  The Megatron-LM
 checkout is only read, never copied into this repository; it needs ``six`` and ``regex`` installed.
 """
 

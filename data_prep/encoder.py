@@ -10,8 +10,8 @@ form a vocabulary piece.  When every piece has the form ``▁*[^▁]*`` (whitesp
 merge can join a symbol to a following ``▁`` that comes after a non-``▁`` character; and a character
 that no piece contains (the newline, since SentencePiece trains on lines) never merges with anything.
 The text therefore falls into independent "words" (a run of spaces with the non-space characters
-after it, or a single newline; a literal ``▁`` counts as a space), and the ids of the whole text are the ids of its words, concatenated.
-A word is encoded in a context that starts a new word: ``encode("\\n" + word)`` minus the ids of
+after it, or a single newline; a literal ``▁`` counts as a space), and the ids of the whole text are
+the ids of its words, concatenated.  A word is encoded in a context that starts a new word: ``encode("\\n" + word)`` minus the ids of
 ``"\\n"`` alone (the leading newline is a boundary, and it absorbs the dummy-prefix ``▁``).  This holds
 only for models whose normaliser is the identity and that keep extra whitespace (the Llama family);
 :func:`memo_blocker` checks the model and :class:`Encoder` falls back to plain batch encoding
@@ -86,16 +86,13 @@ class _Grow:
         self.data[self.size:end] = values
         self.size = end
 
-    def view(self) -> np.ndarray:
-        return self.data[: self.size]
-
 
 class Encoder:
     """``encode(texts)`` -> (all ids as one int32 array, ids per text): what ``sp.encode`` gives, flat."""
 
     def __init__(self, sp, threads: int = 1, memo_words: int = 1 << 20) -> None:
         self.sp, self.threads, self.memo_words = sp, threads, memo_words
-        self.blocker = memo_blocker(sp) if memo_words > 0 else "disabled"
+        self.blocker = memo_blocker(sp) if memo_words > 0 else "memo_words=0"
         self.memoised = self.blocker is None
         self._prefix = len(sp.encode("\n"))
         self._reset()

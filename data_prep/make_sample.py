@@ -37,10 +37,18 @@ def python_files(roots: list[Path]):
             yield path
 
 
-def documents(max_bytes: int, roots: list[Path] | None = None):
-    """(set_name, text) pairs from Python sources (default: the standard library), in a fixed order, up to
-    ~max_bytes of text."""
+def up_to(max_bytes: int, pairs):
+    """The (set_name, text) pairs until their texts reach ~max_bytes (UTF-8), the last one included."""
     total = 0
+    for set_name, text in pairs:
+        yield set_name, text
+        total += len(text.encode())
+        if total >= max_bytes:
+            return
+
+
+def documents(roots: list[Path] | None = None):
+    """(set_name, text) pairs from Python sources (default: the standard library), in a fixed order."""
     for path in python_files(roots or [Path(sysconfig.get_paths()["stdlib"])]):
         try:
             source = path.read_text(encoding="utf-8")
@@ -51,18 +59,13 @@ def documents(max_bytes: int, roots: list[Path] | None = None):
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
         prose = "\n\n".join(d for d in docs if d and len(d) > 80)
         for set_name, text in (("RedPajamaGithub", source), ("RedPajamaWikipedia", prose)):
-            if len(text) < 200:
-                continue
-            yield set_name, text
-            total += len(text.encode())
-            if total >= max_bytes:
-                return
+            if len(text) >= 200:
+                yield set_name, text
 
 
-def text_documents(max_bytes: int, roots: list[Path]):
+def text_documents(roots: list[Path]):
     """("RedPajamaCommonCrawl", text) for every UTF-8 text file (gzip read through) under ``roots``, in a
     fixed order: human-written prose such as /usr/share/doc, a stand-in for web text."""
-    total = 0
     for root in roots:
         for path in sorted(root.rglob("*")):
             if not path.is_file() or path.is_symlink():
@@ -72,12 +75,8 @@ def text_documents(max_bytes: int, roots: list[Path]):
                 text = (gzip.decompress(data) if path.suffix == ".gz" else data).decode("utf-8")
             except (OSError, EOFError, UnicodeDecodeError, gzip.BadGzipFile):
                 continue
-            if len(text) < 200 or "\x00" in text:
-                continue
-            yield "RedPajamaCommonCrawl", text
-            total += len(text.encode())
-            if total >= max_bytes:
-                return
+            if len(text) >= 200 and "\x00" not in text:
+                yield "RedPajamaCommonCrawl", text
 
 
 def write_jsonl_zst(path: Path, records: list[dict]) -> None:
@@ -103,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     splits: dict[str, list[dict]] = {"train": [], "validation": []}
-    for i, (set_name, text) in enumerate((text_documents(int(args.max_mb * 1e6), args.text_source) if args.text_source
-                                          else documents(int(args.max_mb * 1e6), args.source))):
+    pairs = text_documents(args.text_source) if args.text_source else documents(args.source)
+    for i, (set_name, text) in enumerate(up_to(int(args.max_mb * 1e6), pairs)):
         split = "validation" if i % args.validation_every == args.validation_every - 1 else "train"
         splits[split].append({"text": text, "meta": {"redpajama_set_name": set_name}})
     written = 0

@@ -10,8 +10,8 @@ path does).  Tokens are uint16 below a 65,500 vocabulary, else int32.
 How it works: each input file is tokenized by one worker process (``--workers``) into its own part under
 ``PREFIX.parts/``, streamed in batches of at most ``--batch-bytes`` of text.  Each distinct word is
 encoded once per worker (``data_prep/encoder.py``: exact for Llama-style models, checked at start-up)
-with ``--threads`` SentencePiece threads.  A part is committed by writing its ``.bin``/``.idx`` under temporary names
-and then its ``.json`` (the commit marker); a rerun after Ctrl-C or SIGKILL skips every committed part
+with ``--threads`` SentencePiece threads.  A part is committed by writing its ``.bin``/``.idx`` under
+temporary names and then its ``.json`` (the commit marker); a rerun after Ctrl-C or SIGKILL skips every committed part
 whose input file, tokenizer and options are unchanged.  The parts are then concatenated in input order
 with Megatron-Core's ``IndexedDatasetBuilder.add_index`` into ``PREFIX.bin/.idx`` (temporary names,
 renamed when complete), so an interrupted and resumed run is byte-identical to an uninterrupted one.
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_prep.merge_indexed import concatenate, sum_sets, write_manifest  # noqa: E402
-from data_prep.encoder import Encoder, memo_blocker  # noqa: E402
+from data_prep.encoder import Encoder  # noqa: E402
 from data_prep.corpus import (  # noqa: E402
     BadLine, Document, hf_shard_count, input_files, iter_hf_records, iter_records, shard,
 )
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(tok))
-    blocker = memo_blocker(sp) if args.memo_words else "--memo-words 0"
+    blocker = Encoder(sp, args.threads, args.memo_words).blocker  # what every worker's encoder will decide
     print("word memo: " + (f"on ({args.memo_words:,} words per worker)" if blocker is None else f"off ({blocker})"),
           file=sys.stderr)
     tokenizer_sha = sha256_of(tok)

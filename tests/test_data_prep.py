@@ -261,7 +261,7 @@ def test_word_memo_encoder_equals_sentencepiece(corpus):
             expected = sp.encode(batch)
             assert lengths.tolist() == [len(e) for e in expected]
             assert ids.tolist() == [i for e in expected for i in e]
-    # the first slot's word was encoded once and reused: the memo really serves repeats
+    # fewer memo entries than words: repeated words were served from the memo, not re-encoded
     assert encoder._slots and len(encoder._slots) < sum(len(t.split()) for t in texts)
 
 
