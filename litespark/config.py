@@ -98,6 +98,10 @@ class KernelConfig:
     """TE backend: fused RoPE kernel instead of the unfused torch rotation."""
     fp8_attention: bool = False
     """TE backend with FP8: run dot-product attention in FP8 too."""
+    cuda_graphs: bool = False
+    """TE backend: replay each transformer layer's training forward and backward as CUDA graphs
+    (captured once, after the engine is built, for the configured micro-batch shape); removes the
+    host's kernel-launch overhead.  tensor_parallel=1 and ZeRO stage 1 or 2 only."""
 
 
 @dataclass
@@ -377,6 +381,15 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
             "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
     if cfg.kernels.fp8_attention and not prec.fp8:
         raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
+    if cfg.kernels.cuda_graphs:
+        if cfg.kernels.backend == "torch":
+            raise ConfigError("kernels.cuda_graphs=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
+        if tp != 1:
+            raise ConfigError("kernels.cuda_graphs=true needs parallel.tensor_parallel=1 "
+                              "(TP collectives inside captured layers are not supported)")
+        if par.zero_stage == 3:
+            raise ConfigError("kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
+                              "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)")
     if not 0 <= o.min_lr <= o.lr:
         raise ConfigError(f"optim.min_lr ({o.min_lr}) must lie between 0 and optim.lr ({o.lr})")
     if o.warmup_iters < 0 or (o.decay_iters is not None and o.decay_iters < 0):
@@ -430,4 +443,6 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
             raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
         if cfg.parallel.sequence_parallel:
             raise ConfigError("parallel.sequence_parallel=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+        if cfg.kernels.cuda_graphs:
+            raise ConfigError("kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
     return cfg

@@ -69,8 +69,12 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-def init_distributed(tensor_parallel: int, seed: int, timeout_minutes: int = 30) -> None:
-    """Initialise torch.distributed from the launcher's environment and Megatron's TP groups."""
+def init_distributed(tensor_parallel: int, seed: int, timeout_minutes: int = 30, graph_safe_rng: bool = False) -> None:
+    """Initialise torch.distributed from the launcher's environment and Megatron's TP groups.
+
+    ``graph_safe_rng`` (for ``kernels.cuda_graphs``) keeps the CUDA RNG states as generators that a
+    captured graph can advance; it must be chosen before the model is built.
+    """
     if not torch.distributed.is_initialized():
         os.environ.update(launcher_env())
         cuda = torch.cuda.is_available()
@@ -80,18 +84,19 @@ def init_distributed(tensor_parallel: int, seed: int, timeout_minutes: int = 30)
             backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
-    seed_everything(seed)
+    seed_everything(seed, graph_safe_rng)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch; on CUDA also Megatron's model-parallel RNG tracker."""
+def seed_everything(seed: int, graph_safe_rng: bool = False) -> None:
+    """Seed Python, NumPy and torch; on CUDA also Megatron's model-parallel RNG tracker (re-created,
+    graph-safe or not as asked)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-        model_parallel_cuda_manual_seed(seed)
+        model_parallel_cuda_manual_seed(seed, te_rng_tracker=graph_safe_rng, force_reset_rng=True)
 
 
 def destroy_distributed() -> None:

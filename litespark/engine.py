@@ -4,7 +4,8 @@ The DeepSpeed config is ``to_deepspeed_config(cfg, world_size)`` passed as a dic
 reduces over Megatron's data-parallel group through :class:`litespark.mpu.MegatronMPU`.  Weights are
 bf16 (or fp32) in the module, DeepSpeed keeps fp32 master weights in the optimizer.  FP8 needs no
 engine support: Megatron's ``TransformerBlock`` enters TE's ``fp8_autocast`` itself, with the amax
-reduction group of the TP group (``parallel_state.get_amax_reduction_group``).
+reduction group of the TP group (``parallel_state.get_amax_reduction_group``).  With
+``kernels.cuda_graphs`` the layers are captured here, once the engine owns the weights.
 """
 
 from __future__ import annotations
@@ -56,4 +57,9 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
         mpu=MegatronMPU(),
         dist_init_required=False,
     )
+    if cfg.kernels.cuda_graphs:
+        # After initialize: DeepSpeed has moved the weights into its flat buffers by now.
+        from litespark.layer_graphs import capture_layer_graphs
+
+        capture_layer_graphs(engine.module, cfg)
     return engine, optimizer, scheduler

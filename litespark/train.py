@@ -44,7 +44,7 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
     from litespark.distributed import destroy_distributed, init_distributed
     from litespark.model import build_model, position_ids_for
 
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
+    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
     try:
         model = build_model(cfg)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -167,7 +167,7 @@ def train(cfg: LitesparkConfig) -> int:
         raise ConfigError("parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
                           "(norm-weight gradients would not be reduced over the TP group)")
     t_setup = time.perf_counter()
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
+    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
     setup_logging()
     energy = EnergyMeter()
     energy.interval_joules()

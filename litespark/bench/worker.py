@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = from_dict(json.loads(Path(args.config_json).read_text()))
     out = Path(args.out)
-    init_distributed(1, cfg.run.seed)
+    init_distributed(1, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
     try:
         tokens = load_windows(args.data, (args.warmup + args.steps) * cfg.data.global_batch_size,
                               cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
