@@ -23,6 +23,7 @@ call (evaluation, another shape) runs the layer's ordinary forward.
 from __future__ import annotations
 
 import functools
+import gc
 from typing import Callable
 
 import torch
@@ -130,8 +131,6 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
     slice shares the same storage, so DeepSpeed reads and writes the same numbers.  Raises
     RuntimeError, naming a parameter, if some other holder still keeps a node alive.
     """
-    import gc
-
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         mapping = getattr(p, "_hp_mapping", None)
@@ -155,7 +154,7 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
     installed replaying forwards.  Numerics are those of the eager layers (tests/test_gpu.py)."""
     import time
 
-    from transformer_engine.pytorch import make_graphed_callables
+    from transformer_engine.pytorch import make_graphed_callables  # needs CUDA: imported only here
 
     if not torch.cuda.is_available():
         raise ConfigError("kernels.cuda_graphs=true needs a CUDA device")
@@ -173,9 +172,15 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
                         for _ in layers)
     was_training = model.training
     model.train()
+    # As Megatron's capture does: start from a clean cache, and hand back what the warm-up passes
+    # (run on a side stream, whose cached blocks no other stream reuses) leave behind.
+    gc.collect()
+    torch.cuda.empty_cache()
     graphed = make_graphed_callables(tuple(targets), sample_args, num_warmup_iters=warmup_iters,
                                      allow_unused_input=True, **_fp8_arguments(config))
     model.train(was_training)
+    gc.collect()
+    torch.cuda.empty_cache()
     installed = []
     for layer in layers:
         for param in layer.parameters():
@@ -186,6 +191,7 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
         layer.forward = replay
         installed.append(replay)
     torch.cuda.synchronize()
-    log.info("captured CUDA graphs for %d layers (micro-batch %d x %d tokens) in %.1f s; graph pool %.2f GiB reserved",
-             len(layers), mb, seq, time.perf_counter() - t0, torch.cuda.memory_reserved() / 2**30)
+    log.info("captured CUDA graphs for %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now %.1f GiB "
+             "allocated, %.1f GiB reserved", len(layers), mb, seq, time.perf_counter() - t0,
+             torch.cuda.memory_allocated() / 2**30, torch.cuda.memory_reserved() / 2**30)
     return installed
