@@ -19,13 +19,19 @@ def _version(module: str) -> str | None:
 
 
 def git_revision() -> str | None:
-    """HEAD of the checkout this package was imported from, or None outside git."""
+    """HEAD of the checkout this package was imported from, with ``-dirty`` when tracked files differ
+    from it (the figures then come from uncommitted code), or None outside git."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=here)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=30, cwd=here)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    rev = head.stdout.strip()
+    if not rev:
+        return None
+    return f"{rev}-dirty" if status.returncode == 0 and status.stdout.strip() else rev
 
 
 def collect_versions() -> dict:

@@ -189,3 +189,22 @@ def test_report_of_a_cpu_training_run(tmp_path):
     for name in ("loss", "throughput", "energy", "optimizer"):
         png = (run_dir / f"report_{name}.png").read_bytes()
         assert png[:8] == PNG and len(png) > 10_000
+
+
+def test_git_revision_says_when_the_tree_is_dirty(tmp_path, monkeypatch):
+    """A benchmark run from uncommitted code must not be recorded under the clean commit's name."""
+    import subprocess
+
+    from litespark import environment
+
+    pkg = tmp_path / "repo" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "mod.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "c"]):
+        subprocess.run(git + args, cwd=pkg.parent, check=True)
+    monkeypatch.setattr(environment, "__file__", str(pkg / "environment.py"))  # "imported from" the temp repo
+    clean = environment.git_revision()
+    assert clean and len(clean) == 40
+    (pkg / "mod.py").write_text("x = 2\n")
+    assert environment.git_revision() == clean + "-dirty"
