@@ -160,14 +160,17 @@ def energy_delta_joules(previous_mj: int | None, now_mj: int | None) -> float | 
 class PhaseMeter:
     """Splits wall time and GPU energy between training intervals and the pauses inside them
     (evaluation, checkpoint saves), so that throughput and joules per token count training alone and
-    the pauses are reported on their own."""
+    the pauses are reported on their own.
 
-    def __init__(self, energy: EnergyMeter):
+    The first interval starts now and counts energy from ``energy``'s last reading: the caller takes
+    that reading (the set-up phase's) just before.
+    """
+
+    def __init__(self, energy: EnergyMeter, clock=None):
         import time
 
-        self._clock = time.perf_counter
+        self._clock = clock or time.perf_counter
         self.energy = energy
-        self.energy.interval_joules()
         self._start = self._clock()
         self._pending: float | None = 0.0 if energy.available else None
         self._paused_at: float | None = None

@@ -55,11 +55,9 @@ class RecordedCounter:
 def test_phase_meter_keeps_pauses_out_of_the_interval(monkeypatch):
     clock = iter([0.0, 10.0, 14.0, 20.0])  # start, pause at 10 s, resume at 14 s, close at 20 s
     # readings: start 0, pause 7,000 J, resume 7,400 J, close 9,800 J  (mJ)
-    meter = PhaseMeter.__new__(PhaseMeter)
-    meter.energy = RecordedCounter([0, 7_000_000, 7_400_000, 9_800_000])
-    meter.energy.interval_joules()
-    meter._clock = lambda: next(clock)
-    meter._start, meter._pending, meter._paused_at = meter._clock(), 0.0, None
+    counter = RecordedCounter([0, 7_000_000, 7_400_000, 9_800_000])
+    counter.interval_joules()  # the set-up reading the trainer takes just before
+    meter = PhaseMeter(counter, clock=lambda: next(clock))
     meter.pause()
     assert meter.resume() == (4.0, 400.0)
     assert meter.close_interval() == (16.0, 9400.0)

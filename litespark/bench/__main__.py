@@ -14,6 +14,7 @@ Example (GPU host, about 6 minutes)::
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from litespark.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
-from litespark.config import ConfigError, resolve_backend, to_dict
+from litespark.config import ConfigError, resolve_backend, to_dict, validate
 from litespark.log import get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -143,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             for mb in ([pins[stack]] if stack in pins else candidates):
                 if gb % mb:
                     continue
-                cfg = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false",
-                                                         f"data.micro_batch_size={mb}",
-                                                         f"run.train_iters={args.warmup + args.steps}"]))
+                cfg = copy.deepcopy(base)
+                cfg.data.micro_batch_size = mb
+                validate(cfg)
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})
                 if status == "out of memory":
