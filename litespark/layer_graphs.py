@@ -60,9 +60,8 @@ class _CaptureTarget(torch.nn.Module):
 class _ReplayingForward:
     """Installed as ``layer.forward``: replays the graph for matching calls, else runs ``eager``."""
 
-    def __init__(self, layer, target: _CaptureTarget, graphed: Callable, eager: Callable,
-                 hidden_shape: torch.Size, rope_shape: torch.Size):
-        self.layer, self.target, self.graphed, self.eager = layer, target, graphed, eager
+    def __init__(self, layer, graphed: Callable, eager: Callable, hidden_shape: torch.Size, rope_shape: torch.Size):
+        self.layer, self.graphed, self.eager = layer, graphed, eager
         self.hidden_shape, self.rope_shape = hidden_shape, rope_shape
         # Megatron's TE linears carry the FP8 weight-cache flag; the graph reads it as an argument.
         self.flagged = [m for m in layer.modules() if hasattr(m, "is_first_microbatch")]
@@ -131,6 +130,9 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
     slice shares the same storage, so DeepSpeed reads and writes the same numbers.  Raises
     RuntimeError, naming a parameter, if some other holder still keeps a node alive.
     """
+    def grad_node(p: torch.Tensor):
+        return p.expand_as(p).grad_fn.next_functions[0][0]
+
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         mapping = getattr(p, "_hp_mapping", None)
@@ -139,10 +141,10 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
     # A node that outlives this marking (nothing here keeps one) is held by someone else.
     mark = object()
     for p in params:
-        p.expand_as(p).grad_fn.next_functions[0][0].metadata["litespark_probe"] = mark
+        grad_node(p).metadata["litespark_probe"] = mark
     gc.collect()
     held = [name for name, p in model.named_parameters()
-            if p.requires_grad and p.expand_as(p).grad_fn.next_functions[0][0].metadata.get("litespark_probe") is mark]
+            if p.requires_grad and grad_node(p).metadata.get("litespark_probe") is mark]
     if held:
         raise RuntimeError(f"kernels.cuda_graphs: the gradient node of {len(held)} parameters (e.g. {held[0]}) is kept "
                            "alive outside autograd; capturing would fail (cudaErrorStreamCaptureInvalidated)")
@@ -182,14 +184,13 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
     gc.collect()
     torch.cuda.empty_cache()
     installed = []
-    for layer in layers:
+    # For a module TE returns the module itself, its forward now replaying the graphs.
+    for layer, fn, eager in zip(layers, graphed, eagers):
         for param in layer.parameters():
             if param.requires_grad:
                 param.register_hook(functools.partial(_own_first_gradient, param))
-    for layer, target, fn, eager in zip(layers, targets, graphed, eagers):
-        replay = _ReplayingForward(layer, target, fn, eager, sample_args[0][0].shape, rope.shape)
-        layer.forward = replay
-        installed.append(replay)
+        layer.forward = _ReplayingForward(layer, fn, eager, sample_args[0][0].shape, rope.shape)
+        installed.append(layer.forward)
     torch.cuda.synchronize()
     log.info("captured CUDA graphs for %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now %.1f GiB "
              "allocated, %.1f GiB reserved", len(layers), mb, seq, time.perf_counter() - t0,

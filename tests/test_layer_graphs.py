@@ -41,8 +41,7 @@ def _replaying():
         calls.append(is_first_microbatch)
         return hidden * 2
 
-    replay = _ReplayingForward(layer, None, graphed, layer.forward, torch.Size([SEQ, MB, HIDDEN]),
-                               torch.Size([SEQ, 1, 1, 2]))
+    replay = _ReplayingForward(layer, graphed, layer.forward, torch.Size([SEQ, MB, HIDDEN]), torch.Size([SEQ, 1, 1, 2]))
     layer.forward = replay
     return layer, replay, calls
 
