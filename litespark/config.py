@@ -102,6 +102,10 @@ class KernelConfig:
     """TE backend: replay each transformer layer's training forward and backward as CUDA graphs
     (captured once, after the engine is built, for the configured micro-batch shape); removes the
     host's kernel-launch overhead.  tensor_parallel=1 and ZeRO stage 1 or 2 only."""
+    cuda_graph_layers: Optional[int] = None
+    """With cuda_graphs: capture only the first N decoder layers (None: all).  The graphs' memory
+    pool is private, so the optimizer step cannot reuse the captured layers' activation memory;
+    capturing fewer layers trades launch overhead for memory (docs/performance.md)."""
 
 
 @dataclass
@@ -390,6 +394,13 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         if par.zero_stage == 3:
             raise ConfigError("kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
                               "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)")
+    n_graphed = cfg.kernels.cuda_graph_layers
+    if n_graphed is not None:
+        if not cfg.kernels.cuda_graphs:
+            raise ConfigError("kernels.cuda_graph_layers is set but kernels.cuda_graphs is false")
+        if not 1 <= n_graphed <= cfg.model.num_layers:
+            raise ConfigError(f"kernels.cuda_graph_layers must lie between 1 and model.num_layers "
+                              f"({cfg.model.num_layers}), got {n_graphed}")
     if not 0 <= o.min_lr <= o.lr:
         raise ConfigError(f"optim.min_lr ({o.min_lr}) must lie between 0 and optim.lr ({o.lr})")
     if o.warmup_iters < 0 or (o.decay_iters is not None and o.decay_iters < 0):

@@ -7,7 +7,12 @@ whole layer's kernels with one launch.
 
 How: Transformer Engine's ``make_graphed_callables`` captures one forward and one backward graph per
 layer (all layers share one memory pool; forwards captured first, backwards in reverse, the order
-they run in).  It handles FP8: the weight casts inside the graph read a device flag that says
+they run in).  It is called the way Megatron-Core's own TE graph helper calls it, with a one-chunk,
+one-micro-batch schedule (``_order=[1, -1]``) so that TE can reuse buffers across layers: each
+layer's output, output gradient and weight gradients are handed back to the pool once the graphs
+that run later no longer need them, instead of one static set per layer.  ``kernels.cuda_graph_layers``
+captures only the first N layers: the pool is private, so the optimizer step cannot borrow the
+captured layers' activation memory as it does the eager layers'.  It handles FP8: the weight casts inside the graph read a device flag that says
 whether this is a step's first micro-batch (the FP8 weight cache), and the delayed-scaling amax and
 scale updates stay outside the graph, as in eager mode.  Each ``TransformerLayer`` keeps its
 parameters; the graph's backward hands their gradients to autograd, so DeepSpeed's
@@ -112,11 +117,13 @@ def _fp8_arguments(config) -> dict:
 
 
 def _own_first_gradient(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Tensor hook on a captured layer's weight: the graph's backward hands autograd its static
-    gradient buffer, and ``AccumulateGrad`` would adopt that very buffer as ``param.grad`` when
-    ``.grad`` is None; the next micro-batch's replay then overwrites it and the accumulation adds the
-    buffer to itself (2 x g2 instead of g1 + g2).  A copy for the first micro-batch of each step is
-    enough: later ones are added in place."""
+    """Tensor hook on a captured layer's weight: the graph's backward hands autograd a gradient
+    buffer in the graph pool, and ``AccumulateGrad`` would adopt that very buffer as ``param.grad``
+    when ``.grad`` is None; the next replay (of this layer, or of an earlier layer's backward, which
+    reuses the buffer) then overwrites it, and accumulation adds the buffer to itself (2 x g2 instead
+    of g1 + g2).  A copy for the first micro-batch of each step is enough: later ones are added in
+    place.  Autograd runs ``AccumulateGrad`` nodes before any other ready node, so the copy or the
+    addition is queued on the stream before the next graph replay can overwrite the buffer."""
     return grad.clone() if param.grad is None else grad
 
 
@@ -151,9 +158,10 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
 
 
 def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_iters: int = 3) -> list[_ReplayingForward]:
-    """Capture every decoder layer of ``model`` (a GPTModel, after ``deepspeed.initialize``) for
-    micro-batches of ``cfg.data.micro_batch_size`` x ``cfg.model.seq_length``; returns the
-    installed replaying forwards.  Numerics are those of the eager layers (tests/test_gpu.py)."""
+    """Capture the first ``cfg.kernels.cuda_graph_layers`` (default: all) decoder layers of ``model``
+    (a GPTModel, after ``deepspeed.initialize``) for micro-batches of ``cfg.data.micro_batch_size`` x
+    ``cfg.model.seq_length``; returns the installed replaying forwards.  Numerics are those of the
+    eager layers (tests/test_gpu.py)."""
     import time
 
     from transformer_engine.pytorch import make_graphed_callables  # needs CUDA: imported only here
@@ -161,7 +169,7 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
     if not torch.cuda.is_available():
         raise ConfigError("kernels.cuda_graphs=true needs a CUDA device")
     release_retained_grad_nodes(model)
-    layers = list(model.decoder.layers)
+    layers = list(model.decoder.layers)[:cfg.kernels.cuda_graph_layers]
     config = layers[0].config
     device = torch.device("cuda", torch.cuda.current_device())
     seq, mb = cfg.model.seq_length, cfg.data.micro_batch_size
@@ -170,21 +178,25 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
     t0 = time.perf_counter()
     eagers = [layer.forward for layer in layers]
     targets = [_CaptureTarget(layer, eager) for layer, eager in zip(layers, eagers)]
-    sample_args = tuple((torch.zeros(seq, mb, config.hidden_size, dtype=dtype, device=device, requires_grad=True), rope)
-                        for _ in layers)
+    sample_args = [(torch.zeros(seq, mb, config.hidden_size, dtype=dtype, device=device, requires_grad=True), rope)
+                   for _ in layers]
     was_training = model.training
     model.train()
     # As Megatron's capture does: start from a clean cache, and hand back what the warm-up passes
     # (run on a side stream, whose cached blocks no other stream reuses) leave behind.
     gc.collect()
     torch.cuda.empty_cache()
+    # One model chunk, one micro-batch: all forwards, then all backwards.  The schedule form is what
+    # lets TE reuse output, output-gradient and weight-gradient buffers across layers.
     graphed = make_graphed_callables(tuple(targets), sample_args, num_warmup_iters=warmup_iters,
-                                     allow_unused_input=True, **_fp8_arguments(config))
+                                     allow_unused_input=True, sample_kwargs=[{} for _ in layers],
+                                     _order=[1, -1], _reuse_graph_input_output_buffers=True,
+                                     **_fp8_arguments(config))
     model.train(was_training)
     gc.collect()
     torch.cuda.empty_cache()
     installed = []
-    # For a module TE returns the module itself, its forward now replaying the graphs.
+    # With a schedule (_order) TE returns, per layer, a function that replays the graphs.
     for layer, fn, eager in zip(layers, graphed, eagers):
         for param in layer.parameters():
             if param.requires_grad:
@@ -192,7 +204,8 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
         layer.forward = _ReplayingForward(layer, fn, eager, sample_args[0][0].shape, rope.shape)
         installed.append(layer.forward)
     torch.cuda.synchronize()
-    log.info("captured CUDA graphs for %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now %.1f GiB "
-             "allocated, %.1f GiB reserved", len(layers), mb, seq, time.perf_counter() - t0,
+    log.info("captured CUDA graphs for %d of %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now "
+             "%.1f GiB allocated, %.1f GiB reserved", len(layers), len(model.decoder.layers), mb, seq,
+             time.perf_counter() - t0,
              torch.cuda.memory_allocated() / 2**30, torch.cuda.memory_reserved() / 2**30)
     return installed

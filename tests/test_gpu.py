@@ -184,21 +184,26 @@ def evaluate_once(engine, sequences: torch.Tensor) -> float:
     return float(losses.float().mean())
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_cuda_graphs_train_like_eager(dist_world_1, fp8):
-    """kernels.cuda_graphs through the trainer's engine and train_step, 2 micro-batches per step (so
-    gradients accumulate across replays and the FP8 weight cache is both refreshed and reused inside
-    the graphs), with an evaluation mid-run: every step's gradient norm and loss, and the evaluation
-    loss, follow the eager run's, which they could not if a graph kept stale weights or casts or an
-    accumulation lost a micro-batch, and every training call was a replay."""
+@pytest.mark.parametrize("fp8,captured", [(False, None), (True, None), (True, 2)], ids=["bf16", "fp8", "fp8-first2of4"])
+def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
+    """kernels.cuda_graphs through the trainer's engine and train_step, 4 layers, 2 micro-batches per
+    step (so gradients accumulate across replays, the FP8 weight cache is both refreshed and reused
+    inside the graphs, and TE's reused weight-gradient buffers are overwritten by the next layer's
+    backward), with an evaluation mid-run: every step's gradient norm and loss, and the evaluation
+    loss, follow the eager run's, which they could not if a graph kept stale weights or casts or a
+    reused buffer were read after its next use, and every training call of a captured layer was a
+    replay (``captured``: kernels.cuda_graph_layers, the rest eager)."""
     if fp8 and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
     from litespark.engine import build_engine
+    from litespark.layer_graphs import _ReplayingForward
     from litespark.trainer import train_step
 
     steps, runs, evals = 8, {}, {}
     for graphs in (False, True):
+        partial = [f"kernels.cuda_graph_layers={captured}"] if graphs and captured else []
         cfg, model = _build("te", f"precision.fp8={str(fp8).lower()}", f"kernels.cuda_graphs={str(graphs).lower()}",
+                            "model.num_layers=4", *partial,
                             "data.global_batch_size=4", "optim.lr=1e-3", "optim.warmup_iters=2",
                             f"run.train_iters={steps}", "optim.min_lr=1e-3")
         engine, _, _ = build_engine(cfg, model, 1)
@@ -213,8 +218,11 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8):
             if step == steps // 2:  # an evaluation mid-run (eager layers), then training goes on
                 evals[graphs] = evaluate_once(engine, data[:2])
         if graphs:
-            replays = [layer.forward for layer in engine.module.decoder.layers]
-            assert [(r.replays, r.fallbacks) for r in replays] == [(2 * steps, 0)] * len(replays)
+            forwards = [layer.forward for layer in engine.module.decoder.layers]
+            n = captured or len(forwards)
+            assert all(isinstance(f, _ReplayingForward) for f in forwards[:n])
+            assert not any(isinstance(f, _ReplayingForward) for f in forwards[n:])
+            assert [(r.replays, r.fallbacks) for r in forwards[:n]] == [(2 * steps, 0)] * n
         del engine, model
         torch.cuda.empty_cache()
     losses = [loss for loss, _ in runs[True]]
