@@ -157,11 +157,13 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
                            "alive outside autograd; capturing would fail (cudaErrorStreamCaptureInvalidated)")
 
 
-def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_iters: int = 3) -> list[_ReplayingForward]:
+def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, pool: "torch.cuda.MemPool | None" = None,
+                         warmup_iters: int = 3) -> list[_ReplayingForward]:
     """Capture the first ``cfg.kernels.cuda_graph_layers`` (default: all) decoder layers of ``model``
     (a GPTModel, after ``deepspeed.initialize``) for micro-batches of ``cfg.data.micro_batch_size`` x
     ``cfg.model.seq_length``; returns the installed replaying forwards.  Numerics are those of the
-    eager layers (tests/test_gpu.py)."""
+    eager layers (tests/test_gpu.py).  The graphs' memory comes from ``pool`` (a new private pool if
+    None), which ``litespark.pooled_step`` can lend to the optimizer step."""
     import time
 
     from transformer_engine.pytorch import make_graphed_callables  # needs CUDA: imported only here
@@ -191,6 +193,7 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_it
     graphed = make_graphed_callables(tuple(targets), sample_args, num_warmup_iters=warmup_iters,
                                      allow_unused_input=True, sample_kwargs=[{} for _ in layers],
                                      _order=[1, -1], _reuse_graph_input_output_buffers=True,
+                                     pool=None if pool is None else pool.id,
                                      **_fp8_arguments(config))
     model.train(was_training)
     gc.collect()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from litespark.bench.results import compare, mean_timed_loss, to_markdown, write_report
-from litespark.bench.worker import is_oom
+from litespark.bench.worker import is_oom, oom_site
 
 from .conftest import ROOT
 
@@ -82,6 +82,23 @@ def test_report_files(tmp_path):
     png = paths[2].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "8: out of memory, 4: ok" in to_markdown(report)
+    report["attempts"]["hf"][0]["where"] = "litespark/pooled_step.py:60 __call__"
+    assert "8: out of memory in `litespark/pooled_step.py:60 __call__`, 4: ok" in to_markdown(report)
+
+
+def test_oom_site_names_the_innermost_litespark_frame():
+    from litespark.config import ConfigError, apply_overrides
+    from litespark.presets import get_preset
+
+    try:
+        apply_overrides(get_preset("tiny"), ["model.bogus=1"])
+    except ConfigError as exc:
+        site = oom_site(exc)
+    assert site.startswith("litespark/config.py:") and site.split()[-1] != "<module>"
+    try:
+        raise RuntimeError("not from litespark")
+    except RuntimeError as exc:
+        assert oom_site(exc) == "?"
 
 
 def test_is_oom_classifies():

@@ -49,7 +49,8 @@ def _slug(text: str) -> str:
 
 
 def run_attempt(stack: str, cfg, data: str, warmup: int, steps: int, workdir: Path, timeout: float) -> tuple[str, dict | None]:
-    """One worker process; returns (status, result) with status 'ok', 'out of memory' or 'failed: ...'."""
+    """One worker process; returns (status, result) with status 'ok', 'out of memory' or 'failed: ...'
+    (for 'out of memory' the result holds the worker's error line and where it was raised)."""
     tag = f"{stack}-mb{cfg.data.micro_batch_size}"
     cfg_path, out_path = workdir / f"{tag}.config.json", workdir / f"{tag}.result.json"
     cfg_path.write_text(json.dumps(to_dict(cfg)))
@@ -63,8 +64,10 @@ def run_attempt(stack: str, cfg, data: str, warmup: int, steps: int, workdir: Pa
         return f"failed: timed out after {timeout:.0f} s", None
     wall = time.perf_counter() - t0
     if proc.returncode == EXIT_OOM:
-        log.info("%s: micro-batch %d does not fit (%.0f s)", stack, cfg.data.micro_batch_size, wall)
-        return "out of memory", None
+        oom = json.loads(out_path.read_text()) if out_path.is_file() else {}
+        log.info("%s: micro-batch %d does not fit (%.0f s) at %s: %s", stack, cfg.data.micro_batch_size, wall,
+                 oom.get("where", "?"), oom.get("error", "?"))
+        return "out of memory", oom
     if proc.returncode != 0 or not out_path.is_file():
         tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
         log.error("%s: worker failed (exit %d); its last lines:\n%s", stack, proc.returncode, tail)
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 validate(cfg)
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})
-                if status == "out of memory":
+                if status == "out of memory":  # where and how much, for the report
+                    attempts[stack][-1].update({k: result[k] for k in ("where", "error") if k in (result or {})})
                     continue
                 if result is not None:
                     results[stack] = result

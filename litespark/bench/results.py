@@ -104,7 +104,8 @@ def to_markdown(report: dict) -> str:
     lines += ["", "Stacks:", ""]
     for name in report["stacks"]:
         r = report["results"].get(name)
-        tried = ", ".join(f"{a['micro_batch']}: {a['status']}" for a in report["attempts"].get(name, []))
+        tried = ", ".join(f"{a['micro_batch']}: {a['status']}" + (f" in `{a['where']}`" if a.get("where") else "")
+                          for a in report["attempts"].get(name, []))
         lines.append(f"- `{name}`: {r['description'] if r else 'did not run'} (micro-batches tried: {tried})")
     lines += ["", "| ratio | value |", "|---|---|"]
     for key in ("speedup_vs_hf", "speedup_vs_mcore_fp8", "speedup_vs_mcore_bf16", "energy_vs_hf", "energy_vs_mcore_fp8"):

@@ -32,6 +32,21 @@ def is_oom(exc: BaseException) -> bool:
     return "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
 
 
+def oom_site(exc: BaseException) -> str:
+    """The innermost Litespark frame of ``exc``'s traceback ('litespark/engine.py:64 build_engine'):
+    which phase (build, capture, forward, optimizer step) ran out of memory."""
+    import traceback
+
+    import litespark
+
+    package = Path(litespark.__file__).resolve().parent
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(package):
+            return f"litespark/{path.relative_to(package).as_posix()}:{frame.lineno} {frame.name}"
+    return "?"
+
+
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -118,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - classify, then re-raise anything but OOM
         if is_oom(exc):
             out.write_text(json.dumps({"stack": args.stack, "micro_batch": cfg.data.micro_batch_size, "oom": True,
-                                       "error": str(exc).splitlines()[0][:300]}))
+                                       "error": str(exc).splitlines()[0][:400], "where": oom_site(exc)}))
             print(f"{args.stack} micro-batch {cfg.data.micro_batch_size}: out of memory", file=sys.stderr)
             return EXIT_OOM
         raise
