@@ -66,5 +66,6 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
         pool = torch.cuda.MemPool()
         capture_layer_graphs(engine.module, cfg, pool)
         if cfg.kernels.cuda_graph_pooled_step:
-            install_pooled_step(optimizer, pool)
+            # TE captures through torch.cuda.graph without a stream: torch's shared capture stream.
+            install_pooled_step(optimizer, pool, torch.cuda.graph.default_capture_stream)
     return engine, optimizer, scheduler

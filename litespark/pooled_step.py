@@ -9,8 +9,10 @@ step needs fresh memory on top: on an 80 GB H100 at micro-batch 2 this alone is 
 Between the last backward replay of a step and the first forward replay of the next, nothing the
 graphs wrote is still needed except the buffers that stay allocated in the pool (the allocator never
 hands those out).  So the optimizer step can take its transient buffers from the pool's free blocks,
-provided it frees all of them before the next replay.  Two things would break that, and both are
-handled:
+provided it frees all of them before the next replay.  The caching allocator hands a free block
+only to the stream it was freed on, and the graphs were captured on torch's capture stream, so the
+step runs on that stream (ordered after and before the training stream).  Two things would break
+the arrangement, and both are handled:
 
 - the first step creates the optimizer's state (AdamW's moments): it runs outside the pool;
 - DeepSpeed keeps the step's gradient norm (a small tensor) until the next step: it is copied out.
@@ -42,16 +44,20 @@ def optimizer_state_ready(optimizer) -> bool:
 class _PooledStep:
     """Installed as ``optimizer.step``: runs the wrapped step with allocations served from ``pool``."""
 
-    def __init__(self, optimizer, pool: "torch.cuda.MemPool"):
-        self.optimizer, self.pool, self.step = optimizer, pool, optimizer.step
+    def __init__(self, optimizer, pool: "torch.cuda.MemPool", stream: "torch.cuda.Stream"):
+        self.optimizer, self.pool, self.stream, self.step = optimizer, pool, stream, optimizer.step
         self.pooled = 0
 
     def __call__(self, *args, **kwargs):
         if not optimizer_state_ready(self.optimizer):  # this step creates persistent state
             return self.step(*args, **kwargs)
         before = pool_allocated_bytes(self.pool)
-        with torch.cuda.use_mem_pool(self.pool):
+        training = torch.cuda.current_stream()
+        self.stream.wait_stream(training)
+        with torch.cuda.stream(self.stream), torch.cuda.use_mem_pool(self.pool):
             result = self.step(*args, **kwargs)
+        # Tensors the training stream freed during the step (bf16 gradients) are reused only after this.
+        training.wait_stream(self.stream)
         norm = getattr(self.optimizer, "_global_grad_norm", None)
         if isinstance(norm, torch.Tensor):  # read after the step (logging): must not stay in the pool
             self.optimizer._global_grad_norm = norm.clone()
@@ -65,9 +71,10 @@ class _PooledStep:
         return result
 
 
-def install_pooled_step(optimizer, pool: "torch.cuda.MemPool") -> _PooledStep:
-    """Replace ``optimizer.step`` (the DeepSpeed ZeRO optimizer the engine calls) by a pooled step."""
-    pooled = _PooledStep(optimizer, pool)
+def install_pooled_step(optimizer, pool: "torch.cuda.MemPool", stream: "torch.cuda.Stream") -> _PooledStep:
+    """Replace ``optimizer.step`` (the DeepSpeed ZeRO optimizer the engine calls) by a step that
+    allocates from ``pool`` on ``stream``, the stream the graphs in ``pool`` were captured on."""
+    pooled = _PooledStep(optimizer, pool, stream)
     optimizer.step = pooled
     log.info("optimizer step: transient buffers served from the CUDA-graph memory pool")
     return pooled

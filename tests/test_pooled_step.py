@@ -35,18 +35,35 @@ class _ZeroLike:
         self.steps += 1
 
 
+class _Stream:
+    def __init__(self, name: str, events: list):
+        self.name, self.events = name, events
+
+    def wait_stream(self, other):
+        self.events.append(f"{self.name} waits for {other.name}")
+
+
 @pytest.fixture
 def fake_pool(monkeypatch):
-    pool_bytes, entered = [1000], []
+    pool_bytes, entered, events = [1000], [], []
+    training = _Stream("training", events)
 
     @contextlib.contextmanager
     def use_mem_pool(pool):
         entered.append(pool)
+        events.append(f"allocate from {pool}")
+        yield
+
+    @contextlib.contextmanager
+    def stream(s):
+        events.append(f"on {s.name}")
         yield
 
     monkeypatch.setattr(pooled_step, "pool_allocated_bytes", lambda pool: pool_bytes[0])
     monkeypatch.setattr(torch.cuda, "use_mem_pool", use_mem_pool)
-    return pool_bytes, entered
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: training)
+    return pool_bytes, entered, events
 
 
 def test_state_ready_only_after_the_first_step():
@@ -63,19 +80,21 @@ def test_state_ready_only_after_the_first_step():
 
 
 def test_first_step_outside_the_pool_then_pooled_with_the_norm_copied_out(fake_pool):
-    pool_bytes, entered = fake_pool
+    pool_bytes, entered, events = fake_pool
     zero = _ZeroLike(pool_bytes)
-    pooled = install_pooled_step(zero, pool="POOL")
+    pooled = install_pooled_step(zero, pool="POOL", stream=_Stream("capture", events))
     zero.step()  # creates AdamW's state: must not be allocated in the pool
     assert entered == [] and pooled.pooled == 0 and zero.steps == 1
     zero.step()
     zero.step()
     assert entered == ["POOL", "POOL"] and pooled.pooled == 2 and zero.steps == 3
+    # on the capture stream (whose freed pool blocks it may take), ordered after and before training
+    assert events[:4] == ["capture waits for training", "on capture", "allocate from POOL", "training waits for capture"]
     assert float(zero._global_grad_norm) == 1.0
 
 
 def test_the_norm_left_by_the_step_is_replaced_by_a_copy(fake_pool):
-    pool_bytes, _ = fake_pool
+    pool_bytes, _, events = fake_pool
     zero = _ZeroLike(pool_bytes)
     made = []
     inner = zero.step
@@ -85,16 +104,16 @@ def test_the_norm_left_by_the_step_is_replaced_by_a_copy(fake_pool):
         made.append(zero._global_grad_norm)
 
     zero.step = step
-    install_pooled_step(zero, pool="POOL")
+    install_pooled_step(zero, pool="POOL", stream=_Stream("capture", events))
     zero.step()
     zero.step()
     assert made[-1] is not zero._global_grad_norm and torch.equal(made[-1], zero._global_grad_norm)
 
 
 def test_a_step_that_leaves_memory_in_the_pool_is_refused(fake_pool):
-    pool_bytes, _ = fake_pool
+    pool_bytes, _, events = fake_pool
     zero = _ZeroLike(pool_bytes, leak=512)
-    install_pooled_step(zero, pool="POOL")
+    install_pooled_step(zero, pool="POOL", stream=_Stream("capture", events))
     zero.step()  # unpooled first step: not checked
     with pytest.raises(RuntimeError, match="left 512 bytes allocated in the CUDA-graph memory pool"):
         zero.step()
