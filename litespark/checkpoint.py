@@ -93,6 +93,7 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, client_state: dict, 
     if rank == 0:
         files = {p.name: p.stat().st_size for p in sorted((root / tmp_tag).iterdir()) if p.is_file()}
         manifest = {"step": step, "world_size": dist.get_world_size(), "files": files,
+                    "optimizer_param_groups": len(engine.optimizer.param_groups),
                     **{k: v for k, v in client_state.items() if k != "config"}}
         atomic_write_text(root / tmp_tag / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         if final.exists():  # re-saving a step (e.g. after a resume): replace only once complete
@@ -179,6 +180,18 @@ def _weights_mismatch(engine, path: Path) -> Optional[str]:
     return f"{path}: {reason} (another model shape or TP size?)" if reason else None
 
 
+def _optimizer_mismatch(engine, path: Path) -> Optional[str]:
+    """Why the optimizer state in ``path`` cannot go into ``engine``'s optimizer (another number of
+    parameter groups, which ``parallel.zero_sub_group_size`` decides), or None.  Manifests written
+    before the count was recorded are not checked."""
+    saved = json.loads((path / MANIFEST).read_text()).get("optimizer_param_groups")
+    ours = len(engine.optimizer.param_groups)
+    if saved is None or saved == ours:
+        return None
+    return (f"{path}: its optimizer state has {saved} parameter groups, this run's optimizer {ours} "
+            "(parallel.zero_sub_group_size differs from the run that saved it)")
+
+
 def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = False) -> Optional[dict]:
     """Load the newest usable checkpoint into ``engine``; returns its client state, or None if none.
 
@@ -191,12 +204,16 @@ def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = Fal
         if not _all_ok(reason is None):
             log.warning("checkpoint %s unusable (%s); trying an older one", path.name, reason or "bad on another rank")
             continue
-        if weights_only:
-            from litespark.config import ConfigError
+        from litespark.config import ConfigError
 
+        if weights_only:
             mismatch = _weights_mismatch(engine, path)
             if not _all_ok(mismatch is None):
                 raise ConfigError(f"checkpoint.load: {mismatch or 'incompatible weights on another rank'}")
+        else:
+            mismatch = _optimizer_mismatch(engine, path)
+            if not _all_ok(mismatch is None):
+                raise ConfigError(f"checkpoint.resume: {mismatch or 'incompatible optimizer state on another rank'}")
         try:
             load_path, client_state = engine.load_checkpoint(
                 str(path.parent), tag=path.name, load_module_only=weights_only,

@@ -61,6 +61,12 @@ class ParallelConfig:
     """Shard norms and dropouts along the sequence inside a TP group (needs tensor_parallel > 1)."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage: 1 or 2 with any TP; 3 only with tensor_parallel = 1."""
+    zero_sub_group_size: int = 250_000_000
+    """Most parameters the optimizer step converts and updates at once.  The step's transient
+    buffers (a flat bf16 gradient and its fp32 copy, 6 bytes per parameter of the group) are this
+    big instead of the whole model's: ZeRO-3's ``sub_group_size``; for stages 1 and 2, which step
+    one parameter group at a time, the weight matrices are split into groups of at most this many
+    parameters."""
 
 
 @dataclass
@@ -343,6 +349,7 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         "parallel.tensor_parallel": par.tensor_parallel, "data.micro_batch_size": d.micro_batch_size,
         "data.global_batch_size": d.global_batch_size, "run.train_iters": r.train_iters,
         "run.log_interval": r.log_interval, "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "parallel.zero_sub_group_size": par.zero_sub_group_size,
     }
     for name, value in positive.items():
         if value <= 0:

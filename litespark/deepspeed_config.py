@@ -37,6 +37,7 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
             "stage3_param_persistence_threshold": 100_000,
             "stage3_max_live_parameters": 1_000_000_000,
             "stage3_gather_16bit_weights_on_model_save": False,
+            "sub_group_size": par.zero_sub_group_size,
         })
     return {
         "train_batch_size": d.global_batch_size,

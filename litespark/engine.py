@@ -18,13 +18,30 @@ from litespark.deepspeed_config import to_deepspeed_config
 from litespark.mpu import MegatronMPU
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay matrices, no decay for 1-D parameters (norm weights, biases)."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, max_group_numel: int | None = None) -> list[dict]:
+    """AdamW groups: decay matrices, no decay for 1-D parameters (norm weights, biases).
+
+    ``max_group_numel`` splits the matrices, in model order, into groups of at most that many
+    elements (a single larger matrix gets a group of its own).  DeepSpeed ZeRO 1/2 step one group at
+    a time, each with a flat fp32 copy of the group's gradients: for llama-3b in one group that copy
+    is 11.2 GiB at the step, split it is at most 4 bytes x ``max_group_numel``.
+    """
+    decay: list[list[torch.nn.Parameter]] = [[]]
+    no_decay = []
+    size = 0
     for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2:
+            no_decay.append(p)
+            continue
+        if max_group_numel is not None and decay[-1] and size + p.numel() > max_group_numel:
+            decay.append([])
+            size = 0
+        decay[-1].append(p)
+        size += p.numel()
+    return ([{"params": group, "weight_decay": weight_decay} for group in decay if group]
+            + [{"params": no_decay, "weight_decay": 0.0}])
 
 
 def init_deepspeed_comm() -> None:
@@ -53,7 +70,9 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
         model = model.cuda()
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
-        model_parameters=param_groups(model, cfg.optim.weight_decay),
+        model_parameters=param_groups(model, cfg.optim.weight_decay,
+                                      # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
+                                      None if cfg.parallel.zero_stage == 3 else cfg.parallel.zero_sub_group_size),
         config=to_deepspeed_config(cfg, world_size),
         mpu=MegatronMPU(),
         dist_init_required=False,

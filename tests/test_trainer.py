@@ -137,6 +137,17 @@ def test_metrics_file_has_the_promised_fields(tmp_path):
     assert (tmp_path / "tensorboard").is_dir() and (tmp_path / "config.yaml").is_file()
 
 
+def test_resume_refuses_optimizer_state_with_other_parameter_groups(tmp_path):
+    run_training(tmp_path, *FAST, "run.train_iters=4", "checkpoint.save_interval=4")
+    proc = run_training(tmp_path, *FAST, "run.train_iters=6", "checkpoint.save_interval=4",
+                        "parallel.zero_sub_group_size=20000", expect=2)
+    error = [line for line in proc.stderr.splitlines() if "error:" in line][-1]
+    assert error.endswith("step_00000004: its optimizer state has 2 parameter groups, this run's optimizer 9 "
+                          "(parallel.zero_sub_group_size differs from the run that saved it)"), error
+    resumed = run_training(tmp_path, *FAST, "run.train_iters=6", "checkpoint.save_interval=4")
+    assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
+
+
 def test_checkpoint_load_initialises_weights_only(tmp_path):
     run_training(tmp_path / "base", *FAST, "run.train_iters=20")
     fresh = run_training(tmp_path / "fresh", *FAST, "run.train_iters=2")
