@@ -112,10 +112,6 @@ class KernelConfig:
     """With cuda_graphs: capture only the first N decoder layers (None: all).  The graphs' memory
     pool is private, so the optimizer step cannot reuse the captured layers' activation memory;
     capturing fewer layers trades launch overhead for memory (docs/performance.md)."""
-    cuda_graph_pooled_step: bool = True
-    """With cuda_graphs: the optimizer step takes its transient buffers (fp32 gradient partition)
-    from the graphs' memory pool, idle between the last backward and the next forward replay,
-    instead of memory of its own (litespark/pooled_step.py)."""
 
 
 @dataclass

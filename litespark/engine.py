@@ -5,8 +5,7 @@ reduces over Megatron's data-parallel group through :class:`litespark.mpu.Megatr
 bf16 (or fp32) in the module, DeepSpeed keeps fp32 master weights in the optimizer.  FP8 needs no
 engine support: Megatron's ``TransformerBlock`` enters TE's ``fp8_autocast`` itself, with the amax
 reduction group of the TP group (``parallel_state.get_amax_reduction_group``).  With
-``kernels.cuda_graphs`` the layers are captured here, once the engine owns the weights, and the
-optimizer step borrows the graphs' memory pool (``kernels.cuda_graph_pooled_step``).
+``kernels.cuda_graphs`` the layers are captured here, once the engine owns the weights.
 """
 
 from __future__ import annotations
@@ -80,11 +79,6 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
     if cfg.kernels.cuda_graphs:
         # After initialize: DeepSpeed has moved the weights into its flat buffers by now.
         from litespark.layer_graphs import capture_layer_graphs
-        from litespark.pooled_step import install_pooled_step
 
-        pool = torch.cuda.MemPool()
-        capture_layer_graphs(engine.module, cfg, pool)
-        if cfg.kernels.cuda_graph_pooled_step:
-            # TE captures through torch.cuda.graph without a stream: torch's shared capture stream.
-            install_pooled_step(optimizer, pool, torch.cuda.graph.default_capture_stream)
+        capture_layer_graphs(engine.module, cfg)
     return engine, optimizer, scheduler

@@ -10,9 +10,10 @@ layer (all layers share one memory pool; forwards captured first, backwards in r
 they run in).  It is called the way Megatron-Core's own TE graph helper calls it, with a one-chunk,
 one-micro-batch schedule (``_order=[1, -1]``) so that TE can reuse buffers across layers: each
 layer's output, output gradient and weight gradients are handed back to the pool once the graphs
-that run later no longer need them, instead of one static set per layer.  ``kernels.cuda_graph_layers``
-captures only the first N layers: the pool is private, so the optimizer step cannot borrow the
-captured layers' activation memory as it does the eager layers'.  It handles FP8: the weight casts inside the graph read a device flag that says
+that run later no longer need them, instead of one static set per layer.  The pool is private:
+the optimizer step cannot reuse the captured layers' activation memory as it does the eager layers',
+which is what ``parallel.zero_sub_group_size`` keeps small; ``kernels.cuda_graph_layers`` captures
+only the first N layers where memory is tighter still.  It handles FP8: the weight casts inside the graph read a device flag that says
 whether this is a step's first micro-batch (the FP8 weight cache), and the delayed-scaling amax and
 scale updates stay outside the graph, as in eager mode.  Each ``TransformerLayer`` keeps its
 parameters; the graph's backward hands their gradients to autograd, so DeepSpeed's
@@ -157,13 +158,11 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
                            "alive outside autograd; capturing would fail (cudaErrorStreamCaptureInvalidated)")
 
 
-def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, pool: "torch.cuda.MemPool | None" = None,
-                         warmup_iters: int = 3) -> list[_ReplayingForward]:
+def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, warmup_iters: int = 3) -> list[_ReplayingForward]:
     """Capture the first ``cfg.kernels.cuda_graph_layers`` (default: all) decoder layers of ``model``
     (a GPTModel, after ``deepspeed.initialize``) for micro-batches of ``cfg.data.micro_batch_size`` x
     ``cfg.model.seq_length``; returns the installed replaying forwards.  Numerics are those of the
-    eager layers (tests/test_gpu.py).  The graphs' memory comes from ``pool`` (a new private pool if
-    None), which ``litespark.pooled_step`` can lend to the optimizer step."""
+    eager layers (tests/test_gpu.py)."""
     import time
 
     from transformer_engine.pytorch import make_graphed_callables  # needs CUDA: imported only here
@@ -193,7 +192,6 @@ def capture_layer_graphs(model: torch.nn.Module, cfg: LitesparkConfig, pool: "to
     graphed = make_graphed_callables(tuple(targets), sample_args, num_warmup_iters=warmup_iters,
                                      allow_unused_input=True, sample_kwargs=[{} for _ in layers],
                                      _order=[1, -1], _reuse_graph_input_output_buffers=True,
-                                     pool=None if pool is None else pool.id,
                                      **_fp8_arguments(config))
     model.train(was_training)
     gc.collect()

@@ -82,8 +82,8 @@ def test_report_files(tmp_path):
     png = paths[2].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "8: out of memory, 4: ok" in to_markdown(report)
-    report["attempts"]["hf"][0]["where"] = "litespark/pooled_step.py:60 __call__"
-    assert "8: out of memory in `litespark/pooled_step.py:60 __call__`, 4: ok" in to_markdown(report)
+    report["attempts"]["hf"][0]["where"] = "litespark/layer_graphs.py:190 capture_layer_graphs"
+    assert "8: out of memory in `litespark/layer_graphs.py:190 capture_layer_graphs`, 4: ok" in to_markdown(report)
 
 
 def test_oom_site_names_the_innermost_litespark_frame():
