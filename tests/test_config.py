@@ -87,7 +87,8 @@ def test_bad_overrides_name_the_field(override, message):
      "kernels.cuda_graphs=true needs parallel.tensor_parallel=1"),
     (["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.zero_stage=3"],
      "kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2"),
-    (["kernels.cuda_graph_layers=1"], "kernels.cuda_graph_layers is set but kernels.cuda_graphs is false"),
+    (["kernels.cuda_graph_layers=1"], "kernels.cuda_graph_layers needs kernels.cuda_graphs=true"),
+    (["kernels.cuda_graph_layers=1", "kernels.cuda_graphs=false"], "kernels.cuda_graph_layers needs kernels.cuda_graphs=true"),
     (["kernels.cuda_graphs=true", "kernels.backend=te", "kernels.cuda_graph_layers=0"],
      "kernels.cuda_graph_layers must lie between 1 and model.num_layers (2), got 0"),
     (["kernels.cuda_graphs=true", "kernels.backend=te", "kernels.cuda_graph_layers=3"],
@@ -179,3 +180,21 @@ def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
         resolve_backend(cfg)
     monkeypatch.setattr(litespark.layer_spec, "te_available", lambda: True)
     assert resolve_backend(get_preset("llama-3b")).kernels.backend == "te"
+
+
+@pytest.mark.parametrize("overrides, graphs", [
+    (["kernels.backend=te", "data.micro_batch_size=2"], True),
+    (["kernels.backend=te", "data.micro_batch_size=1", "data.global_batch_size=1"], True),
+    (["kernels.backend=te", "data.micro_batch_size=4"], False),  # kernel-bound: no gain measured
+    (["kernels.backend=te", "data.micro_batch_size=2", "parallel.tensor_parallel=2"], False),
+    (["kernels.backend=te", "data.micro_batch_size=2", "parallel.zero_stage=3"], False),
+    (["kernels.backend=torch", "data.micro_batch_size=2"], False),
+    (["kernels.backend=te", "data.micro_batch_size=2", "kernels.cuda_graphs=false"], False),
+    (["kernels.backend=te", "data.micro_batch_size=4", "kernels.cuda_graphs=true"], True),
+])
+def test_cuda_graphs_auto_resolves_where_they_pay_and_run(overrides, graphs):
+    from litespark.config import resolve_backend
+
+    cfg = apply_overrides(get_preset("tiny"), ["data.global_batch_size=8", *overrides])
+    assert cfg.kernels.cuda_graphs is (None if not any("cuda_graphs" in o for o in overrides) else graphs)
+    assert resolve_backend(cfg).kernels.cuda_graphs is graphs

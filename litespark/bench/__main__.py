@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     pins = _parse_pins(args.pin, stacks)
     if args.warmup < 1 or args.steps < 1:
         raise ConfigError("--warmup and --steps must be >= 1")
-    base = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false"]))
+    base = load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false"])
     base.run.train_iters = args.warmup + args.steps
+    # kernels.backend now (fails early without TE for fp8); kernels.cuda_graphs per micro-batch below
+    graphs_requested = base.kernels.cuda_graphs
+    resolve_backend(base)
+    base.kernels.cuda_graphs = graphs_requested
     corpus_size = None
     if args.data != "random":
         from litespark.bench.data import corpus_tokens
@@ -149,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 cfg = copy.deepcopy(base)
                 cfg.data.micro_batch_size = mb
+                if not stack.startswith("litespark"):  # the baselines never capture graphs
+                    cfg.kernels.cuda_graphs = False
+                resolve_backend(cfg)  # kernels.cuda_graphs=auto depends on the micro-batch
                 validate(cfg)
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})
