@@ -81,11 +81,13 @@ def to_markdown(report: dict) -> str:
         f"Shape `{s['preset']}` (sequence {s['seq_length']}, {s['global_batch']} sequences per optimizer step, "
         f"gradient accumulation fills the rest), fp32 master weights in every stack, data: {s['data_description']}. "
         f"{s['warmup']} warm-up steps excluded, {s['steps']} timed steps. MFU counts 6N + 12·L·h·s FLOPs per token "
-        f"against the dense BF16 peak ({s.get('peak_tflops') or '-'} TFLOP/s), also for FP8.",
+        f"against the dense BF16 peak ({s.get('peak_tflops') or '-'} TFLOP/s), also for FP8. "
+        "With CUDA graphs the captured layers' activations sit in the graphs' private memory pool, which counts "
+        "as reserved, not allocated: compare the reserved figure.",
         "",
         "```bash", report["command"], "```",
         "",
-        "| stack | micro-batch | tokens/s | TFLOP/s | MFU | J/token | avg W | peak GiB | final loss | mean timed loss | vs HF |",
+        "| stack | micro-batch | tokens/s | TFLOP/s | MFU | J/token | avg W | peak GiB allocated (reserved) | final loss | mean timed loss | vs HF |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     hf = report["results"].get("hf")
@@ -99,7 +101,7 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | {_fmt(r.get('mfu'), '.1f', 100, '%')} | "
             f"{_fmt(r.get('joules_per_token'), '.4f')} | {_fmt(r.get('avg_watts'), '.0f')} | "
-            f"{_fmt(r.get('peak_memory_gib'), '.1f')} | {r['final_loss']:.4f} | {mean_timed_loss(r):.4f} | {speed} |")
+            f"{_fmt(r.get('peak_memory_gib'), '.1f')} ({_fmt(r.get('peak_reserved_gib'), '.1f')}) | {r['final_loss']:.4f} | {mean_timed_loss(r):.4f} | {speed} |")
     c = report["comparison"]
     lines += ["", "Stacks:", ""]
     for name in report["stacks"]:
