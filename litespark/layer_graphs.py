@@ -12,9 +12,11 @@ one-micro-batch schedule (``_order=[1, -1]``) so that TE can reuse buffers acros
 layer's output, output gradient and weight gradients are handed back to the pool once the graphs
 that run later no longer need them, instead of one static set per layer.  The pool is private:
 the optimizer step cannot reuse the captured layers' activation memory as it does the eager layers',
-which is what ``parallel.zero_sub_group_size`` keeps small; ``kernels.cuda_graph_layers`` captures
-only the first N layers where memory is tighter still.  It handles FP8: the weight casts inside the graph read a device flag that says
-whether this is a step's first micro-batch (the FP8 weight cache), and the delayed-scaling amax and
+which is why ``parallel.zero_sub_group_size`` keeps the step's buffers small;
+``kernels.cuda_graph_layers`` captures only the first N layers where memory is tighter still.
+
+TE handles FP8: the weight casts inside the graph read a device flag that says whether this is a
+step's first micro-batch (the FP8 weight cache), and the delayed-scaling amax and
 scale updates stay outside the graph, as in eager mode.  Each ``TransformerLayer`` keeps its
 parameters; the graph's backward hands their gradients to autograd, so DeepSpeed's
 post-accumulate-grad hooks fire as before (the first micro-batch's gradients are copied out of the
