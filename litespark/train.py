@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             # Show the config a GPU host would run, and say why this host cannot run it.
             cfg.kernels.backend = "te"
+            resolve_backend(cfg)  # the other automatic choices, as that host resolves them
             print(f"# note: this host cannot run this config: {exc}", file=sys.stderr)
         print(describe(cfg))
         return 0

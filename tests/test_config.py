@@ -163,6 +163,9 @@ def test_cli_print_config_llama_3b():
     assert "hidden_size: 3072" in proc.stdout
     assert "parameters: 2,917,051,392 (2.92 B)" in proc.stdout
     assert "backend: te" in proc.stdout  # what a GPU host runs, even when printed on CPU
+    assert "cuda_graphs: true" in proc.stdout  # micro-batch 2, TP 1, ZeRO-1: the automatic choice resolved
+    big = _cli("--preset", "llama-3b", "--print-config", "--set", "data.micro_batch_size=4")
+    assert big.returncode == 0 and "cuda_graphs: false" in big.stdout, big.stderr
 
 
 def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
