@@ -199,13 +199,13 @@ def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = Fal
     optimizer, LR schedule and RNG start fresh).  All ranks call this and agree on the checkpoint (a
     failure on any rank moves everyone on).
     """
+    from litespark.config import ConfigError
+
     for path in candidates(run_dir):
         reason = validate_checkpoint(path)
         if not _all_ok(reason is None):
             log.warning("checkpoint %s unusable (%s); trying an older one", path.name, reason or "bad on another rank")
             continue
-        from litespark.config import ConfigError
-
         if weights_only:
             mismatch = _weights_mismatch(engine, path)
             if not _all_ok(mismatch is None):

@@ -394,15 +394,9 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
             "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
     if cfg.kernels.fp8_attention and not prec.fp8:
         raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
-    if cfg.kernels.cuda_graphs:
-        if cfg.kernels.backend == "torch":
-            raise ConfigError("kernels.cuda_graphs=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
-        if tp != 1:
-            raise ConfigError("kernels.cuda_graphs=true needs parallel.tensor_parallel=1 "
-                              "(TP collectives inside captured layers are not supported)")
-        if par.zero_stage == 3:
-            raise ConfigError("kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
-                              "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)")
+    refusal = cuda_graphs_refusal(cfg)
+    if cfg.kernels.cuda_graphs and refusal:
+        raise ConfigError(refusal)
     n_graphed = cfg.kernels.cuda_graph_layers
     if n_graphed is not None:
         if cfg.kernels.cuda_graphs is not True:
@@ -456,6 +450,20 @@ def gradient_accumulation_steps(cfg: LitesparkConfig, world_size: int) -> int:
 GRAPHS_AUTO_MAX_MICRO_BATCH = 2
 
 
+def cuda_graphs_refusal(cfg: LitesparkConfig) -> Optional[str]:
+    """Why the layers of ``cfg`` cannot be captured as CUDA graphs (validate's error), or None when
+    they can; the automatic setting turns them on only where this is None."""
+    if cfg.kernels.backend == "torch":
+        return "kernels.cuda_graphs=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)"
+    if cfg.parallel.tensor_parallel != 1:
+        return ("kernels.cuda_graphs=true needs parallel.tensor_parallel=1 "
+                "(TP collectives inside captured layers are not supported)")
+    if cfg.parallel.zero_stage == 3:
+        return ("kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
+                "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)")
+    return None
+
+
 def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
     """Replace the automatic kernel choices by what this host and config run (in place):
     kernels.backend='auto' by the backend this host can run, kernels.cuda_graphs=None by whether the
@@ -473,7 +481,6 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
         if cfg.kernels.cuda_graphs:
             raise ConfigError("kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
     if cfg.kernels.cuda_graphs is None:
-        cfg.kernels.cuda_graphs = (cfg.kernels.backend == "te" and cfg.parallel.tensor_parallel == 1
-                                   and cfg.parallel.zero_stage in (1, 2)
+        cfg.kernels.cuda_graphs = (cuda_graphs_refusal(cfg) is None
                                    and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH)
     return cfg

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})
                 if status == "out of memory":  # where and how much, for the report
-                    attempts[stack][-1].update({k: result[k] for k in ("where", "error") if k in (result or {})})
+                    attempts[stack][-1].update({k: result[k] for k in ("where", "error") if k in result})
                     continue
                 if result is not None:
                     results[stack] = result
