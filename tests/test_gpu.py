@@ -233,3 +233,46 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
             f"step {step}: gradient norm graphed {graphed_norm:.4f} vs eager {eager_norm:.4f}; (loss, norm) {runs}"
         assert abs(graphed - eager) <= tol * eager, f"step {step}: loss graphed {graphed:.4f} vs eager {eager:.4f}; {runs}"
     assert abs(evals[True] - evals[False]) <= tol * evals[False], f"evaluation loss: {evals}"
+
+
+def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path):
+    """A checkpoint saved mid-run with graphed layers and loaded into a freshly captured engine goes
+    on as the uninterrupted run does.  The graphs read the weights and TE's FP8 scales and amax
+    histories at the addresses they were captured with, so loading must write into those tensors; a
+    load that replaced them would leave the replays on the new engine's initial weights or scales."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("FP8 needs Hopper or newer")
+    from litespark.checkpoint import load_latest_checkpoint, save_checkpoint
+    from litespark.engine import build_engine
+    from litespark.trainer import train_step
+
+    overrides = ("precision.fp8=true", "kernels.cuda_graphs=true", "model.num_layers=4", "data.global_batch_size=4",
+                 "optim.lr=1e-3", "optim.warmup_iters=2", "run.train_iters=8", "optim.min_lr=1e-4")
+    g = torch.Generator().manual_seed(5)
+    data = torch.randint(0, 64, (4, 129), generator=g).cuda()
+
+    def steps(engine, n):
+        out = []
+        for _ in range(n):
+            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+                       for t in data.split(2)]
+            out.append((float(train_step(engine, batches)), float(engine.get_global_grad_norm())))
+        return out
+
+    cfg, model = _build("te", *overrides)
+    engine, _, _ = build_engine(cfg, model, 1)
+    steps(engine, 4)
+    save_checkpoint(engine, tmp_path, 4, {"step": 4}, keep_last=1)
+    uninterrupted = steps(engine, 4)
+    del engine, model
+    torch.cuda.empty_cache()
+
+    cfg, model = _build("te", *overrides, "run.seed=99")  # other initial weights: the checkpoint must replace them
+    engine, _, _ = build_engine(cfg, model, 1)
+    assert load_latest_checkpoint(engine, tmp_path)["step"] == 4
+    resumed = steps(engine, 4)
+    replays = [layer.forward.replays for layer in engine.module.decoder.layers]
+    assert replays == [2 * 4] * 4, f"not every training forward was a replay: {replays}"
+    for step, ((ref, ref_norm), (got, got_norm)) in enumerate(zip(uninterrupted, resumed)):
+        assert abs(got - ref) <= 2e-3 * ref and abs(got_norm - ref_norm) <= 1e-2 * ref_norm, \
+            f"step {step + 5}: (loss, grad norm) resumed {resumed} vs uninterrupted {uninterrupted}"
