@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from litespark.cli import add_config_args, load_config, quiet_optional_dependency_warnings
     from litespark.config import resolve_backend
     from litespark.distributed import init_distributed
+    from litespark.environment import collect_versions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(p)
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     m = cfg.model
     report = {"preset": cfg.preset, "micro_batch": args.micro_batch, "seq_length": m.seq_length,
               "hidden_size": m.hidden_size, "num_layers": m.num_layers, "rows": rows,
-              "gpu": torch.cuda.get_device_name(), "versions": _versions(),
+              "gpu": torch.cuda.get_device_name(), "versions": collect_versions(),
               "command": "python benchmarks/layer_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -280,18 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     plot(report, out.with_suffix(".png"))
     print(to_markdown(report))
     return 0
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for pkg in ("torch", "transformer_engine", "megatron-core"):
-        try:
-            found[pkg] = version(pkg)
-        except PackageNotFoundError:
-            found[pkg] = None
-    return found
 
 
 if __name__ == "__main__":
