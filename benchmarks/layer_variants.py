@@ -50,16 +50,30 @@ def _rel(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def _recipe(name: str, cfg):
-    from transformer_engine.common.recipe import DelayedScaling, Float8CurrentScaling, Format
+def _config_for(recipe_name: str, cfg):
+    """A copy of ``cfg`` with FP8 under ``recipe_name`` ('bf16': without FP8); ``cfg`` is unchanged."""
+    import copy
 
-    fmt = Format.HYBRID if cfg.precision.fp8_format == "hybrid" else Format.E4M3
-    if name == "delayed":
-        return DelayedScaling(fp8_format=fmt, amax_history_len=cfg.precision.fp8_amax_history_len,
-                              amax_compute_algo=cfg.precision.fp8_amax_compute_algo, margin=cfg.precision.fp8_margin)
-    if name == "tensorwise":
-        return Float8CurrentScaling(fp8_format=fmt)
-    return None
+    from litespark.config import apply_overrides
+
+    fp8 = ["precision.fp8=false"] if recipe_name == "bf16" else ["precision.fp8=true", f"precision.fp8_recipe={recipe_name}"]
+    return apply_overrides(copy.deepcopy(cfg), fp8)
+
+
+def _recipe(recipe_name: str, cfg):
+    """TE's recipe for ``recipe_name`` as training gets it (Megatron's ``get_fp8_recipe``), or None for BF16."""
+    if recipe_name == "bf16":
+        return None
+    from megatron.core.fp8_utils import get_fp8_recipe
+
+    from litespark.transformer_config import to_transformer_config
+
+    return get_fp8_recipe(to_transformer_config(_config_for(recipe_name, cfg)))
+
+
+def _error_text(exc: Exception) -> str:
+    first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first_line}"
 
 
 def _requantize_weights(module) -> None:
@@ -145,7 +159,7 @@ def measure_mlps(cfg, micro_batch: int, warmup: int, iters: int) -> list[dict]:
                     row["rel_out"], row["rel_dgrad"], row["rel_fc1_wgrad"] = (_rel(a, b) for a, b in zip(result, reference))
                 row["ms"] = ms
             except Exception as exc:  # noqa: BLE001 - a variant the stack refuses is a result, not a crash
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                row["error"] = _error_text(exc)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -189,7 +203,7 @@ def measure_attention(cfg, micro_batch: int, warmup: int, iters: int) -> list[di
         try:
             row["ms"] = _timed(fn, warmup, iters)
         except Exception as exc:  # noqa: BLE001
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            row["error"] = _error_text(exc)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

@@ -60,3 +60,18 @@ def test_each_timed_call_requantizes_the_weights_like_a_training_step():
     layer_variants._requantize_weights(outer)
     assert outer[0].is_first_microbatch is True and outer[1][0].is_first_microbatch is True
     assert not hasattr(outer[1], "is_first_microbatch")
+
+
+def test_each_recipe_is_timed_on_the_training_config_with_only_the_recipe_changed():
+    """The timed recipes come from Megatron's ``get_fp8_recipe`` on the config training would use,
+    changed only in the recipe; the caller's config is left as it was."""
+    from litespark.config import apply_overrides
+    from litespark.presets import get_preset
+
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true",
+                                               "precision.fp8_recipe=delayed", "precision.fp8_margin=1"])
+    tensorwise = layer_variants._config_for("tensorwise", cfg).precision
+    assert (tensorwise.fp8, tensorwise.fp8_recipe, tensorwise.fp8_margin) == (True, "tensorwise", 1)
+    assert layer_variants._config_for("bf16", cfg).precision.fp8 is False
+    assert cfg.precision.fp8 and cfg.precision.fp8_recipe == "delayed"
+    assert layer_variants._recipe("bf16", cfg) is None
