@@ -8,6 +8,7 @@ swapping one slot's implementation would move it.  For the MLP slot it times for
 
 * ``megatron-mlp`` (shipped): Megatron's ``MLP`` with TE ``LayerNormLinear`` (RMSNorm fused in),
   Megatron's compiled SwiGLU and TE ``Linear``;
+* ``megatron-mlp-te-swiglu``: the same with TE's SwiGLU in the activation slot (``kernels.te_swiglu``);
 * ``te-layernorm-mlp``: TE's monolithic ``LayerNormMLP``, whose SwiGLU writes FP8 directly;
 * ``te-fused-mlp``: Megatron's ``TEFusedMLP`` (TE's operation fuser; ``kernels.fused_mlp``);
 
@@ -22,6 +23,7 @@ PyTorch's SDPA backends on the same causal GQA inputs.  Writes ``OUT.json``, ``O
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -97,6 +99,11 @@ def build_mlps(cfg) -> dict:
 
     tc = to_transformer_config(cfg)
     shipped = build_module(get_litespark_layer_spec("te").submodules.mlp, config=tc).cuda()
+    swiglu_cfg = copy.deepcopy(cfg)
+    swiglu_cfg.kernels.te_swiglu = True
+    te_swiglu = build_module(get_litespark_layer_spec("te", te_swiglu=True).submodules.mlp,
+                             config=to_transformer_config(swiglu_cfg)).cuda()
+    te_swiglu.load_state_dict(shipped.state_dict())
     fused = build_module(get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp, config=tc).cuda()
     fused.load_state_dict(shipped.state_dict())
     m = cfg.model
@@ -110,6 +117,7 @@ def build_mlps(cfg) -> dict:
     # name -> (module, forward returning the output tensor, its FC1 weight)
     return {
         "megatron-mlp": (shipped, lambda x: shipped(x)[0], shipped.linear_fc1.weight),
+        "megatron-mlp-te-swiglu": (te_swiglu, lambda x: te_swiglu(x)[0], te_swiglu.linear_fc1.weight),
         "te-layernorm-mlp": (monolithic, monolithic, monolithic.fc1_weight),
         "te-fused-mlp": (fused, lambda x: fused(x)[0], fused.linear_fc1.weight),
     }

@@ -94,6 +94,7 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, client_state: dict, 
         files = {p.name: p.stat().st_size for p in sorted((root / tmp_tag).iterdir()) if p.is_file()}
         manifest = {"step": step, "world_size": dist.get_world_size(), "files": files,
                     "optimizer_param_groups": len(engine.optimizer.param_groups),
+                    "optimizer": type(engine.optimizer).__name__,
                     **{k: v for k, v in client_state.items() if k != "config"}}
         atomic_write_text(root / tmp_tag / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         if final.exists():  # re-saving a step (e.g. after a resume): replace only once complete
@@ -181,10 +182,16 @@ def _weights_mismatch(engine, path: Path) -> Optional[str]:
 
 
 def _optimizer_mismatch(engine, path: Path) -> Optional[str]:
-    """Why the optimizer state in ``path`` cannot go into ``engine``'s optimizer (another number of
-    parameter groups, which ``parallel.zero_sub_group_size`` decides), or None.  Manifests written
-    before the count was recorded are not checked."""
-    saved = json.loads((path / MANIFEST).read_text()).get("optimizer_param_groups")
+    """Why the optimizer state in ``path`` cannot go into ``engine``'s optimizer, or None: another
+    DeepSpeed optimizer class (ZeRO-1 is ``BF16_Optimizer`` with ``precision.fp32_grad_accumulation``,
+    ``DeepSpeedZeroOptimizer`` without; their states differ) or another number of parameter groups
+    (``parallel.zero_sub_group_size``).  What older manifests did not record is not checked."""
+    manifest = json.loads((path / MANIFEST).read_text())
+    saved_class, our_class = manifest.get("optimizer"), type(engine.optimizer).__name__
+    if saved_class is not None and saved_class != our_class:
+        return (f"{path}: its optimizer state is {saved_class}'s, this run uses {our_class} "
+                "(precision.fp32_grad_accumulation differs from the run that saved it)")
+    saved = manifest.get("optimizer_param_groups")
     ours = len(engine.optimizer.param_groups)
     if saved is None or saved == ours:
         return None

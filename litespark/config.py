@@ -87,6 +87,13 @@ class PrecisionConfig:
     """Delayed scaling: how the scale is taken from the history."""
     fp8_margin: int = 0
     """Delayed scaling: exponent margin for the scale."""
+    fp32_grad_accumulation: Optional[bool] = None
+    """Keep the gradients in fp32 buffers that DeepSpeed's BF16 ZeRO-1 optimizer owns, and have
+    Transformer Engine's weight-gradient GEMMs write into them directly (Megatron's gradient-
+    accumulation fusion, ``main_grad``), instead of bf16 ``.grad`` tensors that the ZeRO optimizer
+    flattens and converts to fp32 at every step.  Costs 2 bytes per parameter more memory (fp32
+    instead of bf16 gradients).  Needs bf16, ZeRO stage 1 and no CUDA graphs.  None (auto): on where
+    that holds with the te backend (see ``fp32_grad_accumulation``)."""
 
 
 @dataclass
@@ -100,6 +107,10 @@ class KernelConfig:
     """TE backend: run RMSNorm + FC1 + SwiGLU + FC2 through TE's operation fuser (Megatron's
     TEFusedMLP).  BF16 or tensorwise FP8 only: with TE 2.10 / mcore 0.16.1 the delayed recipe gave
     NaN FC1 gradients on an H100 and the blockwise recipe is not implemented by the fuser."""
+    te_swiglu: bool = False
+    """TE backend: the MLP's SwiGLU from Transformer Engine (``te.pytorch.ops.SwiGLU`` in the MLP's
+    activation slot, Megatron's ``use_te_activation_func``) instead of Megatron's compiled SwiGLU.
+    Same function; ignored by the torch backend."""
     rope_fusion: bool = True
     """TE backend: fused RoPE kernel instead of the unfused torch rotation."""
     fp8_attention: bool = False
@@ -392,8 +403,14 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         raise ConfigError(
             f"kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not {prec.fp8_recipe} "
             "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
+    if cfg.kernels.te_swiglu and cfg.kernels.fused_mlp:
+        raise ConfigError("kernels.te_swiglu=true does not apply with kernels.fused_mlp=true (the fused MLP has its own SwiGLU)")
     if cfg.kernels.fp8_attention and not prec.fp8:
         raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
+    if prec.fp32_grad_accumulation:
+        refusal = fp32_grad_accumulation_refusal(cfg)
+        if refusal:
+            raise ConfigError(refusal)
     refusal = cuda_graphs_refusal(cfg)
     if cfg.kernels.cuda_graphs and refusal:
         raise ConfigError(refusal)
@@ -461,14 +478,48 @@ def cuda_graphs_refusal(cfg: LitesparkConfig) -> Optional[str]:
     if cfg.parallel.zero_stage == 3:
         return ("kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
                 "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)")
+    if cfg.precision.fp32_grad_accumulation:
+        return "kernels.cuda_graphs=true cannot be combined with precision.fp32_grad_accumulation=true (not supported together)"
     return None
+
+
+def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> Optional[str]:
+    """Why ``precision.fp32_grad_accumulation=true`` cannot be used with ``cfg`` (validate's error), or
+    None."""
+    if not cfg.precision.bf16:
+        return "precision.fp32_grad_accumulation=true needs precision.bf16=true (fp32 training has fp32 gradients already)"
+    if cfg.parallel.zero_stage != 1:
+        return (f"precision.fp32_grad_accumulation=true needs parallel.zero_stage=1, not {cfg.parallel.zero_stage} "
+                "(DeepSpeed's BF16 optimizer, which owns the fp32 buffers, is ZeRO-1 only)")
+    if cfg.kernels.cuda_graphs:
+        return ("precision.fp32_grad_accumulation=true cannot be combined with kernels.cuda_graphs=true "
+                "(not supported together; the graphs are for memory-bound micro-batches)")
+    return None
+
+
+def fp32_grad_accumulation(cfg: LitesparkConfig) -> bool:
+    """Whether ``cfg`` accumulates gradients in fp32 buffers (``precision.fp32_grad_accumulation``).
+
+    The automatic setting (None) is on with the te backend where it is allowed: BF16, ZeRO-1, and
+    the layers not captured as CUDA graphs (graphs are used at small micro-batches, where memory is
+    short and the extra 2 bytes per parameter would not fit; docs/performance.md).  A config whose
+    backend or graphs are still automatic is judged as it resolves on a GPU host with Transformer
+    Engine, so that ``to_deepspeed_config`` stays a pure function of the config.
+    """
+    if cfg.precision.fp32_grad_accumulation is not None:
+        return cfg.precision.fp32_grad_accumulation
+    graphs = cfg.kernels.cuda_graphs
+    if graphs is None:
+        graphs = cuda_graphs_refusal(cfg) is None and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH
+    return (cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16
+            and cfg.parallel.zero_stage == 1)
 
 
 def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
     """Replace the automatic kernel choices by what this host and config run (in place):
     kernels.backend='auto' by the backend this host can run, kernels.cuda_graphs=None by whether the
-    layers are captured (Transformer Engine, TP 1, ZeRO 1/2, micro-batch <= GRAPHS_AUTO_MAX_MICRO_BATCH).
-    Call it once the micro-batch size is final."""
+    layers are captured (Transformer Engine, TP 1, ZeRO 1/2, micro-batch <= GRAPHS_AUTO_MAX_MICRO_BATCH),
+    precision.fp32_grad_accumulation=None by :func:`fp32_grad_accumulation`.  Call it once the micro-batch size is final."""
     if cfg.kernels.backend == "auto":
         from litespark.layer_spec import te_available  # local: avoids importing torch for config work
 
@@ -483,4 +534,6 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
     if cfg.kernels.cuda_graphs is None:
         cfg.kernels.cuda_graphs = (cuda_graphs_refusal(cfg) is None
                                    and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH)
+    if cfg.precision.fp32_grad_accumulation is None:
+        cfg.precision.fp32_grad_accumulation = fp32_grad_accumulation(cfg)
     return cfg

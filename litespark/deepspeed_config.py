@@ -8,7 +8,7 @@ can check.  The dict is passed to ``deepspeed.initialize(config=...)`` directly;
 
 from __future__ import annotations
 
-from litespark.config import LitesparkConfig, gradient_accumulation_steps, validate
+from litespark.config import LitesparkConfig, fp32_grad_accumulation, gradient_accumulation_steps, validate
 
 # Bucket sizes (elements) for gradient reduction and parameter all-gather; 5e8 is DeepSpeed's own
 # default, written out so that the snapshot says what runs.
@@ -39,12 +39,20 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
             "stage3_gather_16bit_weights_on_model_save": False,
             "sub_group_size": par.zero_sub_group_size,
         })
+    bf16: dict = {"enabled": prec.bf16}
+    extra: dict = {}
+    if fp32_grad_accumulation(cfg):
+        # fp32 gradient accumulation makes ZeRO-1 use DeepSpeed's BF16_Optimizer, whose fp32 gradient
+        # buffers the TE linears write into (litespark.fp32_grads); the few gradients that stay bf16
+        # (embedding, output layer, norms) are added to them as soon as they are computed and freed.
+        bf16["immediate_grad_update"] = True
+        extra["data_types"] = {"grad_accum_dtype": "fp32"}
     return {
         "train_batch_size": d.global_batch_size,
         "train_micro_batch_size_per_gpu": d.micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps(cfg, world_size),
         "gradient_clipping": o.clip_grad,
-        "bf16": {"enabled": prec.bf16},
+        "bf16": bf16,
         "fp16": {"enabled": False},
         "zero_optimization": zero,
         "optimizer": {
@@ -73,4 +81,5 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
         },
         "steps_per_print": 10**9,  # Litespark logs its own metrics
         "wall_clock_breakdown": False,
+        **extra,
     }

@@ -5,16 +5,24 @@ reduces over Megatron's data-parallel group through :class:`litespark.mpu.Megatr
 bf16 (or fp32) in the module, DeepSpeed keeps fp32 master weights in the optimizer.  FP8 needs no
 engine support: Megatron's ``TransformerBlock`` enters TE's ``fp8_autocast`` itself, with the amax
 reduction group of the TP group (``parallel_state.get_amax_reduction_group``).  With
-``kernels.cuda_graphs`` the layers are captured here, once the engine owns the weights.
+``kernels.cuda_graphs`` the layers are captured here, once the engine owns the weights; with
+``precision.fp32_grad_accumulation`` the TE linears are pointed at DeepSpeed's fp32 gradient buffers
+(:mod:`litespark.fp32_grads`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 
-from litespark.config import LitesparkConfig
+from litespark.config import LitesparkConfig, fp32_grad_accumulation
 from litespark.deepspeed_config import to_deepspeed_config
+from litespark.log import get_logger
 from litespark.mpu import MegatronMPU
+
+log = get_logger(__name__)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, max_group_numel: int | None = None) -> list[dict]:
@@ -67,15 +75,24 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
     init_deepspeed_comm()
     if torch.cuda.is_available():
         model = model.cuda()
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model,
-        model_parameters=param_groups(model, cfg.optim.weight_decay,
-                                      # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
-                                      None if cfg.parallel.zero_stage == 3 else cfg.parallel.zero_sub_group_size),
-        config=to_deepspeed_config(cfg, world_size),
-        mpu=MegatronMPU(),
-        dist_init_required=False,
-    )
+    # DeepSpeed's BF16_Optimizer prints a memory report to stdout for every parameter group.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        engine, optimizer, _, scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, cfg.optim.weight_decay,
+                                          # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
+                                          None if cfg.parallel.zero_stage == 3 else cfg.parallel.zero_sub_group_size),
+            config=to_deepspeed_config(cfg, world_size),
+            mpu=MegatronMPU(),
+            dist_init_required=False,
+        )
+    if printed.getvalue():
+        log.debug("deepspeed.initialize printed:\n%s", printed.getvalue().rstrip())
+    if fp32_grad_accumulation(cfg):
+        from litespark.fp32_grads import link_fp32_main_grads
+
+        engine.litespark_fp32_grads = link_fp32_main_grads(engine.module, optimizer)
     if cfg.kernels.cuda_graphs:
         # After initialize: DeepSpeed has moved the weights into its flat buffers by now.
         from litespark.layer_graphs import capture_layer_graphs

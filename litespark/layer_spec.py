@@ -59,7 +59,8 @@ def te_available() -> bool:
 
 
 def _te_slots(fused_mlp: bool) -> tuple[type, type, type, type, type, type]:
-    """(qkv, core_attention, proj, mlp, fc1, fc2) filled by Transformer Engine."""
+    """(qkv, core_attention, proj, mlp, fc1, fc2) filled by Transformer Engine (the activation slot:
+    :func:`_te_activation`)."""
     if not te_available():
         raise RuntimeError(
             "the 'te' layer-spec backend needs transformer-engine and a CUDA device "
@@ -76,13 +77,21 @@ def _te_slots(fused_mlp: bool) -> tuple[type, type, type, type, type, type]:
             TELayerNormColumnParallelLinear, TERowParallelLinear)
 
 
+def _te_activation():
+    """TE's SwiGLU module for the MLP's activation slot (Megatron builds ``te.pytorch.ops.SwiGLU`` from
+    the config's gated SiLU); needs ``TransformerConfig.use_te_activation_func``."""
+    from megatron.core.extensions.transformer_engine import TEActivationOp
+
+    return TEActivationOp
+
+
 def _torch_slots() -> tuple[type, type, type, type, type, type]:
     """(qkv, core_attention, proj, mlp, fc1, fc2) filled by torch modules (CPU and reference)."""
     return (RMSNormColumnParallelLinear, SDPAttention, RowParallelLinear, MLP,
             RMSNormColumnParallelLinear, RowParallelLinear)
 
 
-def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False) -> ModuleSpec:
+def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False, te_swiglu: bool = False) -> ModuleSpec:
     """The Litespark ``ModuleSpec`` for one ``TransformerLayer``.
 
     Args:
@@ -90,9 +99,15 @@ def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False
         fused_mlp: with ``"te"``, run the MLP through TE's operation fuser (``TEFusedMLP``), which
             fuses RMSNorm + FC1, SwiGLU with its FP8 cast, and FC2; same parameters as ``MLP``.
             BF16 or tensorwise FP8 only (see ``KernelConfig.fused_mlp``).  Ignored by the torch backend.
+        te_swiglu: with ``"te"`` and the unfused MLP, fill the MLP's activation slot with TE's SwiGLU;
+            the TransformerConfig must then have ``use_te_activation_func=True``
+            (``to_transformer_config`` sets it from ``kernels.te_swiglu``).  Ignored by the torch backend.
     """
+    activation = None
     if backend == "te":
         qkv, core_attention, proj, mlp, fc1, fc2 = _te_slots(fused_mlp)
+        if te_swiglu and not fused_mlp:
+            activation = _te_activation()
     elif backend == "torch":
         qkv, core_attention, proj, mlp, fc1, fc2 = _torch_slots()
     else:
@@ -114,7 +129,8 @@ def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=IdentityOp,
-            mlp=ModuleSpec(module=mlp, submodules=MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2)),
+            mlp=ModuleSpec(module=mlp, submodules=MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2,
+                                                                activation_func=activation)),
             mlp_bda=get_bias_dropout_add,
         ),
     )

@@ -32,7 +32,7 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
         raise RuntimeError("build_model needs Megatron's parallel_state: call litespark.distributed.init_distributed first")
     megatron_patches.apply_all()
     backend = cfg.kernels.backend
-    layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp)
+    layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
     block = TransformerBlockSubmodules(
         layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend))
     model = GPTModel(

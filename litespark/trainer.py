@@ -110,10 +110,13 @@ def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches (DeepSpeed accumulates and steps at the
     boundary); returns the mean micro-batch loss, still on the device."""
     refresh_fp8_weight_cache(engine)
+    fp32_grads = getattr(engine, "litespark_fp32_grads", None)
     total = None
     for batch in micro_batches:
         loss = _forward_loss(engine, batch)
         engine.backward(loss)
+        if fp32_grads is not None:
+            fp32_grads.mark()  # before the step reads the gradient norm
         engine.step()
         total = loss.detach() if total is None else total + loss.detach()
     return total / len(micro_batches)

@@ -54,12 +54,15 @@ def to_transformer_config(cfg: LitesparkConfig) -> TransformerConfig:
         # Full weights are drawn on the CPU from one seed, then split: TP=N reproduces TP=1 exactly.
         use_cpu_initialization=True,
         gradient_accumulation_fusion=False,
-        # Fused kernels exist only with CUDA (TE or Megatron's JIT fusions).
-        bias_activation_fusion=te,
+        # Fused kernels exist only with CUDA (TE or Megatron's JIT fusions).  Megatron's compiled
+        # SwiGLU (bias_activation_fusion) and TE's (use_te_activation_func) exclude each other.
+        bias_activation_fusion=te and not (k.te_swiglu and not k.fused_mlp),
         bias_dropout_fusion=te,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=te and k.rope_fusion,
         cross_entropy_loss_fusion=te,
+        # With the TE SwiGLU module in the MLP's activation slot (layer_spec, te_swiglu).
+        use_te_activation_func=te and k.te_swiglu and not k.fused_mlp,
         **fp8,
     )

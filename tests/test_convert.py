@@ -263,16 +263,21 @@ def test_shape_mismatch_names_the_first_problem():
     assert shape_mismatch({"a": (2, 3), "b": (4,), "c": (1,)}, needed) == "unexpected tensor c"
 
 
-def test_fp32_master_weights_of_split_optimizer_groups(tmp_path):
-    """BF16 training with the weight matrices in many ZeRO groups (parallel.zero_sub_group_size):
-    DeepSpeed's consolidation, which ``to-hf --dtype fp32`` uses, finds every tensor, and each fp32
-    master rounds to the bf16 weight the checkpoint stores."""
+@pytest.mark.parametrize("fp32_grads", [False, True])
+def test_fp32_master_weights_of_split_optimizer_groups(tmp_path, fp32_grads):
+    """BF16 training with the weight matrices in many ZeRO groups (parallel.zero_sub_group_size), with
+    DeepSpeed's ZeRO-1 optimizer or its BF16_Optimizer (precision.fp32_grad_accumulation): DeepSpeed's
+    consolidation, which ``to-hf --dtype fp32`` uses, finds every tensor, and each fp32 master rounds
+    to the bf16 weight the checkpoint stores."""
     from litespark.convert.litespark_checkpoint import fp32_master_weights, read_checkpoint, resolve_checkpoint
 
     run_training(tmp_path, "data.source=mock", "run.train_iters=2", "checkpoint.save_interval=2",
-                 "precision.bf16=true", "parallel.zero_sub_group_size=20000")
+                 "precision.bf16=true", "parallel.zero_sub_group_size=20000",
+                 f"precision.fp32_grad_accumulation={str(fp32_grads).lower()}")
     step = resolve_checkpoint(tmp_path)
-    assert json.loads((step / "litespark.json").read_text())["optimizer_param_groups"] > 4
+    manifest = json.loads((step / "litespark.json").read_text())
+    assert manifest["optimizer_param_groups"] > 4
+    assert manifest["optimizer"] == ("BF16_Optimizer" if fp32_grads else "DeepSpeedZeroOptimizer")
     _, (stored,) = read_checkpoint(step)
     masters = fp32_master_weights(step)
     assert masters.keys() == stored.keys()

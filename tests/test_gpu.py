@@ -72,10 +72,13 @@ def test_te_and_torch_backends_share_parameter_names(dist_world_1):
     assert _names(te_model) == _names(torch_model)
 
 
-@pytest.mark.parametrize("fused_mlp", [True, False])
-def test_te_bf16_matches_torch_backend(dist_world_1, fused_mlp):
-    """Same weights, two backends: logits agree to BF16 accuracy."""
-    cfg, te_model = _build("te", f"kernels.fused_mlp={str(fused_mlp).lower()}")
+MLP_KINDS = {"megatron-mlp": [], "fused-mlp": ["kernels.fused_mlp=true"], "te-swiglu": ["kernels.te_swiglu=true"]}
+
+
+@pytest.mark.parametrize("mlp", sorted(MLP_KINDS))
+def test_te_bf16_matches_torch_backend(dist_world_1, mlp):
+    """Same weights, two backends: logits and the MLP's weight gradients agree to BF16 accuracy."""
+    cfg, te_model = _build("te", *MLP_KINDS[mlp])
     _, torch_model = _build("torch")
     with torch.no_grad():
         for name, p in torch_model.named_parameters():
@@ -85,12 +88,21 @@ def test_te_bf16_matches_torch_backend(dist_world_1, fused_mlp):
     result = te_model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.endswith("_extra_state") for k in result.missing_keys), result
     te_model.eval(), torch_model.eval()
-    inputs, _ = _batch(cfg)
-    with torch.no_grad():
-        a = te_model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None).float()
-        b = torch_model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None).float()
-    rel = float((a - b).norm() / b.norm())
-    assert rel < 2e-2, f"TE vs torch backend relative logit difference {rel:.3e}"
+    inputs, labels = _batch(cfg)
+    grads = []
+    for model in (te_model, torch_model):
+        with torch.no_grad():
+            logits = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None).float()
+        model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).float().mean().backward()
+        mlp_module = model.decoder.layers[0].mlp
+        grads.append((logits, mlp_module.linear_fc1.weight.grad.float(), mlp_module.linear_fc2.weight.grad.float()))
+    for what, a, b in zip(("logits", "fc1 weight gradient", "fc2 weight gradient"), *grads):
+        rel = float((a - b).norm() / b.norm())
+        assert rel < 2e-2, f"{mlp}: TE vs torch backend relative {what} difference {rel:.3e}"
+    if mlp == "te-swiglu":
+        from transformer_engine.pytorch.ops import SwiGLU
+
+        assert isinstance(te_model.decoder.layers[0].mlp.activation_func, SwiGLU)
 
 
 @pytest.mark.parametrize("recipe, fused_mlp", [
@@ -169,6 +181,45 @@ def test_fp8_training_tracks_bf16(dist_world_1):
         torch.cuda.empty_cache()
     rel = abs(finals[True] - finals[False]) / finals[False]
     assert rel < 0.03, f"FP8 final loss {finals[True]:.4f} vs BF16 {finals[False]:.4f} ({rel:.1%})"
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
+    """precision.fp32_grad_accumulation: every TE linear's weight gradient goes straight into
+    DeepSpeed's fp32 buffer (no .grad), and 8 steps of 2 micro-batches, clipping active, track the
+    run with bf16 gradients: losses within 1%, gradient norms within 2% (a norm that missed the fused
+    gradients, or counted them twice, would be off by far more)."""
+    if fp8 and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("FP8 needs Hopper or newer")
+    from litespark.engine import build_engine
+    from litespark.trainer import train_step
+
+    runs = {}
+    for fused in (True, False):
+        cfg, model = _build("te", f"precision.fp8={str(fp8).lower()}", "data.global_batch_size=4", "optim.lr=1e-3",
+                            "optim.warmup_iters=2", "optim.min_lr=1e-3", "optim.clip_grad=0.5",
+                            f"precision.fp32_grad_accumulation={str(fused).lower()}")
+        engine, optimizer, _ = build_engine(cfg, model, 1)
+        assert type(optimizer).__name__ == ("BF16_Optimizer" if fused else "DeepSpeedZeroOptimizer")
+        if fused:
+            link = engine.litespark_fp32_grads
+            assert len(link.slots) == 4 * cfg.model.num_layers, "not every TE linear (qkv, proj, fc1, fc2) is linked"
+        data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(7)).cuda()
+        out = []
+        for _ in range(8):
+            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+                       for t in data.split(2)]
+            out.append((float(train_step(engine, batches)), float(engine.get_global_grad_norm())))
+        if fused:
+            qkv = engine.module.decoder.layers[0].self_attention.linear_qkv.weight
+            assert qkv.grad is None and qkv.main_grad.dtype == torch.float32
+        runs[fused] = out
+        del engine, model, optimizer
+        torch.cuda.empty_cache()
+    for (loss, norm), (ref_loss, ref_norm) in zip(runs[True], runs[False]):
+        assert abs(loss - ref_loss) <= 0.01 * ref_loss, (runs[True], runs[False])
+        assert abs(norm - ref_norm) <= 0.02 * ref_norm, (runs[True], runs[False])
+    assert runs[True][-1][0] < 0.8 * runs[True][0][0], f"loss did not fall: {runs[True]}"
 
 
 def evaluate_once(engine, sequences: torch.Tensor) -> float:

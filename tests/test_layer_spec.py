@@ -45,3 +45,23 @@ def test_megatron_lm_spec_module_needs_te():
 
     with pytest.raises(RuntimeError, match="needs transformer-engine"):
         import_module(("litespark.megatron_lm_spec", "te_layer_spec"))
+
+
+def test_te_swiglu_fills_only_the_te_mlp_activation_slot():
+    from litespark.layer_spec import get_litespark_layer_spec
+
+    assert get_litespark_layer_spec("torch", te_swiglu=True).submodules.mlp.submodules.activation_func is None
+    assert get_litespark_layer_spec("torch").submodules.mlp.submodules.activation_func is None
+
+
+def test_te_swiglu_sets_megatrons_switch_only_with_te():
+    from litespark.config import apply_overrides
+    from litespark.presets import get_preset
+    from litespark.transformer_config import to_transformer_config
+
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=torch", "kernels.te_swiglu=true"])
+    assert to_transformer_config(cfg).use_te_activation_func is False
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=true"])
+    assert to_transformer_config(cfg).use_te_activation_func is True
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false"])
+    assert to_transformer_config(cfg).use_te_activation_func is False

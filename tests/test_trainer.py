@@ -160,3 +160,17 @@ def test_checkpoint_load_initialises_weights_only(tmp_path):
                            expect=2)
     assert [line for line in missing.stderr.splitlines() if "error:" in line][-1].endswith(
         f"checkpoint.load: no usable checkpoint under {tmp_path / 'nope'}/checkpoints")
+
+
+def test_resume_refuses_optimizer_state_of_the_other_zero1_optimizer(tmp_path):
+    """precision.fp32_grad_accumulation switches ZeRO-1 to DeepSpeed's BF16_Optimizer, whose state has
+    another layout: a resume across the switch is refused in one line; the same setting resumes."""
+    bf16 = [*FAST, "precision.bf16=true", "checkpoint.save_interval=4"]
+    run_training(tmp_path, *bf16, "run.train_iters=4", "precision.fp32_grad_accumulation=true")
+    proc = run_training(tmp_path, *bf16, "run.train_iters=6", "precision.fp32_grad_accumulation=false", expect=2)
+    error = [line for line in proc.stderr.splitlines() if "error:" in line][-1]
+    assert error.endswith("step_00000004: its optimizer state is BF16_Optimizer's, this run uses DeepSpeedZeroOptimizer "
+                          "(precision.fp32_grad_accumulation differs from the run that saved it)"), error
+    resumed = run_training(tmp_path, *bf16, "run.train_iters=6", "precision.fp32_grad_accumulation=true")
+    assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
+    assert max(_losses(tmp_path)) == 6

@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--warmup and --steps must be >= 1")
     base = load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false"])
     base.run.train_iters = args.warmup + args.steps
-    # kernels.backend now (fails early without TE for fp8); kernels.cuda_graphs per micro-batch below
-    graphs_requested = base.kernels.cuda_graphs
+    # kernels.backend now (fails early without TE for fp8); kernels.cuda_graphs and
+    # precision.fp32_grad_accumulation, which depend on the micro-batch, per micro-batch below
+    requested = base.kernels.cuda_graphs, base.precision.fp32_grad_accumulation
     resolve_backend(base)
-    base.kernels.cuda_graphs = graphs_requested
+    base.kernels.cuda_graphs, base.precision.fp32_grad_accumulation = requested
     corpus_size = None
     if args.data != "random":
         from litespark.bench.data import corpus_tokens
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.micro_batch_size = mb
                 if not stack.startswith("litespark"):  # the baselines never capture graphs
                     cfg.kernels.cuda_graphs = False
-                resolve_backend(cfg)  # kernels.cuda_graphs=auto depends on the micro-batch
+                resolve_backend(cfg)  # the automatic graphs and fp32 gradients depend on the micro-batch
                 validate(cfg)
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})

@@ -216,8 +216,9 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     k, p = cfg.kernels, cfg.precision
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
+    grads = ", fp32 gradients written by TE (BF16_Optimizer)" if p.fp32_grad_accumulation else ""
     what = (f"Litespark spec ({k.backend}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
-            f"fp32 master, torch AdamW fused{graphs}")
+            f"fp32 master, torch AdamW fused{graphs}{grads}")
     return BuiltStack(step, what)
 
 

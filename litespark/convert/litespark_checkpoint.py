@@ -80,10 +80,44 @@ def read_checkpoint(step: Path) -> tuple[LitesparkConfig, list[dict[str, torch.T
 
 
 def fp32_master_weights(step: Path) -> dict[str, torch.Tensor]:
-    """The optimizer's fp32 master weights, consolidated by DeepSpeed (TP=1 checkpoints only)."""
+    """The optimizer's fp32 master weights (TP=1 checkpoints only): consolidated by DeepSpeed's
+    ``zero_to_fp32``, or, for DeepSpeed's BF16_Optimizer (``precision.fp32_grad_accumulation``), whose
+    files ``zero_to_fp32`` does not read, by :func:`_bf16_optimizer_masters`."""
+    bf16_files = list(step.glob("bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt"))
+    if bf16_files:
+        return _bf16_optimizer_masters(step, bf16_files)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return {k: v for k, v in get_fp32_state_dict_from_zero_checkpoint(str(step.parent), tag=step.name).items() if is_weight(k)}
+
+
+def _bf16_optimizer_masters(step: Path, files: list[Path]) -> dict[str, torch.Tensor]:
+    """BF16_Optimizer's layout: per parameter group, the data-parallel ranks' fp32 partitions
+    concatenate to the group's parameters flattened in order (padding only at the end); the names and
+    shapes of that order are the ``param_shapes`` the model-state file records."""
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT, SINGLE_PARTITION_OF_FP32_GROUPS
+
+    def rank_of(f: Path) -> int:
+        return int(f.name.split("_pp_rank_")[1].split("_")[0])
+
+    files = sorted(files, key=rank_of)
+    if [rank_of(f) for f in files] != list(range(len(files))):
+        raise ConfigError(f"checkpoint {step}: BF16 optimizer files of data-parallel ranks {[rank_of(f) for f in files]}, "
+                          f"expected 0..{len(files) - 1}")
+    group_shapes = _load(step / MODEL_STATES.format(0))["param_shapes"]
+    partitions = [_load(f)[OPTIMIZER_STATE_DICT][SINGLE_PARTITION_OF_FP32_GROUPS] for f in files]
+    out = {}
+    for g, shapes in enumerate(group_shapes):
+        flat = torch.cat([p[g].reshape(-1) for p in partitions])
+        offset = 0
+        for name, shape in shapes.items():
+            n = torch.Size(shape).numel()
+            if offset + n > flat.numel():
+                raise ConfigError(f"checkpoint {step}: optimizer group {g} holds {flat.numel()} values, "
+                                  f"fewer than its parameters need ({name} ends at {offset + n})")
+            out[name] = flat[offset:offset + n].view(shape).clone()
+            offset += n
+    return {k: v for k, v in out.items() if is_weight(k)}
 
 
 def expected_shapes(m: ModelConfig, padded_vocab: int) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,95 @@
+"""``link_fp32_main_grads``: Transformer Engine writes weight gradients straight into DeepSpeed's fp32 buffers.
+
+With ``precision.fp32_grad_accumulation`` ZeRO-1 runs as DeepSpeed's ``BF16_Optimizer``, which keeps
+one flat fp32 gradient buffer per parameter group (whole on every data-parallel rank: it all-reduces
+them, then steps its own fp32 partition).  Left alone, autograd produces a bf16 ``.grad`` per weight
+and DeepSpeed adds it into that buffer.  Transformer Engine's linears can instead accumulate the
+weight-gradient GEMM's fp32 output into a tensor the weight carries as ``main_grad``
+(``fuse_wgrad_accumulation``, what Megatron-Core's own DDP uses): pointing ``main_grad`` at the
+weight's view of DeepSpeed's buffer removes the bf16 gradient, its zeroing and the conversion pass,
+and keeps the gradient in fp32 from the GEMM on.
+
+TransformerConfig's ``gradient_accumulation_fusion`` stays off: it would also switch Megatron's own
+output layer to APEX's fused kernel.  The TE modules read ``fuse_wgrad_accumulation`` at each
+forward, so it is set on them here, after the engine exists.
+
+Those weights then have no ``.grad``, so DeepSpeed does not know that its buffer holds their
+gradient, and its gradient norm and clipping skip them.  :meth:`Fp32GradLink.mark` tells it;
+``litespark.trainer.train_step`` calls it after every backward.
+
+The DeepSpeed attributes used (``bf16_groups``, ``fp32_groups_gradients``,
+``fp32_groups_has_gradients``) are checked by ``tests/test_fp32_grads.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from litespark.log import get_logger
+
+log = get_logger(__name__)
+
+# cuBLAS writes GEMM outputs at 16-byte aligned addresses.
+_ALIGNMENT_BYTES = 16
+
+
+@dataclass
+class Fp32GradLink:
+    """The weights whose gradients TE accumulates into ``optimizer``'s fp32 buffers."""
+
+    optimizer: object
+    slots: list[tuple[int, int]] = field(default_factory=list)
+    """(parameter group, index in group) of each linked weight in ``optimizer.bf16_groups``."""
+    numel: int = 0
+
+    def mark(self) -> None:
+        """Record that the linked weights' gradients are in the fp32 buffers (after a backward)."""
+        has = self.optimizer.fp32_groups_has_gradients
+        for i, j in self.slots:
+            has[i][j] = True
+
+
+def fusable_weights(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, torch.nn.Parameter]]:
+    """(name, module, weight) of every TE linear in ``model`` that can accumulate into ``main_grad``:
+    modules with TE's ``fuse_wgrad_accumulation`` switch and a single weight tensor."""
+    found = []
+    for name, module in model.named_modules():
+        if not hasattr(module, "fuse_wgrad_accumulation") or getattr(module, "weight_names", None) != ["weight"]:
+            continue
+        weight = module.weight
+        if weight.requires_grad:
+            found.append((f"{name}.weight", module, weight))
+    return found
+
+
+def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
+    """Point each fusable TE weight's ``main_grad`` at its view of ``optimizer``'s fp32 gradient buffer
+    and switch its module to accumulate there.  ``optimizer`` is DeepSpeed's ``BF16_Optimizer`` with
+    fp32 gradients (``data_types.grad_accum_dtype: fp32``)."""
+    groups = getattr(optimizer, "bf16_groups", None)
+    grads = getattr(optimizer, "fp32_groups_gradients", None)
+    if groups is None or grads is None or not hasattr(optimizer, "fp32_groups_has_gradients"):
+        raise RuntimeError(f"precision.fp32_grad_accumulation needs DeepSpeed's BF16_Optimizer, got {type(optimizer).__name__}")
+    where = {id(p): (i, j) for i, group in enumerate(groups) for j, p in enumerate(group)}
+    link = Fp32GradLink(optimizer)
+    skipped = []
+    for name, module, weight in fusable_weights(model):
+        slot = where.get(id(weight))
+        if slot is None:
+            raise RuntimeError(f"{name} is not among the optimizer's parameters")
+        buffer = grads[slot[0]][slot[1]]
+        if buffer.dtype != torch.float32 or buffer.data_ptr() % _ALIGNMENT_BYTES:
+            skipped.append(name)  # stays on DeepSpeed's bf16 path
+            continue
+        weight.main_grad = buffer.view(weight.shape)
+        module.fuse_wgrad_accumulation = True
+        link.slots.append(slot)
+        link.numel += weight.numel()
+    link.mark()
+    log.info("fp32 gradient accumulation: %d TE weights (%.2fB parameters) accumulate into DeepSpeed's fp32 "
+             "buffers%s", len(link.slots), link.numel / 1e9,
+             f"; {len(skipped)} unaligned left on the bf16 path (e.g. {skipped[0]})" if skipped else "")
+    return link
+

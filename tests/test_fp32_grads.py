@@ -1,0 +1,169 @@
+"""precision.fp32_grad_accumulation: config rules, the DeepSpeed config, and the main_grad link.
+
+Transformer Engine needs a GPU, so the link is exercised here with a CPU linear that follows TE's
+``fuse_wgrad_accumulation`` contract (accumulate the fp32 weight gradient into ``weight.main_grad``,
+return no ``.grad``); tests/test_gpu.py runs the real TE modules.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from litespark.config import ConfigError, apply_overrides, fp32_grad_accumulation, resolve_backend, validate
+from litespark.deepspeed_config import to_deepspeed_config
+from litespark.presets import get_preset
+
+
+def _cfg(*sets: str):
+    """The tiny preset (fp32 for CPU speed) in BF16, which fp32 gradient accumulation is about."""
+    return apply_overrides(get_preset("tiny"), ["precision.bf16=true", *sets])
+
+
+@pytest.mark.parametrize("sets, expected", [
+    (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8"], True),
+    (["kernels.backend=te", "data.micro_batch_size=2"], False),  # graphs come on automatically there
+    (["kernels.backend=te", "data.micro_batch_size=2", "kernels.cuda_graphs=false"], True),
+    (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8", "parallel.zero_stage=2"], False),
+    (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8", "precision.bf16=false"], False),
+    (["kernels.backend=torch", "data.micro_batch_size=4", "data.global_batch_size=8"], False),
+    (["kernels.backend=torch", "precision.fp32_grad_accumulation=true"], True),
+])
+def test_automatic_setting(sets, expected):
+    assert fp32_grad_accumulation(_cfg(*sets)) is expected
+
+
+def test_resolve_writes_the_automatic_choice():
+    cfg = resolve_backend(_cfg("kernels.backend=torch"))
+    assert cfg.precision.fp32_grad_accumulation is False
+
+
+def test_asking_for_fp32_gradients_keeps_the_automatic_graphs_off():
+    cfg = resolve_backend(_cfg("kernels.backend=te", "data.micro_batch_size=2", "precision.fp32_grad_accumulation=true"))
+    assert cfg.kernels.cuda_graphs is False and cfg.precision.fp32_grad_accumulation is True
+    assert resolve_backend(_cfg("kernels.backend=te", "data.micro_batch_size=2")).kernels.cuda_graphs is True
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["parallel.zero_stage=2"], "needs parallel.zero_stage=1, not 2"),
+    (["precision.bf16=false"], "needs precision.bf16=true"),
+    (["kernels.backend=te", "kernels.cuda_graphs=true"], "cannot be combined with kernels.cuda_graphs=true"),
+])
+def test_impossible_combinations_are_refused(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(_cfg("precision.fp32_grad_accumulation=true", *sets))
+
+
+def test_deepspeed_config_asks_for_fp32_gradients_only_when_on():
+    on = to_deepspeed_config(_cfg("precision.fp32_grad_accumulation=true"), 1)
+    assert on["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert on["bf16"] == {"enabled": True, "immediate_grad_update": True}
+    off = to_deepspeed_config(_cfg("precision.fp32_grad_accumulation=false"), 1)
+    assert "data_types" not in off and off["bf16"] == {"enabled": True}
+
+
+class _WgradIntoMainGrad(torch.autograd.Function):
+    """y = x W^T; with fusion, dW is accumulated in fp32 into W.main_grad and W gets no .grad."""
+
+    @staticmethod
+    def forward(ctx, x, weight, fuse):
+        ctx.save_for_backward(x, weight)
+        ctx.fuse = fuse
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        wgrad = grad_out.reshape(-1, grad_out.shape[-1]).float().t() @ x.reshape(-1, x.shape[-1]).float()
+        if ctx.fuse:
+            weight.main_grad.add_(wgrad)
+            return grad_out @ weight, None, None
+        return grad_out @ weight, wgrad.to(weight.dtype), None
+
+
+class _TELikeLinear(torch.nn.Module):
+    """The parts of a TE linear that litespark.fp32_grads relies on."""
+
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) * 0.2)
+        self.weight_names = ["weight"]
+        self.fuse_wgrad_accumulation = False
+
+    def forward(self, x):
+        return _WgradIntoMainGrad.apply(x, self.weight, self.fuse_wgrad_accumulation)
+
+
+class _ToyLM(torch.nn.Module):
+    """Embedding, two TE-like linears and a norm weight: enough to have fused and unfused gradients."""
+
+    def __init__(self, vocab: int = 64, hidden: int = 32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(vocab, hidden)
+        self.up = _TELikeLinear(hidden, 2 * hidden)
+        self.norm_weight = torch.nn.Parameter(torch.ones(2 * hidden))
+        self.down = _TELikeLinear(2 * hidden, vocab)
+
+    def forward(self, input_ids, position_ids, attention_mask, labels):  # noqa: ARG002 - the GPTModel call
+        h = torch.nn.functional.silu(self.up(self.embed(input_ids))) * self.norm_weight
+        logits = self.down(h).float()
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+
+
+def _train(fp32_accumulation: bool, link: bool, steps: int = 5):
+    from litespark.distributed import init_distributed
+    from litespark.engine import build_engine
+    from litespark.trainer import train_step
+
+    cfg = resolve_backend(_cfg("data.global_batch_size=4", "data.micro_batch_size=2", "optim.clip_grad=0.05",
+                               "optim.warmup_iters=1", "optim.lr=1e-2",
+                               f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}"))
+    init_distributed(1, 1234)
+    model = _ToyLM().to(torch.bfloat16)
+    if not link:
+        for m in (model.up, model.down):
+            m.weight_names = []  # not fusable (as a TE linear with split weights): plain .grad path
+    engine, optimizer, _ = build_engine(cfg, model, 1)
+    data = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(3))
+    norms = []
+    for _ in range(steps):
+        batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+                   for t in data.split(2)]
+        train_step(engine, batches)
+        norms.append(float(engine.get_global_grad_norm()))
+    weights = {k: v.detach().float().clone() for k, v in engine.module.state_dict().items()}
+    return engine, optimizer, weights, norms
+
+
+def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
+    engine, optimizer, _, _ = _train(True, link=True)
+    link = engine.litespark_fp32_grads
+    assert type(optimizer).__name__ == "BF16_Optimizer"
+    assert len(link.slots) == 2 and link.numel == 32 * 64 + 64 * 64
+    buffers = [g for group in optimizer.fp32_groups_gradients for g in group]
+    for module in (engine.module.up, engine.module.down):
+        w = module.weight
+        assert module.fuse_wgrad_accumulation and w.main_grad.dtype == torch.float32
+        assert any(w.main_grad.data_ptr() == b.data_ptr() for b in buffers), "main_grad is not DeepSpeed's buffer"
+        assert w.grad is None, "a fused weight still produced a .grad"
+    assert not hasattr(engine.module.embed.weight, "main_grad")  # not a TE linear: DeepSpeed's own path
+
+
+def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_world_1):
+    """The same five steps (2 micro-batches each, clipping active; the LR warm-up leaves the first
+    three at LR ~0) with the TE-like weights writing
+    into main_grad and with DeepSpeed adding their bf16 .grad into the same fp32 buffers: the grad
+    norms agree (they would not if the fused gradients were missed by the norm or counted twice) and
+    so do the weights, up to the bf16 rounding of the unfused gradients."""
+    _, _, fused, fused_norms = _train(True, link=True)
+    _, _, plain, plain_norms = _train(True, link=False)
+    _, _, zero, zero_norms = _train(False, link=False)
+    start = {k: v.float() for k, v in _ToyLM().to(torch.bfloat16).state_dict().items()}
+    assert any(not torch.equal(fused[k], start[k]) for k in fused), "the steps did not change the weights"
+    for ref_norms in (plain_norms, zero_norms):
+        for a, b in zip(fused_norms, ref_norms):
+            assert abs(a - b) <= 0.01 * b, (fused_norms, ref_norms)
+    for k in fused:
+        moved = (plain[k] - start[k]).norm()
+        assert (fused[k] - plain[k]).norm() <= 0.1 * moved, (k, float((fused[k] - plain[k]).norm()), float(moved))
