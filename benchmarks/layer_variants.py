@@ -6,14 +6,15 @@
 The step profile (``benchmarks/profile_step.py``) says where a step's time goes; this says whether
 swapping one slot's implementation would move it.  For the MLP slot it times forward + backward of
 
-* ``megatron-mlp`` (shipped): Megatron's ``MLP`` with TE ``LayerNormLinear`` (RMSNorm fused in),
-  Megatron's compiled SwiGLU and TE ``Linear``;
-* ``megatron-mlp-te-swiglu``: the same with TE's SwiGLU in the activation slot (``kernels.te_swiglu``);
+* ``megatron-mlp`` (the reference): Megatron's ``MLP`` with TE ``LayerNormLinear`` (RMSNorm fused
+  in), Megatron's compiled SwiGLU and TE ``Linear``;
+* ``megatron-mlp-te-swiglu`` (shipped): the same with TE's SwiGLU in the activation slot
+  (``kernels.te_swiglu``);
 * ``te-layernorm-mlp``: TE's monolithic ``LayerNormMLP``, whose SwiGLU writes FP8 directly;
 * ``te-fused-mlp``: Megatron's ``TEFusedMLP`` (TE's operation fuser; ``kernels.fused_mlp``);
 
 under BF16 and the FP8 recipes, on the same weights and inputs, with each variant's relative
-difference from the shipped module in BF16 (so a faster variant that computes something else shows)
+difference from the reference module in BF16 (so a faster variant that computes something else shows)
 and the peak memory one layer's forward + backward adds (saved activations included).  For the
 attention slot it times TE's ``DotProductAttention`` (shipped; cuDNN fused attention) against
 PyTorch's SDPA backends on the same causal GQA inputs.  Writes ``OUT.json``, ``OUT.md`` and
@@ -89,7 +90,7 @@ def _requantize_weights(module) -> None:
 
 
 def build_mlps(cfg) -> dict:
-    """The MLP variants on one device, all holding the shipped module's weights."""
+    """The MLP variants on one device, all holding the reference module's weights."""
     import torch
     import transformer_engine.pytorch as te
     from megatron.core.transformer.spec_utils import build_module
@@ -97,26 +98,28 @@ def build_mlps(cfg) -> dict:
     from litespark.layer_spec import get_litespark_layer_spec
     from litespark.transformer_config import to_transformer_config
 
-    tc = to_transformer_config(cfg)
-    shipped = build_module(get_litespark_layer_spec("te").submodules.mlp, config=tc).cuda()
+    megatron_cfg = copy.deepcopy(cfg)
+    megatron_cfg.kernels.te_swiglu = False
+    tc = to_transformer_config(megatron_cfg)
+    megatron = build_module(get_litespark_layer_spec("te", te_swiglu=False).submodules.mlp, config=tc).cuda()
     swiglu_cfg = copy.deepcopy(cfg)
     swiglu_cfg.kernels.te_swiglu = True
     te_swiglu = build_module(get_litespark_layer_spec("te", te_swiglu=True).submodules.mlp,
                              config=to_transformer_config(swiglu_cfg)).cuda()
-    te_swiglu.load_state_dict(shipped.state_dict())
+    te_swiglu.load_state_dict(megatron.state_dict(), strict=False)  # TE's SwiGLU adds an _extra_state
     fused = build_module(get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp, config=tc).cuda()
-    fused.load_state_dict(shipped.state_dict())
+    fused.load_state_dict(megatron.state_dict())
     m = cfg.model
     monolithic = te.LayerNormMLP(m.hidden_size, m.ffn_hidden_size, eps=m.norm_epsilon, bias=False,
                                  normalization="RMSNorm", activation="swiglu", params_dtype=torch.bfloat16,
                                  device="cuda")
     with torch.no_grad():
-        monolithic.layer_norm_weight.copy_(shipped.linear_fc1.layer_norm_weight)
-        monolithic.fc1_weight.copy_(shipped.linear_fc1.weight)
-        monolithic.fc2_weight.copy_(shipped.linear_fc2.weight)
+        monolithic.layer_norm_weight.copy_(megatron.linear_fc1.layer_norm_weight)
+        monolithic.fc1_weight.copy_(megatron.linear_fc1.weight)
+        monolithic.fc2_weight.copy_(megatron.linear_fc2.weight)
     # name -> (module, forward returning the output tensor, its FC1 weight)
     return {
-        "megatron-mlp": (shipped, lambda x: shipped(x)[0], shipped.linear_fc1.weight),
+        "megatron-mlp": (megatron, lambda x: megatron(x)[0], megatron.linear_fc1.weight),
         "megatron-mlp-te-swiglu": (te_swiglu, lambda x: te_swiglu(x)[0], te_swiglu.linear_fc1.weight),
         "te-layernorm-mlp": (monolithic, monolithic, monolithic.fc1_weight),
         "te-fused-mlp": (fused, lambda x: fused(x)[0], fused.linear_fc1.weight),
@@ -223,10 +226,10 @@ def to_markdown(report: dict) -> str:
              "", f"`{report['command']}`", "",
              f"Forward + backward of one layer's slot on [{report['seq_length']}, {mb}, {report['hidden_size']}] "
              f"inputs; 'per step' is that x {layers} layers (one micro-batch).  Relative differences are against "
-             "the shipped MLP in BF16 on the same weights and inputs.", "",
-             "| slot | variant | recipe | ms per layer | ms per step | vs shipped | peak extra GiB | finite | rel. out | rel. dgrad | rel. FC1 wgrad |",
+             "Megatron's MLP (`megatron-mlp`) in BF16 on the same weights and inputs.", "",
+             "| slot | variant | recipe | ms per layer | ms per step | vs reference | peak extra GiB | finite | rel. out | rel. dgrad | rel. FC1 wgrad |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    shipped = {(r["slot"], r["recipe"]): r.get("ms") for r in report["rows"]
+    reference = {(r["slot"], r["recipe"]): r.get("ms") for r in report["rows"]
                if r["variant"] in ("megatron-mlp", "te-dot-product-attention")}
 
     def f(v, spec):
@@ -236,7 +239,7 @@ def to_markdown(report: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['slot']} | {r['variant']} | {r['recipe']} | failed: {r['error']} | | | | | | | |")
             continue
-        base = shipped.get((r["slot"], r["recipe"]))
+        base = reference.get((r["slot"], r["recipe"]))
         delta = f"{100 * (r['ms'] / base - 1):+.1f}%" if base else ""
         lines.append(f"| {r['slot']} | {r['variant']} | {r['recipe']} | {r['ms']:.2f} | {r['ms'] * layers:.0f} | {delta} | "
                      f"{f(r.get('peak_extra_gib'), '.2f')} | {'' if 'finite' not in r else ('yes' if r['finite'] else 'NO')} | "
@@ -257,7 +260,7 @@ def plot(report: dict, path: Path) -> None:
     ax.bar(range(len(rows)), [r["ms"] for r in rows], color=colors)
     ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("ms per layer (forward + backward)")
-    ax.set_title(f"{report['preset']} micro-batch {report['micro_batch']}, {report['gpu']} (blue: shipped)")
+    ax.set_title(f"{report['preset']} micro-batch {report['micro_batch']}, {report['gpu']} (blue: reference)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

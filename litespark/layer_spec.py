@@ -91,7 +91,7 @@ def _torch_slots() -> tuple[type, type, type, type, type, type]:
             RMSNormColumnParallelLinear, RowParallelLinear)
 
 
-def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False, te_swiglu: bool = False) -> ModuleSpec:
+def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False, te_swiglu: bool = True) -> ModuleSpec:
     """The Litespark ``ModuleSpec`` for one ``TransformerLayer``.
 
     Args:
@@ -99,9 +99,11 @@ def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False
         fused_mlp: with ``"te"``, run the MLP through TE's operation fuser (``TEFusedMLP``), which
             fuses RMSNorm + FC1, SwiGLU with its FP8 cast, and FC2; same parameters as ``MLP``.
             BF16 or tensorwise FP8 only (see ``KernelConfig.fused_mlp``).  Ignored by the torch backend.
-        te_swiglu: with ``"te"`` and the unfused MLP, fill the MLP's activation slot with TE's SwiGLU;
-            the TransformerConfig must then have ``use_te_activation_func=True``
-            (``to_transformer_config`` sets it from ``kernels.te_swiglu``).  Ignored by the torch backend.
+        te_swiglu: with ``"te"`` and the unfused MLP, fill the MLP's activation slot with TE's SwiGLU.
+            Megatron's MLP uses the slot only when the TransformerConfig has
+            ``use_te_activation_func=True`` (``to_transformer_config`` sets it from
+            ``kernels.te_swiglu``); otherwise it runs its own SwiGLU, so the filled slot is safe with
+            any config.  A config with the switch on needs the slot filled.  Ignored by the torch backend.
     """
     activation = None
     if backend == "te":

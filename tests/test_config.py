@@ -82,8 +82,6 @@ def test_bad_overrides_name_the_field(override, message):
     (["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"], "parallel.sequence_parallel needs kernels.backend 'te'"),
     (["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
      "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed"),
-    (["kernels.backend=te", "kernels.fused_mlp=true", "kernels.te_swiglu=true"],
-     "kernels.te_swiglu=true does not apply with kernels.fused_mlp=true"),
     (["kernels.cuda_graphs=true", "kernels.backend=torch"], "kernels.cuda_graphs=true needs kernels.backend 'te'"),
     (["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.tensor_parallel=2"],
      "kernels.cuda_graphs=true needs parallel.tensor_parallel=1"),

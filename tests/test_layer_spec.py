@@ -63,5 +63,7 @@ def test_te_swiglu_sets_megatrons_switch_only_with_te():
     assert to_transformer_config(cfg).use_te_activation_func is False
     cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=true"])
     assert to_transformer_config(cfg).use_te_activation_func is True
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false"])
-    assert to_transformer_config(cfg).use_te_activation_func is False
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=false"])
+    assert to_transformer_config(cfg).use_te_activation_func is False and to_transformer_config(cfg).bias_activation_fusion
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.fused_mlp=true"])
+    assert to_transformer_config(cfg).use_te_activation_func is False  # the fused MLP has its own SwiGLU
