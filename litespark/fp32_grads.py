@@ -88,6 +88,10 @@ def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
         link.slots.append(slot)
         link.numel += weight.numel()
     link.mark()
+    if not link.slots and not skipped:
+        log.info("fp32 gradient accumulation: no TE linears (torch backend); DeepSpeed adds the bf16 gradients "
+                 "into its fp32 buffers")
+        return link
     log.info("fp32 gradient accumulation: %d TE weights (%.2fB parameters) accumulate into DeepSpeed's fp32 "
              "buffers%s", len(link.slots), link.numel / 1e9,
              f"; {len(skipped)} unaligned left on the bf16 path (e.g. {skipped[0]})" if skipped else "")

@@ -167,3 +167,35 @@ def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_wo
     for k in fused:
         moved = (plain[k] - start[k]).norm()
         assert (fused[k] - plain[k]).norm() <= 0.1 * moved, (k, float((fused[k] - plain[k]).norm()), float(moved))
+
+
+@pytest.mark.slow
+def test_fp32_gradients_on_two_data_parallel_ranks(tmp_path):
+    """DP=2 with precision.fp32_grad_accumulation: DeepSpeed's BF16_Optimizer all-reduces the fp32
+    buffers and each rank steps its half of the flat parameters.  The losses track the run with bf16
+    gradients, and the fp32 masters that ``to-hf --dtype fp32`` consolidates from both ranks'
+    partitions round to the bf16 weights the checkpoint stores (a wrong offset or rank order would
+    not)."""
+    from litespark.convert.litespark_checkpoint import fp32_master_weights, read_checkpoint, resolve_checkpoint
+
+    from .conftest import read_metrics, run_training
+
+    common = ["data.source=mock", "run.log_interval=1", "optim.warmup_iters=2", "optim.decay_iters=100",
+              "precision.bf16=true", "run.train_iters=6", "checkpoint.save_interval=6"]
+    losses = {}
+    for fp32 in (True, False):
+        run_dir = tmp_path / str(fp32)
+        run_training(run_dir, *common, f"precision.fp32_grad_accumulation={str(fp32).lower()}", nproc=2)
+        losses[fp32] = {r["step"]: r["loss"] for r in read_metrics(run_dir)}
+    assert sorted(losses[True]) == list(range(1, 7))
+    for step, loss in losses[True].items():
+        assert loss == pytest.approx(losses[False][step], rel=2e-2), (step, losses)
+    step_dir = resolve_checkpoint(tmp_path / "True")
+    assert sorted(p.name for p in step_dir.glob("bf16_zero_pp_rank_*_optim_states.pt")) == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    _, (stored,) = read_checkpoint(step_dir)
+    masters = fp32_master_weights(step_dir)
+    assert masters.keys() == stored.keys()
+    for name, weight in stored.items():
+        assert masters[name].dtype == torch.float32 and not masters[name].requires_grad, name
+        assert torch.equal(masters[name].to(torch.bfloat16), weight), name

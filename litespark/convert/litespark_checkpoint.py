@@ -115,7 +115,7 @@ def _bf16_optimizer_masters(step: Path, files: list[Path]) -> dict[str, torch.Te
             if offset + n > flat.numel():
                 raise ConfigError(f"checkpoint {step}: optimizer group {g} holds {flat.numel()} values, "
                                   f"fewer than its parameters need ({name} ends at {offset + n})")
-            out[name] = flat[offset:offset + n].view(shape).clone()
+            out[name] = flat[offset:offset + n].view(shape).detach().clone()
             offset += n
     return {k: v for k, v in out.items() if is_weight(k)}
 
