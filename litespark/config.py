@@ -483,6 +483,12 @@ def cuda_graphs_refusal(cfg: LitesparkConfig) -> Optional[str]:
     return None
 
 
+def _cuda_graphs_automatic(cfg: LitesparkConfig) -> bool:
+    """What ``kernels.cuda_graphs=None`` resolves to: on where the layers can be captured and the
+    micro-batch is at most GRAPHS_AUTO_MAX_MICRO_BATCH."""
+    return cuda_graphs_refusal(cfg) is None and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH
+
+
 def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> Optional[str]:
     """Why ``precision.fp32_grad_accumulation=true`` cannot be used with ``cfg`` (validate's error), or
     None."""
@@ -508,9 +514,7 @@ def fp32_grad_accumulation(cfg: LitesparkConfig) -> bool:
     """
     if cfg.precision.fp32_grad_accumulation is not None:
         return cfg.precision.fp32_grad_accumulation
-    graphs = cfg.kernels.cuda_graphs
-    if graphs is None:
-        graphs = cuda_graphs_refusal(cfg) is None and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH
+    graphs = cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
     return (cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16
             and cfg.parallel.zero_stage == 1)
 
@@ -532,8 +536,7 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
         if cfg.kernels.cuda_graphs:
             raise ConfigError("kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
     if cfg.kernels.cuda_graphs is None:
-        cfg.kernels.cuda_graphs = (cuda_graphs_refusal(cfg) is None
-                                   and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH)
+        cfg.kernels.cuda_graphs = _cuda_graphs_automatic(cfg)
     if cfg.precision.fp32_grad_accumulation is None:
         cfg.precision.fp32_grad_accumulation = fp32_grad_accumulation(cfg)
     return cfg

@@ -13,14 +13,17 @@ def to_transformer_config(cfg: LitesparkConfig) -> TransformerConfig:
     """Megatron's config for the model described by ``cfg`` (backend must already be resolved).
 
     Llama semantics are fixed here: RMSNorm, SwiGLU (``gated_linear_unit`` + SiLU), no biases, no
-    dropout, RoPE with ``rotary_base``.  ``gradient_accumulation_fusion`` stays off because DeepSpeed,
-    not Megatron's DDP, owns the gradient buffers (there is no ``main_grad``).
+    dropout, RoPE with ``rotary_base``.  ``gradient_accumulation_fusion`` stays off: it would also send
+    Megatron's own output layer through APEX's fused kernel; the TE linears get the same fusion into
+    DeepSpeed's fp32 buffers from :mod:`litespark.fp32_grads` (``precision.fp32_grad_accumulation``).
     """
     validate(cfg)
     m, par, prec, k = cfg.model, cfg.parallel, cfg.precision, cfg.kernels
     if k.backend not in ("te", "torch"):
         raise ValueError(f"kernels.backend must be resolved to 'te' or 'torch' first, got {k.backend!r}")
     te = k.backend == "te"
+    # TE's SwiGLU in the MLP's activation slot (layer_spec, te_swiglu; the fused MLP has its own).
+    te_activation = te and k.te_swiglu and not k.fused_mlp
     fp8 = {}
     if prec.fp8:
         fp8 = dict(
@@ -56,13 +59,12 @@ def to_transformer_config(cfg: LitesparkConfig) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         # Fused kernels exist only with CUDA (TE or Megatron's JIT fusions).  Megatron's compiled
         # SwiGLU (bias_activation_fusion) and TE's (use_te_activation_func) exclude each other.
-        bias_activation_fusion=te and not (k.te_swiglu and not k.fused_mlp),
+        bias_activation_fusion=te and not te_activation,
         bias_dropout_fusion=te,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=te and k.rope_fusion,
         cross_entropy_loss_fusion=te,
-        # With the TE SwiGLU module in the MLP's activation slot (layer_spec, te_swiglu).
-        use_te_activation_func=te and k.te_swiglu and not k.fused_mlp,
+        use_te_activation_func=te_activation,
         **fp8,
     )
