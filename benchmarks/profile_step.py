@@ -7,13 +7,17 @@ Builds the stack exactly as ``python -m litespark.bench`` does, runs ``--warmup`
 ``--steps`` steps with the PyTorch profiler (CUDA activity) and sums kernel time into families
 (GEMM, attention, FP8 casts, norms, optimizer, copies, ...).  Writes ``OUT.json`` and ``OUT.md`` with
 the family table and the 25 most expensive kernels; the step's wall time and the GPU-busy fraction
-show how much is launch or host overhead rather than kernels.
+show how much is launch or host overhead rather than kernels.  Where the GPU waits is shown three
+ways: the idle stretches of the kernel timeline (by length, and the longest with the kernels on either
+side), the host time of the engine's forward, backward and step calls, and the Python lines that made
+the host wait for the device during one more step (``torch.cuda.set_sync_debug_mode``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -44,6 +48,132 @@ def family(name: str) -> str:
     return "other"
 
 
+GAP_BUCKETS_US: tuple[tuple[str, float], ...] = (("< 10 us", 10.0), ("10-100 us", 100.0), ("0.1-1 ms", 1000.0),
+                                                 (">= 1 ms", float("inf")))
+
+
+def idle_gaps(kernels: list[tuple[float, float, str]]) -> list[tuple[float, float, str, str]]:
+    """The stretches in which no kernel runs on any stream, in time order.
+
+    ``kernels`` are ``(start_us, end_us, name)``; returns ``(start_us, length_us, kernel before,
+    kernel after)`` where "before" is the kernel whose end opened the gap.
+    """
+    ordered = sorted(kernels)
+    if not ordered:
+        return []
+    gaps = []
+    busy_until, last = ordered[0][1], ordered[0][2]
+    for start, end, name in ordered[1:]:
+        if start > busy_until:
+            gaps.append((busy_until, start - busy_until, last, name))
+        if end > busy_until:
+            busy_until, last = end, name
+    return gaps
+
+
+def gap_histogram(gaps: list[tuple[float, float, str, str]]) -> dict[str, dict]:
+    """Idle stretches by length bucket: how many and how much time (ms) each bucket holds."""
+    out = {label: {"count": 0, "ms": 0.0} for label, _ in GAP_BUCKETS_US}
+    for _, length, _, _ in gaps:
+        label = next(lab for lab, upper in GAP_BUCKETS_US if length < upper)
+        out[label]["count"] += 1
+        out[label]["ms"] += length / 1e3
+    return out
+
+
+def sync_site(stack: list, skip: tuple[str, ...] = (f"{os.sep}torch{os.sep}", f"{os.sep}warnings.py")) -> str:
+    """'path:line function' of the innermost frame of ``stack`` (``traceback.extract_stack()``) outside
+    torch itself: the line whose call made the host wait for the device."""
+    for frame in reversed(stack):
+        if not any(part in frame.filename for part in skip):
+            parts = Path(frame.filename).parts
+            short = "/".join(parts[-3:])
+            return f"{short}:{frame.lineno} {frame.name}"
+    return "?"
+
+
+def find_sync_sites(run_step) -> dict[str, int]:
+    """Run ``run_step()`` once with torch's sync debug mode on; count the device syncs by call site."""
+    import traceback
+    import warnings
+
+    import torch
+
+    sites: dict[str, int] = defaultdict(int)
+    previous = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message).lower():
+            sites[sync_site(traceback.extract_stack()[:-1])] += 1
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = previous
+    torch.cuda.synchronize()
+    return dict(sorted(sites.items(), key=lambda kv: -kv[1]))
+
+
+def time_host_calls(engine, names: tuple[str, ...] = ("forward", "backward", "step")) -> dict[str, list[float]]:
+    """Wrap ``engine``'s methods so that each call's host wall time (s) is appended to the result.
+
+    A call whose host time is near the device time of the work queued before it has waited for the
+    device (a sync); one far shorter only queued kernels."""
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:
+        def timed(*args, _fn=getattr(engine, name), _name=name, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*args, **kwargs)
+            finally:
+                times[_name].append(time.perf_counter() - t0)
+
+        setattr(engine, name, timed)
+    return times
+
+
+def to_markdown(r: dict, top: int = 40) -> str:
+    """The report as markdown: families, the ``top`` kernels, idle time, host calls, sync sites."""
+    busy = r["gpu_busy_ms_per_step"]
+    lines = [f"# One optimizer step of `{r['stack']}` (micro-batch {r['micro_batch']}) on {r['gpu']}", "",
+             f"`{r['command']}`", "", r["description"], "",
+             f"Step wall time {r['step_wall_ms']:.1f} ms, kernels busy {busy:.1f} ms "
+             f"({100 * r['gpu_busy_fraction']:.1f}%; kernels on concurrent streams count once each), "
+             f"{r['tokens_per_s']:,.0f} tokens/s, {r['tflops']:.0f} TFLOP/s; "
+             f"{r['kernel_launches_per_step']:,.0f} kernels per step.", "",
+             "| kernel family | ms per step | share of busy |", "|---|---|---|"]
+    for fam, ms in r["families_ms_per_step"].items():
+        lines.append(f"| {fam} | {ms:.1f} | {100 * ms / busy:.1f}% |")
+    lines += ["", f"| kernel (top {top}) | family | ms per step |", "|---|---|---|"]
+    for name, ms in list(r["kernels_ms_per_step"].items())[:top]:
+        lines.append(f"| `{name[:110]}` | {family(name)} | {ms:.2f} |")
+    lines += ["", f"## Idle GPU: {r['idle_ms_per_step']:.1f} ms per step with no kernel on any stream", "",
+              "| idle stretch | per step | ms per step |", "|---|---|---|"]
+    for label, v in r["idle_by_length"].items():
+        lines.append(f"| {label} | {v['count']:.0f} | {v['ms']:.1f} |")
+    lines += ["", "| at (ms into the profile) | idle ms | after kernel | before kernel |", "|---|---|---|---|"]
+    for gap in r["longest_idle"]:
+        lines.append(f"| {gap['at_ms']:.1f} | {gap['ms']:.2f} | `{gap['after'][:60]}` | `{gap['before'][:60]}` |")
+    if r["host_ms_per_step"]:
+        lines += ["", "## Host time of the engine's calls (ms per step)", "",
+                  "| call | host ms |", "|---|---|"]
+        lines += [f"| {name} | {ms:.1f} |" for name, ms in r["host_ms_per_step"].items()]
+    lines += ["", "## Where the host waited for the device (one more step, sync debug mode)", ""]
+    if r["device_syncs_in_one_step"]:
+        lines += ["| call site | syncs |", "|---|---|"]
+        lines += [f"| `{site}` | {n} |" for site, n in r["device_syncs_in_one_step"].items()]
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -65,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output stem (OUT.json, OUT.md)")
     args = p.parse_args(argv)
     quiet_optional_dependency_warnings()
+    # As the benchmark's workers run (litespark.bench.worker): without it the larger micro-batches
+    # that the benchmark fits run out of memory here.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if not torch.cuda.is_available():
         print("profile_step.py: error: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -83,17 +216,24 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(args.warmup):
         built.step(batches(k))
     torch.cuda.synchronize()
+    host = time_host_calls(built.engine) if built.engine is not None else {}
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         for k in range(args.warmup, args.warmup + args.steps):
             built.step(batches(k))
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
+    host_ms = {name: 1e3 * sum(ts) / args.steps for name, ts in host.items()}
+    syncs = find_sync_sites(lambda: built.step(batches(args.warmup + args.steps)))
 
     per_kernel: dict[str, float] = defaultdict(float)
-    for evt in prof.key_averages():
+    timeline = []
+    for evt in prof.events():
         if evt.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[evt.key] += evt.self_device_time_total / 1e3  # us -> ms
+            per_kernel[evt.key] += evt.time_range.elapsed_us() / 1e3  # us -> ms
+            timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
+    gaps = idle_gaps(timeline)
+    first = min((t[0] for t in timeline), default=0.0)
     by_family: dict[str, float] = defaultdict(float)
     for name, ms in per_kernel.items():
         by_family[family(name)] += ms
@@ -106,24 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         "step_wall_ms": wall_ms, "gpu_busy_ms_per_step": busy / steps, "gpu_busy_fraction": busy / 1e3 / wall,
         "tokens_per_s": tok_s, "tflops": tok_s * flops_per_token(cfg.model) / 1e12,
         "families_ms_per_step": {k: v / steps for k, v in sorted(by_family.items(), key=lambda kv: -kv[1])},
-        "top_kernels_ms_per_step": {k: v / steps for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:25]},
+        "kernels_ms_per_step": {k: v / steps for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])},
+        "kernel_launches_per_step": len(timeline) / steps,
+        "idle_ms_per_step": sum(g[1] for g in gaps) / 1e3 / steps,
+        "idle_by_length": {k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()},
+        "longest_idle": [{"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
+                         for start, length, before, after in sorted(gaps, key=lambda g: -g[1])[:20]],
+        "host_ms_per_step": host_ms,
+        "device_syncs_in_one_step": syncs,
         "gpu": torch.cuda.get_device_name(), "command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [f"# One optimizer step of `{args.stack}` (micro-batch {args.micro_batch}) on {report['gpu']}", "",
-             f"`{report['command']}`", "",
-             f"Step wall time {wall_ms:.1f} ms, kernels busy {busy / steps:.1f} ms ({100 * report['gpu_busy_fraction']:.1f}%), "
-             f"{tok_s:,.0f} tokens/s, {report['tflops']:.0f} TFLOP/s.", "",
-             "| kernel family | ms per step | share of busy |", "|---|---|---|"]
-    for fam, ms in report["families_ms_per_step"].items():
-        lines.append(f"| {fam} | {ms:.1f} | {100 * ms * steps / busy:.1f}% |")
-    lines += ["", "| kernel | ms per step |", "|---|---|"]
-    for name, ms in report["top_kernels_ms_per_step"].items():
-        lines.append(f"| `{name[:110]}` | {ms:.2f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = to_markdown(report)
+    out.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 

@@ -23,7 +23,7 @@ the same steps are comparable.  A stack is a function ``step(list_of_micro_batch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -39,6 +39,8 @@ class BuiltStack:
 
     step: Callable[[list[torch.Tensor]], torch.Tensor]
     description: str
+    engine: Any = None
+    """The DeepSpeed engine where there is one (``benchmarks/profile_step.py`` times its calls)."""
 
 
 def _scheduler_params(cfg: LitesparkConfig) -> dict:
@@ -189,7 +191,7 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
     what = "Megatron-Core TE spec" if use_te else "Megatron-Core local spec (torch SDPA core attention)"
     numerics = "FP8 delayed" if fp8 else ("BF16" if cfg.precision.bf16 else "FP32")
     return BuiltStack(step, f"{what}, {numerics}, Megatron defaults, DeepSpeed ZeRO-1 "
-                            "fp32 master, torch AdamW (foreach), clip 1.0")
+                            "fp32 master, torch AdamW (foreach), clip 1.0", engine)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,9 +219,12 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
     grads = ", fp32 gradients written by TE (BF16_Optimizer)" if p.fp32_grad_accumulation else ""
-    what = (f"Litespark spec ({k.backend}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
+    fused = [name for name, on in (("TE SwiGLU", k.te_swiglu and not k.fused_mlp), ("fused QKV RoPE", k.rope_fusion and k.fused_qkv_rope),
+                                   ("TE cross-entropy", k.te_cross_entropy)) if on and k.backend == "te"]
+    kernels = f" ({', '.join(fused)})" if fused else ""
+    what = (f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
             f"fp32 master, torch AdamW fused{graphs}{grads}")
-    return BuiltStack(step, what)
+    return BuiltStack(step, what, engine)
 
 
 def build_stack(name: str, cfg: LitesparkConfig) -> BuiltStack:

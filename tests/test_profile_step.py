@@ -1,0 +1,72 @@
+"""``benchmarks/profile_step.py`` on CPU: the timeline arithmetic behind its idle-time report."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import profile_step  # noqa: E402
+
+
+def test_idle_gaps_are_stretches_with_no_kernel_on_any_stream():
+    kernels = [(0, 10, "gemm"), (5, 20, "cast"),      # overlapping streams: busy until 20
+               (25, 30, "norm"), (30, 31, "rope"),    # back to back: no gap between them
+               (40, 50, "adam"), (41, 45, "copy")]    # a kernel inside another one's span
+    assert profile_step.idle_gaps(kernels) == [(20, 5, "cast", "norm"), (31, 9, "rope", "adam")]
+    assert profile_step.idle_gaps(list(reversed(kernels))) == profile_step.idle_gaps(kernels)
+    assert profile_step.idle_gaps([]) == []
+
+
+def test_gap_histogram_buckets_by_length():
+    gaps = [(0, 3.0, "a", "b"), (0, 50.0, "a", "b"), (0, 60.0, "a", "b"), (0, 2500.0, "a", "b")]
+    h = profile_step.gap_histogram(gaps)
+    assert h["< 10 us"] == {"count": 1, "ms": 0.003}
+    assert h["10-100 us"]["count"] == 2 and abs(h["10-100 us"]["ms"] - 0.11) < 1e-9
+    assert h["0.1-1 ms"]["count"] == 0
+    assert h[">= 1 ms"] == {"count": 1, "ms": 2.5}
+
+
+def test_sync_site_names_the_innermost_frame_outside_torch():
+    frames = [traceback.FrameSummary("/x/litespark/trainer.py", 120, "train_step"),
+              traceback.FrameSummary("/venv/site-packages/deepspeed/runtime/utils.py", 233, "is_invalid_grad_norm"),
+              traceback.FrameSummary("/venv/site-packages/torch/_tensor.py", 40, "wrapped"),
+              traceback.FrameSummary("/usr/lib/python3.11/warnings.py", 10, "_showwarnmsg")]
+    assert profile_step.sync_site(frames) == "deepspeed/runtime/utils.py:233 is_invalid_grad_norm"
+    assert profile_step.sync_site(frames[2:]) == "?"
+
+
+def test_host_call_timing_wraps_and_passes_through():
+    class Engine:
+        def step(self, x):
+            return x + 1
+
+    engine = Engine()
+    times = profile_step.time_host_calls(engine, ("step",))
+    assert engine.step(1) == 2 and engine.step(5) == 6
+    assert len(times["step"]) == 2 and all(t >= 0 for t in times["step"])
+
+
+def test_markdown_report_shows_idle_host_and_sync_sections():
+    report = {
+        "stack": "litespark", "micro_batch": 8, "gpu": "test GPU", "command": "python benchmarks/profile_step.py",
+        "description": "d", "step_wall_ms": 100.0, "gpu_busy_ms_per_step": 90.0, "gpu_busy_fraction": 0.9,
+        "tokens_per_s": 1000.0, "tflops": 1.0, "kernel_launches_per_step": 12.0,
+        "families_ms_per_step": {"gemm": 60.0, "attention": 30.0},
+        "kernels_ms_per_step": {"nvjet_gemm": 60.0, "cudnn_fmha": 30.0},
+        "idle_ms_per_step": 10.0,
+        "idle_by_length": {"< 10 us": {"count": 3, "ms": 0.02}, ">= 1 ms": {"count": 1, "ms": 9.98}},
+        "longest_idle": [{"at_ms": 50.0, "ms": 9.98, "after": "nvjet_gemm", "before": "cudnn_fmha"}],
+        "host_ms_per_step": {"step": 42.0}, "device_syncs_in_one_step": {"deepspeed/runtime/utils.py:233 f": 2},
+    }
+    md = profile_step.to_markdown(report)
+    assert "| gemm | 60.0 | 66.7% |" in md
+    assert "| `nvjet_gemm` | gemm | 60.00 |" in md
+    assert "Idle GPU: 10.0 ms per step" in md
+    assert "| 50.0 | 9.98 | `nvjet_gemm` | `cudnn_fmha` |" in md
+    assert "| step | 42.0 |" in md
+    assert "| `deepspeed/runtime/utils.py:233 f` | 2 |" in md
+    report["device_syncs_in_one_step"] = {}
+    assert profile_step.to_markdown(report).rstrip().endswith("none")
