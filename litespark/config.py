@@ -115,6 +115,17 @@ class KernelConfig:
     torch backend and by ``fused_mlp`` (which has its own)."""
     rope_fusion: bool = True
     """TE backend: fused RoPE kernel instead of the unfused torch rotation."""
+    fused_qkv_rope: bool = True
+    """TE backend with rope_fusion: rotate the unsplit QKV projection output in one TE kernel that also
+    writes q, k and v apart (Megatron's ``fused_single_qkv_rope``), instead of splitting it into
+    views, copying them contiguous, rotating q and k separately and concatenating the three gradients
+    in backward.  Same function.  Ignored without rope_fusion and by the torch backend."""
+    te_cross_entropy: bool = True
+    """TE backend: Transformer Engine's fused cross-entropy (one kernel that writes the logits'
+    gradient in place of the logits; Megatron's ``cross_entropy_fusion_impl='te'``) instead of
+    Megatron's native fused one, which makes an fp32 copy of the logits and keeps their fp32 softmax
+    for backward (4 GiB each for llama-3b at micro-batch 8).  Same function.  Ignored by the torch
+    backend (which has no fused cross-entropy)."""
     fp8_attention: bool = False
     """TE backend with FP8: run dot-product attention in FP8 too."""
     cuda_graphs: Optional[bool] = None

@@ -64,7 +64,9 @@ def to_transformer_config(cfg: LitesparkConfig) -> TransformerConfig:
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=te and k.rope_fusion,
+        fused_single_qkv_rope=te and k.rope_fusion and k.fused_qkv_rope,
         cross_entropy_loss_fusion=te,
+        cross_entropy_fusion_impl="te" if te and k.te_cross_entropy else "native",
         use_te_activation_func=te_activation,
         **fp8,
     )

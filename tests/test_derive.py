@@ -34,6 +34,7 @@ def test_transformer_config_is_llama():
     assert tc.kv_channels == 16
     assert tc.use_cpu_initialization and not tc.gradient_accumulation_fusion
     assert not tc.apply_rope_fusion and not tc.bias_activation_fusion  # torch backend: no CUDA fusions
+    assert not tc.fused_single_qkv_rope and not tc.cross_entropy_loss_fusion
     assert tc.fp8 is None
 
 
@@ -54,6 +55,27 @@ def test_transformer_config_fp8_fields():
     assert captured["fp8"] == "hybrid" and captured["fp8_recipe"] == "tensorwise"
     assert captured["fp8_amax_history_len"] == 1024 and captured["fp8_amax_compute_algo"] == "max"
     assert captured["apply_rope_fusion"] and captured["bf16"]
+    assert captured["fused_single_qkv_rope"] and captured["cross_entropy_fusion_impl"] == "te"
+
+
+@pytest.mark.parametrize("overrides, qkv_rope, ce_impl", [
+    (["kernels.fused_qkv_rope=false"], False, "te"),
+    (["kernels.rope_fusion=false"], False, "te"),          # the single-QKV kernel is a fused RoPE
+    (["kernels.te_cross_entropy=false"], True, "native"),
+])
+def test_transformer_config_kernel_switches(overrides, qkv_rope, ce_impl):
+    cfg = apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", *overrides])
+    from litespark import transformer_config as mod
+
+    captured = {}
+    original = mod.TransformerConfig
+    mod.TransformerConfig = lambda **kw: captured.update(kw) or kw
+    try:
+        to_transformer_config(cfg)
+    finally:
+        mod.TransformerConfig = original
+    assert captured["fused_single_qkv_rope"] is qkv_rope
+    assert captured["cross_entropy_loss_fusion"] and captured["cross_entropy_fusion_impl"] == ce_impl
 
 
 def test_unresolved_backend_is_refused():

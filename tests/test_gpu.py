@@ -72,14 +72,16 @@ def test_te_and_torch_backends_share_parameter_names(dist_world_1):
     assert _names(te_model) == _names(torch_model)
 
 
-MLP_KINDS = {"megatron-swiglu": ["kernels.te_swiglu=false"], "fused-mlp": ["kernels.fused_mlp=true"],
-             "te-swiglu": ["kernels.te_swiglu=true"]}
+# Kernel choices that must not change the function: each is compared with the torch backend.
+KERNEL_KINDS = {"megatron-swiglu": ["kernels.te_swiglu=false"], "fused-mlp": ["kernels.fused_mlp=true"],
+                "te-swiglu": ["kernels.te_swiglu=true"], "split-qkv-rope": ["kernels.fused_qkv_rope=false"],
+                "native-cross-entropy": ["kernels.te_cross_entropy=false"]}
 
 
-@pytest.mark.parametrize("mlp", sorted(MLP_KINDS))
-def test_te_bf16_matches_torch_backend(dist_world_1, mlp):
-    """Same weights, two backends: logits and the MLP's weight gradients agree to BF16 accuracy."""
-    cfg, te_model = _build("te", *MLP_KINDS[mlp])
+@pytest.mark.parametrize("kind", sorted(KERNEL_KINDS))
+def test_te_bf16_matches_torch_backend(dist_world_1, kind):
+    """Same weights, two backends: logits, loss and the QKV and MLP weight gradients agree to BF16 accuracy."""
+    cfg, te_model = _build("te", *KERNEL_KINDS[kind])
     _, torch_model = _build("torch")
     with torch.no_grad():
         for name, p in torch_model.named_parameters():
@@ -90,17 +92,23 @@ def test_te_bf16_matches_torch_backend(dist_world_1, mlp):
     assert not result.unexpected_keys and all(k.endswith("_extra_state") for k in result.missing_keys), result
     te_model.eval(), torch_model.eval()
     inputs, labels = _batch(cfg)
-    grads = []
+    results = []
     for model in (te_model, torch_model):
         with torch.no_grad():
             logits = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None).float()
-        model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).float().mean().backward()
-        mlp_module = model.decoder.layers[0].mlp
-        grads.append((logits, mlp_module.linear_fc1.weight.grad.float(), mlp_module.linear_fc2.weight.grad.float()))
-    for what, a, b in zip(("logits", "fc1 weight gradient", "fc2 weight gradient"), *grads):
+        loss = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).float().mean()
+        loss.backward()
+        layer = model.decoder.layers[0]
+        results.append((logits, loss.detach().reshape(1), layer.self_attention.linear_qkv.weight.grad.float(),
+                        layer.mlp.linear_fc1.weight.grad.float(), layer.mlp.linear_fc2.weight.grad.float()))
+    for what, a, b in zip(("logits", "loss", "qkv weight gradient", "fc1 weight gradient", "fc2 weight gradient"),
+                          *results):
         rel = float((a - b).norm() / b.norm())
-        assert rel < 2e-2, f"{mlp}: TE vs torch backend relative {what} difference {rel:.3e}"
-    if mlp == "te-swiglu":
+        assert rel < 2e-2, f"{kind}: TE vs torch backend relative {what} difference {rel:.3e}"
+    attention = te_model.decoder.layers[0].self_attention
+    assert attention.config.fused_single_qkv_rope is (kind != "split-qkv-rope")
+    assert attention.config.cross_entropy_fusion_impl == ("native" if kind == "native-cross-entropy" else "te")
+    if kind == "te-swiglu":
         from transformer_engine.pytorch.ops import SwiGLU
 
         assert isinstance(te_model.decoder.layers[0].mlp.activation_func, SwiGLU)
