@@ -203,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false",
                                              f"data.micro_batch_size={args.micro_batch}",
-                                             f"run.train_iters={args.warmup + args.steps}"]))
+                                             f"run.train_iters={args.warmup + args.steps + 1}"]))
     init_distributed(1, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
     g = cfg.data.global_batch_size
-    tokens = load_windows(args.data, (args.warmup + args.steps) * g, cfg.model.seq_length + 1, cfg.model.vocab_size,
-                          cfg.run.seed)
+    n_steps = args.warmup + args.steps + 1  # + the step run in sync debug mode
+    tokens = load_windows(args.data, n_steps * g, cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
     built = build_stack(args.stack, cfg)
 
     def batches(k):

@@ -61,12 +61,14 @@ class ParallelConfig:
     """Shard norms and dropouts along the sequence inside a TP group (needs tensor_parallel > 1)."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage: 1 or 2 with any TP; 3 only with tensor_parallel = 1."""
-    zero_sub_group_size: int = 250_000_000
+    zero_sub_group_size: Optional[int] = None
     """Most parameters the optimizer step converts and updates at once.  The step's transient
     buffers (a flat bf16 gradient and its fp32 copy, 6 bytes per parameter of the group) are this
     big instead of the whole model's: ZeRO-3's ``sub_group_size``; for stages 1 and 2, which step
     one parameter group at a time, the weight matrices are split into groups of at most this many
-    parameters."""
+    parameters.  None (auto): ZERO_SUB_GROUP_SIZE, except with fp32 gradients
+    (``precision.fp32_grad_accumulation``), whose optimizer has no such transient: one group there
+    (see ``zero_sub_group_size``)."""
 
 
 @dataclass
@@ -374,7 +376,7 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         "parallel.zero_sub_group_size": par.zero_sub_group_size,
     }
     for name, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
     for name, value in {"model.rotary_base": m.rotary_base, "model.norm_epsilon": m.norm_epsilon,
                         "model.init_method_std": m.init_method_std, "optim.lr": o.lr}.items():
@@ -528,6 +530,26 @@ def fp32_grad_accumulation(cfg: LitesparkConfig) -> bool:
     graphs = cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
     return (cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16
             and cfg.parallel.zero_stage == 1)
+
+
+# parallel.zero_sub_group_size=None splits the optimizer step into groups of this many parameters,
+# except where fp32 gradients are on (docs/performance.md, "The optimizer sub-groups").
+ZERO_SUB_GROUP_SIZE = 250_000_000
+
+
+def zero_sub_group_size(cfg: LitesparkConfig) -> Optional[int]:
+    """The most parameters per optimizer group (``parallel.zero_sub_group_size``), None for one group.
+
+    The groups bound the transient fp32 copy that DeepSpeed's ZeRO optimizer makes of each group's
+    bf16 gradients at the step (and ZeRO-3's sub-groups).  With fp32 gradients (ZeRO-1's
+    ``BF16_Optimizer``) the gradients already are in fp32 and nothing is copied, so the automatic
+    setting keeps the weight matrices in one group there: fewer, larger kernels in the step.
+    """
+    if cfg.parallel.zero_sub_group_size is not None:
+        return cfg.parallel.zero_sub_group_size
+    if cfg.parallel.zero_stage != 3 and fp32_grad_accumulation(cfg):
+        return None
+    return ZERO_SUB_GROUP_SIZE
 
 
 def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:

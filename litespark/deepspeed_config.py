@@ -8,7 +8,8 @@ can check.  The dict is passed to ``deepspeed.initialize(config=...)`` directly;
 
 from __future__ import annotations
 
-from litespark.config import LitesparkConfig, fp32_grad_accumulation, gradient_accumulation_steps, validate
+from litespark.config import (LitesparkConfig, fp32_grad_accumulation, gradient_accumulation_steps, validate,
+                              zero_sub_group_size)
 
 # Bucket sizes (elements) for gradient reduction and parameter all-gather; 5e8 is DeepSpeed's own
 # default, written out so that the snapshot says what runs.
@@ -37,7 +38,7 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
             "stage3_param_persistence_threshold": 100_000,
             "stage3_max_live_parameters": 1_000_000_000,
             "stage3_gather_16bit_weights_on_model_save": False,
-            "sub_group_size": par.zero_sub_group_size,
+            "sub_group_size": zero_sub_group_size(cfg),
         })
     bf16: dict = {"enabled": prec.bf16}
     extra: dict = {}

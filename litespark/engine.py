@@ -17,7 +17,7 @@ import io
 
 import torch
 
-from litespark.config import LitesparkConfig, fp32_grad_accumulation
+from litespark.config import LitesparkConfig, fp32_grad_accumulation, zero_sub_group_size
 from litespark.deepspeed_config import to_deepspeed_config
 from litespark.log import get_logger
 from litespark.mpu import MegatronMPU
@@ -82,7 +82,7 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
             model=model,
             model_parameters=param_groups(model, cfg.optim.weight_decay,
                                           # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
-                                          None if cfg.parallel.zero_stage == 3 else cfg.parallel.zero_sub_group_size),
+                                          None if cfg.parallel.zero_stage == 3 else zero_sub_group_size(cfg)),
             config=to_deepspeed_config(cfg, world_size),
             mpu=MegatronMPU(),
             dist_init_required=False,

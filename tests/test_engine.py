@@ -72,3 +72,17 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
     assert any(not torch.equal(one[k], start[k]) for k in one), "the steps did not change the weights"
     for k in one:
         assert torch.equal(one[k], many[k]), f"{k} differs between one group and split groups"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], None),                                                     # fp32 gradients (auto): one group
+    (["precision.fp32_grad_accumulation=false"], 250_000_000),
+    (["parallel.zero_stage=2"], 250_000_000),                       # no fp32 gradients with ZeRO-2
+    (["kernels.backend=torch"], 250_000_000),
+    (["parallel.zero_sub_group_size=1000"], 1000),                  # explicit value wins
+])
+def test_automatic_sub_group_size_follows_the_gradient_precision(overrides, expected):
+    from litespark.config import zero_sub_group_size
+
+    cfg = apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", "kernels.cuda_graphs=false", *overrides])
+    assert zero_sub_group_size(cfg) == expected

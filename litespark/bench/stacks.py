@@ -200,6 +200,7 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
 
 def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     """``build_model`` + ``build_engine`` + the trainer's ``train_step``."""
+    from litespark.config import zero_sub_group_size
     from litespark.engine import build_engine
     from litespark.model import build_model
     from litespark.trainer import train_step
@@ -219,7 +220,10 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
     grads = ", fp32 gradients written by TE (BF16_Optimizer)" if p.fp32_grad_accumulation else ""
-    fused = [name for name, on in (("TE SwiGLU", k.te_swiglu and not k.fused_mlp), ("fused QKV RoPE", k.rope_fusion and k.fused_qkv_rope),
+    group = zero_sub_group_size(cfg)
+    grads += f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
+    fused = [name for name, on in (("TE SwiGLU", k.te_swiglu and not k.fused_mlp),
+                                   ("fused QKV RoPE", k.rope_fusion and k.fused_qkv_rope),
                                    ("TE cross-entropy", k.te_cross_entropy)) if on and k.backend == "te"]
     kernels = f" ({', '.join(fused)})" if fused else ""
     what = (f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
