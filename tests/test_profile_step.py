@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 
@@ -70,3 +71,30 @@ def test_markdown_report_shows_idle_host_and_sync_sections():
     assert "| `deepspeed/runtime/utils.py:233 f` | 2 |" in md
     report["device_syncs_in_one_step"] = {}
     assert profile_step.to_markdown(report).rstrip().endswith("none")
+
+
+def test_families_do_not_take_norms_or_torch_elementwise_kernels_for_fp8_casts():
+    f = profile_step.family
+    assert f("cast_transpose_optimized_kernel(__nv_bfloat16 const*, float const*, __nv_fp8_e5m2*)") == "fp8 cast/transpose/amax"
+    assert f("void transformer_engine::normalization::rmsnorm_fwd_general_kernel<Kernel_traits<__nv_fp8_e4m3>>") == "norm"
+    assert f("void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::"
+             "BinaryFunctor<float, float, float, at::native::binary_internal::MulFunctor<float> > >") == "elementwise/reduce"
+    assert f("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda, "
+             "at::native::memory::LoadWithCast<1>, at::native::memory::StoreWithCast<1> >") == "copy/fill"
+    assert f("nvjet_sm90_qrtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT") == "gemm"
+
+
+def test_rerender_resums_families_and_refuses_other_files(tmp_path):
+    report = {"stack": "litespark", "micro_batch": 8, "gpu": "g", "command": "c", "description": "d",
+              "step_wall_ms": 10.0, "gpu_busy_ms_per_step": 9.0, "gpu_busy_fraction": 0.9, "tokens_per_s": 1.0,
+              "tflops": 1.0, "kernel_launches_per_step": 2.0, "families_ms_per_step": {"fp8 cast/transpose/amax": 9.0},
+              "kernels_ms_per_step": {"rmsnorm_fwd_general_kernel<__nv_fp8_e4m3>": 4.0, "cast_transpose_kernel": 5.0},
+              "idle_ms_per_step": 1.0, "idle_by_length": {}, "longest_idle": [], "host_ms_per_step": {},
+              "device_syncs_in_one_step": {}}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(report))
+    assert profile_step.main(["--out", str(tmp_path / "p"), "--rerender"]) == 0
+    assert json.loads(path.read_text())["families_ms_per_step"] == {"fp8 cast/transpose/amax": 5.0, "norm": 4.0}
+    assert "| norm | 4.0 |" in (tmp_path / "p.md").read_text()
+    path.write_text("{}")
+    assert profile_step.main(["--out", str(tmp_path / "p"), "--rerender"]) == 2
