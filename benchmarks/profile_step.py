@@ -212,18 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(p)
     p.add_argument("--stack", choices=STACKS, default="litespark")
-    p.add_argument("--micro-batch", type=int, required=True)
+    p.add_argument("--micro-batch", type=int, help="required unless --rerender")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--data", default="random")
     p.add_argument("--out", required=True, help="output stem (OUT.json, OUT.md)")
     p.add_argument("--rerender", action="store_true",
                    help="only re-sum the families of the saved OUT.json (after a change to FAMILIES) and rewrite OUT.md")
-    if argv is None:
-        argv = sys.argv[1:]
-    args = p.parse_args(argv if "--rerender" not in argv else [*argv, "--micro-batch", "0"])
+    args = p.parse_args(argv)
     if args.rerender:
         return rerender(Path(args.out).with_suffix(".json"))
+    if args.micro_batch is None:
+        p.error("--micro-batch is required")
     quiet_optional_dependency_warnings()
     # As the benchmark's workers run (litespark.bench.worker): without it the larger micro-batches
     # that the benchmark fits run out of memory here.

@@ -38,11 +38,9 @@ def test_transformer_config_is_llama():
     assert tc.fp8 is None
 
 
-def test_transformer_config_fp8_fields():
-    cfg = get_preset("llama-3b")
-    cfg.kernels.backend = "te"
-    cfg.precision.fp8_recipe = "tensorwise"
-    # Building a TE TransformerConfig needs TE only for some fusions; check the fields we pass.
+def _te_transformer_config_fields(cfg) -> dict:
+    """The keyword arguments ``to_transformer_config`` passes for a te-backend ``cfg`` (building a real
+    TE TransformerConfig would need TE for some fusions; the fields are what is checked here)."""
     from litespark import transformer_config as mod
 
     captured = {}
@@ -52,6 +50,14 @@ def test_transformer_config_fp8_fields():
         to_transformer_config(cfg)
     finally:
         mod.TransformerConfig = original
+    return captured
+
+
+def test_transformer_config_fp8_fields():
+    cfg = get_preset("llama-3b")
+    cfg.kernels.backend = "te"
+    cfg.precision.fp8_recipe = "tensorwise"
+    captured = _te_transformer_config_fields(cfg)
     assert captured["fp8"] == "hybrid" and captured["fp8_recipe"] == "tensorwise"
     assert captured["fp8_amax_history_len"] == 1024 and captured["fp8_amax_compute_algo"] == "max"
     assert captured["apply_rope_fusion"] and captured["bf16"]
@@ -64,16 +70,7 @@ def test_transformer_config_fp8_fields():
     (["kernels.te_cross_entropy=false"], True, "native"),
 ])
 def test_transformer_config_kernel_switches(overrides, qkv_rope, ce_impl):
-    cfg = apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", *overrides])
-    from litespark import transformer_config as mod
-
-    captured = {}
-    original = mod.TransformerConfig
-    mod.TransformerConfig = lambda **kw: captured.update(kw) or kw
-    try:
-        to_transformer_config(cfg)
-    finally:
-        mod.TransformerConfig = original
+    captured = _te_transformer_config_fields(apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", *overrides]))
     assert captured["fused_single_qkv_rope"] is qkv_rope
     assert captured["cross_entropy_loss_fusion"] and captured["cross_entropy_fusion_impl"] == ce_impl
 
