@@ -185,6 +185,18 @@ def families_of(kernels_ms: dict[str, float]) -> dict[str, float]:
     return dict(sorted(by_family.items(), key=lambda kv: -kv[1]))
 
 
+def write_report(out: Path, report: dict) -> str:
+    """Write ``out``.json and ``out``.md (each through a temporary file: a re-render overwrites a
+    measured report); returns the markdown."""
+    from litespark.checkpoint import atomic_write_text
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = to_markdown(report)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    atomic_write_text(out.with_suffix(".md"), text)
+    return text
+
+
 def rerender(path: Path) -> int:
     """Re-sum a saved report's per-kernel times with the current FAMILIES; rewrite its JSON and md."""
     try:
@@ -193,8 +205,7 @@ def rerender(path: Path) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"profile_step.py: error: {path} is not a profile_step report ({exc})", file=sys.stderr)
         return 2
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    path.with_suffix(".md").write_text(to_markdown(report))
+    write_report(path, report)
     return 0
 
 
@@ -231,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("profile_step.py: error: needs a CUDA GPU", file=sys.stderr)
         return 2
+    n_steps = args.warmup + args.steps + 1  # + the step run in sync debug mode
     cfg = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false",
                                              f"data.micro_batch_size={args.micro_batch}",
-                                             f"run.train_iters={args.warmup + args.steps + 1}"]))
+                                             f"run.train_iters={n_steps}"]))
     init_distributed(1, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
     g = cfg.data.global_batch_size
-    n_steps = args.warmup + args.steps + 1  # + the step run in sync debug mode
     tokens = load_windows(args.data, n_steps * g, cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
     built = build_stack(args.stack, cfg)
 
@@ -275,20 +286,15 @@ def main(argv: list[str] | None = None) -> int:
         "families_ms_per_step": {k: v / steps for k, v in families_of(per_kernel).items()},
         "kernels_ms_per_step": {k: v / steps for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])},
         "kernel_launches_per_step": len(timeline) / steps,
-        "idle_ms_per_step": sum(g[1] for g in gaps) / 1e3 / steps,
+        "idle_ms_per_step": sum(length for _, length, _, _ in gaps) / 1e3 / steps,
         "idle_by_length": {k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()},
         "longest_idle": [{"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
-                         for start, length, before, after in sorted(gaps, key=lambda g: -g[1])[:20]],
+                         for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:20]],
         "host_ms_per_step": host_ms,
         "device_syncs_in_one_step": syncs,
         "gpu": torch.cuda.get_device_name(), "command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    text = to_markdown(report)
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(write_report(Path(args.out), report))
     return 0
 
 

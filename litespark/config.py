@@ -95,8 +95,8 @@ class PrecisionConfig:
     accumulation fusion, ``main_grad``), instead of bf16 ``.grad`` tensors that the ZeRO optimizer
     flattens and converts to fp32 at every step.  Costs 4 bytes per parameter at the memory peak: the
     fp32 buffers live through the forward pass, where the bf16 gradients did not exist yet (llama-3b:
-    +11.2 GiB, 133.5 GiB at micro-batch 8).  Needs bf16, ZeRO stage 1 and no CUDA graphs.  None (auto): on where
-    that holds with the te backend (see ``fp32_grad_accumulation``)."""
+    +11.2 GiB).  Needs bf16, ZeRO stage 1 and no CUDA graphs.  None (auto): on where that holds with
+    the te backend (see ``fp32_grad_accumulation``)."""
 
 
 @dataclass

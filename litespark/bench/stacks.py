@@ -221,13 +221,16 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
     grads = ", fp32 gradients written by TE (BF16_Optimizer)" if p.fp32_grad_accumulation else ""
     group = zero_sub_group_size(cfg)
-    grads += f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
-    fused = [name for name, on in (("TE SwiGLU", k.te_swiglu and not k.fused_mlp),
-                                   ("fused QKV RoPE", k.rope_fusion and k.fused_qkv_rope),
-                                   ("TE cross-entropy", k.te_cross_entropy)) if on and k.backend == "te"]
+    groups = f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
+    # What the built model's Megatron config switched on (to_transformer_config decides it).
+    tc = engine.module.config
+    fused = [name for name, on in (("TE SwiGLU", tc.use_te_activation_func),
+                                   ("fused QKV RoPE", tc.fused_single_qkv_rope),
+                                   ("TE cross-entropy", tc.cross_entropy_loss_fusion and tc.cross_entropy_fusion_impl == "te"))
+             if on]
     kernels = f" ({', '.join(fused)})" if fused else ""
     what = (f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
-            f"fp32 master, torch AdamW fused{graphs}{grads}")
+            f"fp32 master, torch AdamW fused{graphs}{grads}{groups}")
     return BuiltStack(step, what, engine)
 
 
