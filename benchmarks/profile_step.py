@@ -10,7 +10,10 @@ the family table and the 40 most expensive kernels (the JSON has all); the step'
 show how much is launch or host overhead rather than kernels.  Where the GPU waits is shown three
 ways: the idle stretches of the kernel timeline (by length, and the longest with the kernels on either
 side), the host time of the engine's forward, backward and step calls, and the Python lines that made
-the host wait for the device during one more step (``torch.cuda.set_sync_debug_mode``).
+the host wait for the device during one more step (``torch.cuda.set_sync_debug_mode``).  Who
+launched the costliest kernels outside GEMMs and attention (the op, its callers and the Python lines
+above it) comes from one more step profiled with CPU ops and stacks, kept apart from the timed steps
+because that profiling slows the host.
 """
 
 from __future__ import annotations
@@ -124,6 +127,46 @@ def find_sync_sites(run_step) -> dict[str, int]:
     return dict(sorted(sites.items(), key=lambda kv: -kv[1]))
 
 
+# Frames from these files say nothing about who launched a kernel.
+_STACK_NOISE = (f"{os.sep}torch{os.sep}", "<built-in", f"{os.sep}contextlib.py", f"{os.sep}functools.py")
+
+
+def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3) -> dict[str, list[dict]]:
+    """For each kernel name in ``kernels``: the CPU sites that launched it, costliest first, as
+    ``{"site", "ms"}`` with the time summed over the profile.
+
+    ``events`` are the profiler's CPU op events (``prof.events()`` with ``record_shapes``/``with_stack``):
+    each has ``name``, ``kernels`` (objects with ``name`` and ``duration`` in us: the kernels this op
+    itself launched), ``cpu_parent`` and ``stack`` (innermost frame first; the profiler gives backward
+    ops their forward op's stack).  A site is the op and up to ``ancestors`` enclosing ops, then up to
+    ``frames`` Python frames outside torch.
+    """
+    by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for evt in events:
+        launched = [k for k in getattr(evt, "kernels", ()) if k.name in kernels]
+        if not launched:
+            continue
+        chain, parent = [evt.name], getattr(evt, "cpu_parent", None)
+        while parent is not None and len(chain) <= ancestors:
+            chain.append(parent.name)
+            parent = getattr(parent, "cpu_parent", None)
+        where = [entry for entry in (getattr(evt, "stack", None) or ())
+                 if not any(noise in entry for noise in _STACK_NOISE)][:frames]
+        site = " < ".join(chain) + ("" if not where else " @ " + " < ".join(
+            "/".join(Path(entry).parts[-2:]) for entry in where))
+        for k in launched:
+            by_site[k.name][site] += k.duration / 1e3
+    return {name: [{"site": site, "ms": ms} for site, ms in sorted(sites.items(), key=lambda kv: -kv[1])]
+            for name, sites in by_site.items()}
+
+
+def costliest_outside(kernels_ms: dict[str, float], skip: tuple[str, ...] = ("gemm", "attention"),
+                      top: int = 12) -> list[str]:
+    """The ``top`` kernels by time whose family is not in ``skip``: the ones worth attributing."""
+    names = [name for name, _ in sorted(kernels_ms.items(), key=lambda kv: -kv[1]) if family(name) not in skip]
+    return names[:top]
+
+
 def time_host_calls(engine, names: tuple[str, ...] = ("forward", "backward", "step")) -> dict[str, list[float]]:
     """Wrap ``engine``'s methods so that each call's host wall time (s) is appended to the result.
 
@@ -174,6 +217,14 @@ def to_markdown(r: dict, top: int = 40) -> str:
         lines += [f"| `{site}` | {n} |" for site, n in r["device_syncs_in_one_step"].items()]
     else:
         lines.append("none")
+    if r.get("launch_sites"):
+        lines += ["", "## Who launched the costliest kernels outside GEMMs and attention (one more step, CPU ops "
+                  "and stacks recorded)", "",
+                  "Site: the op < its enclosing ops @ the Python frames above it, innermost first.", "",
+                  "| kernel | ms per step | launched by |", "|---|---|---|"]
+        for name, sites in r["launch_sites"].items():
+            for i, s in enumerate(sites[:3]):
+                lines.append(f"| {'`' + name[:70] + '`' if i == 0 else ''} | {s['ms']:.2f} | `{s['site'][:200]}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -227,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--data", default="random")
+    p.add_argument("--launch-sites", type=int, default=12, metavar="N",
+                   help="attribute the N costliest kernels outside GEMMs and attention to their launching ops "
+                        "and Python lines (one more step, profiled with stacks; 0: skip)")
     p.add_argument("--out", required=True, help="output stem (OUT.json, OUT.md)")
     p.add_argument("--rerender", action="store_true",
                    help="only re-sum the families of the saved OUT.json (after a change to FAMILIES) and rewrite OUT.md")
@@ -242,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("profile_step.py: error: needs a CUDA GPU", file=sys.stderr)
         return 2
-    n_steps = args.warmup + args.steps + 1  # + the step run in sync debug mode
+    # + the step run in sync debug mode and the one profiled with stacks
+    n_steps = args.warmup + args.steps + 1 + (args.launch_sites > 0)
     cfg = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false",
                                              f"data.micro_batch_size={args.micro_batch}",
                                              f"run.train_iters={n_steps}"]))
@@ -273,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
         if evt.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[evt.key] += evt.time_range.elapsed_us() / 1e3  # us -> ms
             timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
+    sites = {}
+    if args.launch_sites > 0:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as traced:
+            built.step(batches(args.warmup + args.steps + 1))
+            torch.cuda.synchronize()
+        cpu_ops = [evt for evt in traced.events() if evt.device_type == torch.autograd.DeviceType.CPU]
+        sites = launch_sites(cpu_ops, set(costliest_outside(per_kernel, top=args.launch_sites)))
     gaps = idle_gaps(timeline)
     first = min((t[0] for t in timeline), default=0.0)
     busy = sum(per_kernel.values())
@@ -292,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                          for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:20]],
         "host_ms_per_step": host_ms,
         "device_syncs_in_one_step": syncs,
+        # ms summed over the one step profiled with stacks, per kernel and launching site
+        "launch_sites": {name: sites[name] for name in costliest_outside(per_kernel, top=args.launch_sites)
+                         if name in sites},
         "gpu": torch.cuda.get_device_name(), "command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
     }
     print(write_report(Path(args.out), report))

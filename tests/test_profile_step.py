@@ -84,13 +84,17 @@ def test_families_do_not_take_norms_or_torch_elementwise_kernels_for_fp8_casts()
     assert f("nvjet_sm90_qrtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT") == "gemm"
 
 
+def _minimal_report() -> dict:
+    return {"stack": "litespark", "micro_batch": 8, "gpu": "g", "command": "c", "description": "d",
+            "step_wall_ms": 10.0, "gpu_busy_ms_per_step": 9.0, "gpu_busy_fraction": 0.9, "tokens_per_s": 1.0,
+            "tflops": 1.0, "kernel_launches_per_step": 2.0, "families_ms_per_step": {"fp8 cast/transpose/amax": 9.0},
+            "kernels_ms_per_step": {"rmsnorm_fwd_general_kernel<__nv_fp8_e4m3>": 4.0, "cast_transpose_kernel": 5.0},
+            "idle_ms_per_step": 1.0, "idle_by_length": {}, "longest_idle": [], "host_ms_per_step": {},
+            "device_syncs_in_one_step": {}}
+
+
 def test_rerender_resums_families_and_refuses_other_files(tmp_path):
-    report = {"stack": "litespark", "micro_batch": 8, "gpu": "g", "command": "c", "description": "d",
-              "step_wall_ms": 10.0, "gpu_busy_ms_per_step": 9.0, "gpu_busy_fraction": 0.9, "tokens_per_s": 1.0,
-              "tflops": 1.0, "kernel_launches_per_step": 2.0, "families_ms_per_step": {"fp8 cast/transpose/amax": 9.0},
-              "kernels_ms_per_step": {"rmsnorm_fwd_general_kernel<__nv_fp8_e4m3>": 4.0, "cast_transpose_kernel": 5.0},
-              "idle_ms_per_step": 1.0, "idle_by_length": {}, "longest_idle": [], "host_ms_per_step": {},
-              "device_syncs_in_one_step": {}}
+    report = _minimal_report()
     path = tmp_path / "p.json"
     path.write_text(json.dumps(report))
     assert profile_step.main(["--out", str(tmp_path / "p"), "--rerender"]) == 0
@@ -98,3 +102,46 @@ def test_rerender_resums_families_and_refuses_other_files(tmp_path):
     assert "| norm | 4.0 |" in (tmp_path / "p.md").read_text()
     path.write_text("{}")
     assert profile_step.main(["--out", str(tmp_path / "p"), "--rerender"]) == 2
+
+
+def test_launch_sites_name_the_op_its_callers_and_the_python_lines():
+    from types import SimpleNamespace as NS
+
+    def kernel(name, us):
+        return NS(name=name, duration=us)
+
+    step = NS(name="Optimizer.step#BF16_Optimizer.step", cpu_parent=None, kernels=[], stack=[])
+    to = NS(name="aten::to", cpu_parent=step, kernels=[], stack=[])
+    copy_in_step = NS(name="aten::copy_", cpu_parent=to, kernels=[kernel("copy_k", 3000.0), kernel("gemm_k", 5.0)],
+                      stack=["/venv/lib/python3.11/site-packages/torch/_tensor.py(10): to",
+                             "/venv/site-packages/deepspeed/runtime/bf16_optimizer.py(526): _update_hp_grad",
+                             "/venv/site-packages/deepspeed/runtime/bf16_optimizer.py(711): accumulate",
+                             "/x/litespark/trainer.py(117): train_step",
+                             "/x/bench/stacks.py(50): step"])
+    copy_again = NS(name="aten::copy_", cpu_parent=to, kernels=[kernel("copy_k", 1000.0)], stack=copy_in_step.stack)
+    copy_elsewhere = NS(name="aten::copy_", cpu_parent=None, kernels=[kernel("copy_k", 500.0)], stack=None)
+    quiet = NS(name="aten::empty", cpu_parent=None, kernels=[], stack=[])
+    sites = profile_step.launch_sites([copy_in_step, copy_again, copy_elsewhere, quiet], {"copy_k"}, frames=2)
+    assert set(sites) == {"copy_k"}  # gemm_k was not asked for
+    assert sites["copy_k"] == [
+        {"site": "aten::copy_ < aten::to < Optimizer.step#BF16_Optimizer.step @ "
+                 "runtime/bf16_optimizer.py(526): _update_hp_grad < runtime/bf16_optimizer.py(711): accumulate",
+         "ms": 4.0},
+        {"site": "aten::copy_", "ms": 0.5}]
+    # ancestors bound how far up the op chain a site goes
+    short = profile_step.launch_sites([copy_in_step], {"copy_k"}, frames=0, ancestors=1)
+    assert short["copy_k"][0]["site"] == "aten::copy_ < aten::to"
+
+
+def test_costliest_outside_skips_gemm_and_attention():
+    kernels = {"nvjet_sm90_qqtst_gemm": 100.0, "cudnn_generated_fort_native_sdpa_flash_bprop": 90.0,
+               "cast_transpose_optimized_kernel": 20.0, "rmsnorm_fwd_general_kernel": 30.0, "tiny_fill": 0.1}
+    assert profile_step.costliest_outside(kernels, top=2) == ["rmsnorm_fwd_general_kernel",
+                                                              "cast_transpose_optimized_kernel"]
+
+
+def test_markdown_lists_launch_sites_when_recorded():
+    report = json.loads(json.dumps(_minimal_report()))
+    assert "Who launched" not in profile_step.to_markdown(report)
+    report["launch_sites"] = {"copy_k": [{"site": "aten::copy_ < aten::to", "ms": 10.8}]}
+    assert "| `copy_k` | 10.80 | `aten::copy_ < aten::to` |" in profile_step.to_markdown(report)
