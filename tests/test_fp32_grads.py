@@ -63,7 +63,8 @@ def test_deepspeed_config_asks_for_fp32_gradients_only_when_on():
 
 
 class _WgradIntoMainGrad(torch.autograd.Function):
-    """y = x W^T; with fusion, dW is accumulated in fp32 into W.main_grad and W gets no .grad."""
+    """y = x W^T; with fusion, dW is accumulated in fp32 into W.main_grad (written over it where the
+    weight has ``overwrite_main_grad`` set, as TE does) and W gets no .grad."""
 
     @staticmethod
     def forward(ctx, x, weight, fuse):
@@ -76,7 +77,10 @@ class _WgradIntoMainGrad(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         wgrad = grad_out.reshape(-1, grad_out.shape[-1]).float().t() @ x.reshape(-1, x.shape[-1]).float()
         if ctx.fuse:
-            weight.main_grad.add_(wgrad)
+            if getattr(weight, "overwrite_main_grad", False):
+                weight.main_grad.copy_(wgrad)
+            else:
+                weight.main_grad.add_(wgrad)
             return grad_out @ weight, None, None
         return grad_out @ weight, wgrad.to(weight.dtype), None
 
@@ -148,6 +152,29 @@ def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
         assert any(w.main_grad.data_ptr() == b.data_ptr() for b in buffers), "main_grad is not DeepSpeed's buffer"
         assert w.grad is None, "a fused weight still produced a .grad"
     assert not hasattr(engine.module.embed.weight, "main_grad")  # not a TE linear: DeepSpeed's own path
+
+
+def test_the_step_zeroes_only_gradients_that_arrive_by_addition(dist_world_1):
+    """After a step the linked buffers still hold that step's gradients (the next first backward
+    writes over them) and are flagged for overwriting; DeepSpeed's own gradients (embedding, norm)
+    are zeroed, and no gradient counts as present.  Whether the overwrite gives the right training
+    is test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation's job."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    assert callable(BF16_Optimizer.clear_hp_grads)  # the method the link narrows
+    engine, optimizer, _, _ = _train(True, link=True, steps=2)
+    link = engine.litespark_fp32_grads
+    assert optimizer.clear_hp_grads == link.clear_hp_grads
+    for module in (engine.module.up, engine.module.down):
+        assert module.weight.overwrite_main_grad is True
+        assert module.weight.main_grad.abs().sum() > 0, "a linked gradient was zeroed"
+    linked = {(i, j) for i, j in link.slots}
+    others = [g for i, group in enumerate(optimizer.fp32_groups_gradients) for j, g in enumerate(group)
+              if (i, j) not in linked]
+    assert len(others) == 2 and all(torch.count_nonzero(g) == 0 for g in others)  # embedding, norm weight
+    assert not any(any(flags) for flags in optimizer.fp32_groups_has_gradients)
+    link.mark()
+    assert engine.module.up.weight.overwrite_main_grad is False
 
 
 def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_world_1):
