@@ -127,18 +127,20 @@ def find_sync_sites(run_step) -> dict[str, int]:
     return dict(sorted(sites.items(), key=lambda kv: -kv[1]))
 
 
-# Frames from these files say nothing about who launched a kernel.
-_STACK_NOISE = (f"{os.sep}torch{os.sep}", "<built-in", f"{os.sep}contextlib.py", f"{os.sep}functools.py")
+# Frames that say nothing about who launched a kernel: torch itself (the profiler shortens its paths
+# to ``torch/...``), C functions, decorators.
+_STACK_NOISE = re.compile(r"(^|/)torch/|^<built-in|(^|/)(contextlib|functools)\.py")
 
 
 def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3) -> dict[str, list[dict]]:
     """For each kernel name in ``kernels``: the CPU sites that launched it, costliest first, as
     ``{"site", "ms"}`` with the time summed over the profile.
 
-    ``events`` are the profiler's CPU op events (``prof.events()`` with ``record_shapes``/``with_stack``):
+    ``events`` are the profiler's CPU op events (``prof.events()`` with ``with_stack`` and a verbose
+    experimental config):
     each has ``name``, ``kernels`` (objects with ``name`` and ``duration`` in us: the kernels this op
-    itself launched), ``cpu_parent`` and ``stack`` (innermost frame first; the profiler gives backward
-    ops their forward op's stack).  A site is the op and up to ``ancestors`` enclosing ops, then up to
+    itself launched), ``cpu_parent``, ``is_python_function`` and ``stack`` (innermost frame first; the
+    profiler gives backward ops their forward op's stack).  A site is the op and up to ``ancestors`` enclosing ops, then up to
     ``frames`` Python frames outside torch.
     """
     by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -148,10 +150,10 @@ def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3)
             continue
         chain, parent = [evt.name], getattr(evt, "cpu_parent", None)
         while parent is not None and len(chain) <= ancestors:
-            chain.append(parent.name)
+            if not getattr(parent, "is_python_function", False):  # Python frames: in the stack below
+                chain.append(parent.name)
             parent = getattr(parent, "cpu_parent", None)
-        where = [entry for entry in (getattr(evt, "stack", None) or ())
-                 if not any(noise in entry for noise in _STACK_NOISE)][:frames]
+        where = [entry for entry in (getattr(evt, "stack", None) or ()) if not _STACK_NOISE.search(entry)][:frames]
         site = " < ".join(chain) + ("" if not where else " @ " + " < ".join(
             "/".join(Path(entry).parts[-2:]) for entry in where))
         for k in launched:
@@ -330,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
     sites = {}
     if args.launch_sites > 0:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as traced:
+        from torch._C._profiler import _ExperimentalConfig
+
+        # verbose: without it the ops' Python stacks stay empty
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
+                     experimental_config=_ExperimentalConfig(verbose=True)) as traced:
             built.step(batches(args.warmup + args.steps + 1))
             torch.cuda.synchronize()
         cpu_ops = [evt for evt in traced.events() if evt.device_type == torch.autograd.DeviceType.CPU]

@@ -111,9 +111,12 @@ def test_launch_sites_name_the_op_its_callers_and_the_python_lines():
         return NS(name=name, duration=us)
 
     step = NS(name="Optimizer.step#BF16_Optimizer.step", cpu_parent=None, kernels=[], stack=[])
-    to = NS(name="aten::to", cpu_parent=step, kernels=[], stack=[])
+    python_frame = NS(name="deepspeed/runtime/bf16_optimizer.py(526): _update_hp_grad", cpu_parent=step,
+                      kernels=[], stack=[], is_python_function=True)
+    to = NS(name="aten::to", cpu_parent=python_frame, kernels=[], stack=[])
     copy_in_step = NS(name="aten::copy_", cpu_parent=to, kernels=[kernel("copy_k", 3000.0), kernel("gemm_k", 5.0)],
-                      stack=["/venv/lib/python3.11/site-packages/torch/_tensor.py(10): to",
+                      stack=["<built-in method to of Tensor object at 0x7f>", "torch/_tensor.py(10): to",
+                             "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py(1): _call_impl",
                              "/venv/site-packages/deepspeed/runtime/bf16_optimizer.py(526): _update_hp_grad",
                              "/venv/site-packages/deepspeed/runtime/bf16_optimizer.py(711): accumulate",
                              "/x/litespark/trainer.py(117): train_step",
