@@ -48,6 +48,10 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
         # (embedding, output layer, norms) are added to them as soon as they are computed and freed.
         bf16["immediate_grad_update"] = True
         extra["data_types"] = {"grad_accum_dtype": "fp32"}
+        # BF16_Optimizer's buffers are reduced by the engine's all-reduce, in the communication dtype:
+        # left at DeepSpeed's bf16 default, every step would round the fp32 gradients to bf16 and back
+        # (two passes over the whole buffer: 14 ms per llama-3b step on an H200, even on one GPU).
+        extra["communication_data_type"] = "fp32"
     return {
         "train_batch_size": d.global_batch_size,
         "train_micro_batch_size_per_gpu": d.micro_batch_size,

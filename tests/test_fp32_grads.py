@@ -57,9 +57,10 @@ def test_impossible_combinations_are_refused(sets, message):
 def test_deepspeed_config_asks_for_fp32_gradients_only_when_on():
     on = to_deepspeed_config(_cfg("precision.fp32_grad_accumulation=true"), 1)
     assert on["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert on["communication_data_type"] == "fp32"  # reduced as fp32, not rounded to bf16 and back
     assert on["bf16"] == {"enabled": True, "immediate_grad_update": True}
     off = to_deepspeed_config(_cfg("precision.fp32_grad_accumulation=false"), 1)
-    assert "data_types" not in off and off["bf16"] == {"enabled": True}
+    assert "data_types" not in off and "communication_data_type" not in off and off["bf16"] == {"enabled": True}
 
 
 class _WgradIntoMainGrad(torch.autograd.Function):
@@ -115,7 +116,7 @@ class _ToyLM(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
 
 
-def _train(fp32_accumulation: bool, link: bool, steps: int = 5):
+def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None):
     from litespark.distributed import init_distributed
     from litespark.engine import build_engine
     from litespark.trainer import train_step
@@ -129,6 +130,8 @@ def _train(fp32_accumulation: bool, link: bool, steps: int = 5):
         for m in (model.up, model.down):
             m.weight_names = []  # not fusable (as a TE linear with split weights): plain .grad path
     engine, optimizer, _ = build_engine(cfg, model, 1)
+    if before_steps is not None:
+        before_steps(engine, optimizer)
     data = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(3))
     norms = []
     for _ in range(steps):
@@ -152,6 +155,26 @@ def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
         assert any(w.main_grad.data_ptr() == b.data_ptr() for b in buffers), "main_grad is not DeepSpeed's buffer"
         assert w.grad is None, "a fused weight still produced a .grad"
     assert not hasattr(engine.module.embed.weight, "main_grad")  # not a TE linear: DeepSpeed's own path
+
+
+def test_the_optimizer_steps_on_unrounded_fp32_gradients(dist_world_1):
+    """What the optimizer step sees after DeepSpeed's gradient reduction is still fp32: not rounded
+    to bf16 on the way (DeepSpeed reduces in bf16 unless told otherwise)."""
+    seen = []
+
+    def spy_on_step(engine, optimizer):
+        step = optimizer.step
+
+        def spied(*args, **kwargs):
+            seen.append(torch.cat([g.detach().clone() for g in optimizer.fp32_groups_gradients_flat]))
+            return step(*args, **kwargs)
+
+        optimizer.step = spied
+
+    _train(True, link=True, steps=1, before_steps=spy_on_step)
+    (grads,) = seen
+    assert grads.dtype == torch.float32 and torch.count_nonzero(grads) > 0
+    assert (grads != grads.to(torch.bfloat16).float()).any(), "the fp32 gradients were rounded to bf16"
 
 
 def test_the_step_zeroes_only_gradients_that_arrive_by_addition(dist_world_1):
