@@ -219,7 +219,9 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     k, p = cfg.kernels, cfg.precision
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
-    grads = ", fp32 gradients written by TE (BF16_Optimizer)" if p.fp32_grad_accumulation else ""
+    # The engine's own reduction dtype: what ran, not what the config meant.
+    reduced = str(engine.communication_data_type).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+    grads = f", fp32 gradients written by TE (BF16_Optimizer), reduced in {reduced}" if p.fp32_grad_accumulation else ""
     group = zero_sub_group_size(cfg)
     groups = f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
     # What the built model's Megatron config switched on (to_transformer_config decides it).
