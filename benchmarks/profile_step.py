@@ -162,6 +162,18 @@ def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3)
             for name, sites in by_site.items()}
 
 
+def merge_layer_sites(sites: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """``launch_sites`` with the layer numbers dropped from module names (``nn.Module: SwiGLU_21`` ->
+    ``nn.Module: SwiGLU``), so that a kernel launched once per layer shows one site with its total."""
+    merged = {}
+    for name, rows in sites.items():
+        by_site: dict[str, float] = defaultdict(float)
+        for row in rows:
+            by_site[re.sub(r"(nn\.Module: \w+?)_\d+\b", r"\1", row["site"])] += row["ms"]
+        merged[name] = [{"site": site, "ms": ms} for site, ms in sorted(by_site.items(), key=lambda kv: -kv[1])]
+    return merged
+
+
 def costliest_outside(kernels_ms: dict[str, float], skip: tuple[str, ...] = ("gemm", "attention"),
                       top: int = 12) -> list[str]:
     """The ``top`` kernels by time whose family is not in ``skip``: the ones worth attributing."""
@@ -255,6 +267,8 @@ def rerender(path: Path) -> int:
     try:
         report = json.loads(path.read_text())
         report["families_ms_per_step"] = families_of(report["kernels_ms_per_step"])
+        if "launch_sites" in report:
+            report["launch_sites"] = merge_layer_sites(report["launch_sites"])
     except (OSError, ValueError, KeyError) as exc:
         print(f"profile_step.py: error: {path} is not a profile_step report ({exc})", file=sys.stderr)
         return 2
@@ -285,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and Python lines (one more step, profiled with stacks; 0: skip)")
     p.add_argument("--out", required=True, help="output stem (OUT.json, OUT.md)")
     p.add_argument("--rerender", action="store_true",
-                   help="only re-sum the families of the saved OUT.json (after a change to FAMILIES) and rewrite OUT.md")
+                   help="only re-sum the families (and merge the per-layer launch sites) of the saved OUT.json "
+                        "and rewrite OUT.md")
     args = p.parse_args(argv)
     if args.rerender:
         return rerender(Path(args.out).with_suffix(".json"))
@@ -340,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             built.step(batches(args.warmup + args.steps + 1))
             torch.cuda.synchronize()
         cpu_ops = [evt for evt in traced.events() if evt.device_type == torch.autograd.DeviceType.CPU]
-        sites = launch_sites(cpu_ops, set(costliest_outside(per_kernel, top=args.launch_sites)))
+        sites = merge_layer_sites(launch_sites(cpu_ops, set(costliest_outside(per_kernel, top=args.launch_sites))))
     gaps = idle_gaps(timeline)
     first = min((t[0] for t in timeline), default=0.0)
     busy = sum(per_kernel.values())
