@@ -148,3 +148,12 @@ def test_markdown_lists_launch_sites_when_recorded():
     assert "Who launched" not in profile_step.to_markdown(report)
     report["launch_sites"] = {"copy_k": [{"site": "aten::copy_ < aten::to", "ms": 10.8}]}
     assert "| `copy_k` | 10.80 | `aten::copy_ < aten::to` |" in profile_step.to_markdown(report)
+
+
+def test_per_layer_launch_sites_merge_into_one():
+    sites = {"k": [{"site": "_Linear @ module/linear.py(1346): forward < nn.Module: TERowParallelLinear_15", "ms": 0.5},
+                   {"site": "_Linear @ module/linear.py(1346): forward < nn.Module: TERowParallelLinear_51", "ms": 0.25},
+                   {"site": "aten::mul_ @ runtime/utils.py(974): clip_tensors_by_global_norm", "ms": 0.5}]}
+    assert profile_step.merge_layer_sites(sites) == {"k": [
+        {"site": "_Linear @ module/linear.py(1346): forward < nn.Module: TERowParallelLinear", "ms": 0.75},
+        {"site": "aten::mul_ @ runtime/utils.py(974): clip_tensors_by_global_norm", "ms": 0.5}]}
