@@ -137,11 +137,10 @@ def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3)
     ``{"site", "ms"}`` with the time summed over the profile.
 
     ``events`` are the profiler's CPU op events (``prof.events()`` with ``with_stack`` and a verbose
-    experimental config):
-    each has ``name``, ``kernels`` (objects with ``name`` and ``duration`` in us: the kernels this op
-    itself launched), ``cpu_parent``, ``is_python_function`` and ``stack`` (innermost frame first; the
-    profiler gives backward ops their forward op's stack).  A site is the op and up to ``ancestors`` enclosing ops, then up to
-    ``frames`` Python frames outside torch.
+    experimental config).  Each has ``name``, ``kernels`` (objects with ``name`` and ``duration`` in
+    us: the kernels this op itself launched), ``cpu_parent``, ``is_python_function`` and ``stack``
+    (innermost frame first; the profiler gives backward ops their forward op's stack).  A site is the
+    op and up to ``ancestors`` enclosing ops, then up to ``frames`` Python frames outside torch.
     """
     by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for evt in events:
