@@ -130,6 +130,13 @@ def find_sync_sites(run_step) -> dict[str, int]:
 # Frames that say nothing about who launched a kernel: torch itself (the profiler shortens its paths
 # to ``torch/...``), C functions, decorators.
 _STACK_NOISE = re.compile(r"(^|/)torch/|^<built-in|(^|/)(contextlib|functools)\.py")
+# A module's layer number (``nn.Module: SwiGLU_21``): dropped, so that a kernel launched once per
+# layer shows one site with its total.
+_LAYER_NUMBER = re.compile(r"(nn\.Module: \w+?)_\d+\b")
+
+
+def _ranked(by_site: dict[str, float]) -> list[dict]:
+    return [{"site": site, "ms": ms} for site, ms in sorted(by_site.items(), key=lambda kv: -kv[1])]
 
 
 def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3) -> dict[str, list[dict]]:
@@ -140,7 +147,8 @@ def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3)
     experimental config).  Each has ``name``, ``kernels`` (objects with ``name`` and ``duration`` in
     us: the kernels this op itself launched), ``cpu_parent``, ``is_python_function`` and ``stack``
     (innermost frame first; the profiler gives backward ops their forward op's stack).  A site is the
-    op and up to ``ancestors`` enclosing ops, then up to ``frames`` Python frames outside torch.
+    op and up to ``ancestors`` enclosing ops, then up to ``frames`` Python frames outside torch, with
+    layer numbers dropped from module names.
     """
     by_site: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for evt in events:
@@ -156,20 +164,19 @@ def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3)
         site = " < ".join(chain) + ("" if not where else " @ " + " < ".join(
             "/".join(Path(entry).parts[-2:]) for entry in where))
         for k in launched:
-            by_site[k.name][site] += k.duration / 1e3
-    return {name: [{"site": site, "ms": ms} for site, ms in sorted(sites.items(), key=lambda kv: -kv[1])]
-            for name, sites in by_site.items()}
+            by_site[k.name][_LAYER_NUMBER.sub(r"\1", site)] += k.duration / 1e3
+    return {name: _ranked(sites) for name, sites in by_site.items()}
 
 
 def merge_layer_sites(sites: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """``launch_sites`` with the layer numbers dropped from module names (``nn.Module: SwiGLU_21`` ->
-    ``nn.Module: SwiGLU``), so that a kernel launched once per layer shows one site with its total."""
+    """Saved ``launch_sites`` with the layer numbers dropped from module names, as
+    :func:`launch_sites` does now (reports written before it did keep one row per layer)."""
     merged = {}
     for name, rows in sites.items():
         by_site: dict[str, float] = defaultdict(float)
         for row in rows:
-            by_site[re.sub(r"(nn\.Module: \w+?)_\d+\b", r"\1", row["site"])] += row["ms"]
-        merged[name] = [{"site": site, "ms": ms} for site, ms in sorted(by_site.items(), key=lambda kv: -kv[1])]
+            by_site[_LAYER_NUMBER.sub(r"\1", row["site"])] += row["ms"]
+        merged[name] = _ranked(by_site)
     return merged
 
 
@@ -344,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         if evt.device_type == torch.autograd.DeviceType.CUDA:
             per_kernel[evt.key] += evt.time_range.elapsed_us() / 1e3  # us -> ms
             timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
+    attributed = costliest_outside(per_kernel, top=args.launch_sites)
     sites = {}
-    if args.launch_sites > 0:
+    if attributed:
         from torch._C._profiler import _ExperimentalConfig
 
         # verbose: without it the ops' Python stacks stay empty
@@ -354,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             built.step(batches(args.warmup + args.steps + 1))
             torch.cuda.synchronize()
         cpu_ops = [evt for evt in traced.events() if evt.device_type == torch.autograd.DeviceType.CPU]
-        sites = merge_layer_sites(launch_sites(cpu_ops, set(costliest_outside(per_kernel, top=args.launch_sites))))
+        sites = launch_sites(cpu_ops, set(attributed))
     gaps = idle_gaps(timeline)
     first = min((t[0] for t in timeline), default=0.0)
     busy = sum(per_kernel.values())
@@ -375,8 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         "host_ms_per_step": host_ms,
         "device_syncs_in_one_step": syncs,
         # ms summed over the one step profiled with stacks, per kernel and launching site
-        "launch_sites": {name: sites[name] for name in costliest_outside(per_kernel, top=args.launch_sites)
-                         if name in sites},
+        "launch_sites": {name: sites[name] for name in attributed if name in sites},
         "gpu": torch.cuda.get_device_name(), "command": "python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
     }
     print(write_report(Path(args.out), report))

@@ -131,6 +131,11 @@ def test_launch_sites_name_the_op_its_callers_and_the_python_lines():
                  "runtime/bf16_optimizer.py(526): _update_hp_grad < runtime/bf16_optimizer.py(711): accumulate",
          "ms": 4.0},
         {"site": "aten::copy_", "ms": 0.5}]
+    # one site per module, not per layer
+    layers = [NS(name="_Linear", cpu_parent=None, kernels=[kernel("cast_k", 100.0)],
+                 stack=["module/linear.py(1346): forward", f"nn.Module: TERowParallelLinear_{n}"]) for n in (3, 17)]
+    assert profile_step.launch_sites(layers, {"cast_k"}) == {"cast_k": [
+        {"site": "_Linear @ module/linear.py(1346): forward < nn.Module: TERowParallelLinear", "ms": 0.2}]}
     # ancestors bound how far up the op chain a site goes
     short = profile_step.launch_sites([copy_in_step], {"copy_k"}, frames=0, ancestors=1)
     assert short["copy_k"][0]["site"] == "aten::copy_ < aten::to"
