@@ -52,6 +52,8 @@ class Fp32GradLink:
     """(parameter group, index in group) of each linked weight in ``optimizer.bf16_groups``."""
     weights: list[torch.nn.Parameter] = field(default_factory=list)
     """The linked weights, in ``slots`` order."""
+    added: list[torch.Tensor] = field(default_factory=list)
+    """The other fp32 gradient views, which DeepSpeed adds into: what the step zeroes."""
     numel: int = 0
 
     def mark(self) -> None:
@@ -65,11 +67,8 @@ class Fp32GradLink:
     def clear_hp_grads(self) -> None:
         """DeepSpeed's ``clear_hp_grads`` minus the zeroing of the linked gradients: the next
         backward overwrites those.  Installed on the optimizer by :func:`link_fp32_main_grads`."""
-        linked = set(self.slots)
-        added = [g for i, group in enumerate(self.optimizer.fp32_groups_gradients)
-                 for j, g in enumerate(group) if (i, j) not in linked]
-        if added:
-            torch._foreach_zero_(added)
+        if self.added:
+            torch._foreach_zero_(self.added)
         for i, group in enumerate(self.optimizer.fp32_groups_gradients):
             self.optimizer.fp32_groups_has_gradients[i] = [False] * len(group)
         self._overwrite(True)
@@ -117,6 +116,8 @@ def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
         link.slots.append(slot)
         link.weights.append(weight)
         link.numel += weight.numel()
+    linked = set(link.slots)
+    link.added = [g for i, group in enumerate(grads) for j, g in enumerate(group) if (i, j) not in linked]
     # The buffers start zeroed; from here on the first backward of a step writes the linked ones.
     optimizer.clear_hp_grads = link.clear_hp_grads
     link.clear_hp_grads()
