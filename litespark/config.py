@@ -122,6 +122,14 @@ class KernelConfig:
     writes q, k and v apart (Megatron's ``fused_single_qkv_rope``), instead of splitting it into
     views, copying them contiguous, rotating q and k separately and concatenating the three gradients
     in backward.  Same function.  Ignored without rope_fusion and by the torch backend."""
+    norm_kernel: Literal["te", "cudnn"] = "cudnn"
+    """TE backend: which kernels Transformer Engine runs for RMSNorm (forward, with its FP8 output, and
+    backward).  'te': TE's own, which have tuned variants only for some hidden sizes (512, 768, 1024,
+    2048, 4096, 8192 in TE 2.10) and fall back to general kernels otherwise (llama-3b's 3072,
+    llama-30b's 6656).  'cudnn': cuDNN's normalization graphs (TE's ``NVTE_NORM_FWD_USE_CUDNN`` /
+    ``NVTE_NORM_BWD_USE_CUDNN``).  Same function; cuDNN +1.9% tokens/s for llama-3b on an H200
+    (docs/performance.md).  Process-wide: :func:`litespark.model.build_model` sets TE's switches, which
+    TE reads once, at the first normalization in the process."""
     te_cross_entropy: bool = True
     """TE backend: Transformer Engine's fused cross-entropy (one kernel that writes the logits'
     gradient in place of the logits; Megatron's ``cross_entropy_fusion_impl='te'``) instead of

@@ -6,6 +6,8 @@ the engine's job.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
@@ -14,6 +16,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 import megatron_patches
 from litespark.config import LitesparkConfig
 from litespark.layer_spec import get_final_norm_spec, get_litespark_layer_spec
+from litespark.log import get_logger
 from litespark.transformer_config import to_transformer_config
 
 
@@ -32,6 +35,8 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
         raise RuntimeError("build_model needs Megatron's parallel_state: call litespark.distributed.init_distributed first")
     megatron_patches.apply_all()
     backend = cfg.kernels.backend
+    if backend == "te":
+        select_te_norm_kernels(cfg.kernels.norm_kernel)
     layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
     block = TransformerBlockSubmodules(
         layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend))
@@ -48,6 +53,28 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
         parallel_output=True,
     )
     return model
+
+
+TE_CUDNN_NORM_SWITCHES = ("NVTE_NORM_FWD_USE_CUDNN", "NVTE_NORM_BWD_USE_CUDNN")
+"""Transformer Engine's environment switches for cuDNN's RMSNorm / LayerNorm, read once per process."""
+
+
+def select_te_norm_kernels(kernel: str) -> None:
+    """Set TE's normalization switches for ``kernels.norm_kernel`` (``"te"`` or ``"cudnn"``).
+
+    TE reads them at the first normalization it runs in the process, so this must happen before any
+    forward pass; :func:`build_model` calls it.  A switch the user set to the other value is
+    overridden, with a warning: the config is the single source.
+    """
+    if kernel not in ("te", "cudnn"):
+        raise ValueError(f"kernels.norm_kernel must be 'te' or 'cudnn', got {kernel!r}")
+    value = "1" if kernel == "cudnn" else "0"
+    for name in TE_CUDNN_NORM_SWITCHES:
+        found = os.environ.get(name)
+        if found is not None and found != value:
+            get_logger(__name__).warning("%s=%s in the environment overridden by kernels.norm_kernel=%s",
+                                         name, found, kernel)
+        os.environ[name] = value
 
 
 def position_ids_for(tokens: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ def test_overrides_are_typed():
     ("model.num_layers=2.5", "model.num_layers: expected an integer"),
     ("precision.bf16=maybe", "precision.bf16: expected true or false"),
     ("precision.fp8_recipe=mxfp9", "precision.fp8_recipe: 'mxfp9' is not one of delayed, tensorwise, blockwise"),
+    ("kernels.norm_kernel=apex", "kernels.norm_kernel: 'apex' is not one of te, cudnn"),
     ("optim.lr", "not of the form section.field=value"),
 ])
 def test_bad_overrides_name_the_field(override, message):

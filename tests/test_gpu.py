@@ -340,3 +340,32 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
     for step, ((ref, ref_norm), (got, got_norm)) in enumerate(zip(uninterrupted, resumed)):
         assert abs(got - ref) <= 2e-3 * ref and abs(got_norm - ref_norm) <= 1e-2 * ref_norm, \
             f"step {step + 5}: (loss, grad norm) resumed {resumed} vs uninterrupted {uninterrupted}"
+
+
+def test_cudnn_norm_kernels_compute_what_te_kernels_do(tmp_path):
+    """``kernels.norm_kernel``: TE's RMSNorm kernels and cuDNN's, one process each (TE reads the switch
+    once per process), same weights and batch: the switch takes effect and the results agree."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, train_env
+
+    results = {}
+    for kernel in ("te", "cudnn"):
+        out = tmp_path / f"{kernel}.pt"
+        proc = subprocess.run([sys.executable, "tests/workers/norm_kernel_worker.py", "--norm-kernel", kernel, "--out", str(out)],
+                              cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results[kernel] = torch.load(out)
+    value = {"te": "0", "cudnn": "1"}
+    for kernel, result in results.items():
+        assert set(result["switches"].values()) == {value[kernel]}, result["switches"]
+    precisions = ["bf16"] + (["fp8"] if torch.cuda.get_device_capability() >= (9, 0) else [])
+    for precision in precisions:
+        te_names, cudnn_names = results["te"][precision]["norm_kernels"], results["cudnn"][precision]["norm_kernels"]
+        assert any("transformer_engine::normalization" in n for n in te_names), te_names
+        assert not any("transformer_engine::normalization" in n for n in cudnn_names), cudnn_names
+        for what in ("logits", "loss", "qkv_grad", "fc1_grad"):
+            a, b = results["cudnn"][precision][what], results["te"][precision][what]
+            rel = float((a - b).norm() / b.norm())
+            assert rel < (1e-2 if precision == "bf16" else 3e-2), f"{precision} {what}: cuDNN vs TE norm relative difference {rel:.3e}"

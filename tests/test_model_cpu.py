@@ -102,3 +102,45 @@ def test_hf_mapping_round_trip_is_exact(dist_world_1):
     for k in sd:
         ours = sd[k] if "word_embeddings" not in k and "output_layer" not in k else sd[k][:cfg.model.vocab_size]
         assert torch.equal(back[k][: ours.shape[0]], ours), k
+
+
+@pytest.fixture
+def clean_norm_switches(monkeypatch):
+    from litespark.model import TE_CUDNN_NORM_SWITCHES
+
+    for name in TE_CUDNN_NORM_SWITCHES:
+        monkeypatch.delenv(name, raising=False)
+    return TE_CUDNN_NORM_SWITCHES
+
+
+@pytest.mark.parametrize("kernel, value", [("cudnn", "1"), ("te", "0")])
+def test_norm_kernel_sets_both_te_switches(clean_norm_switches, kernel, value):
+    import os
+
+    from litespark.model import select_te_norm_kernels
+
+    select_te_norm_kernels(kernel)
+    assert {name: os.environ.get(name) for name in clean_norm_switches} == dict.fromkeys(clean_norm_switches, value)
+
+
+def test_norm_kernel_overrides_a_conflicting_switch_with_a_warning(clean_norm_switches, monkeypatch, caplog):
+    import logging
+    import os
+
+    from litespark.model import select_te_norm_kernels
+
+    monkeypatch.setenv(clean_norm_switches[0], "1")
+    with caplog.at_level(logging.WARNING):
+        select_te_norm_kernels("te")
+    assert os.environ[clean_norm_switches[0]] == "0"
+    assert f"{clean_norm_switches[0]}=1 in the environment overridden by kernels.norm_kernel=te" in caplog.text
+    with pytest.raises(ValueError, match="'te' or 'cudnn'"):
+        select_te_norm_kernels("fast")
+
+
+def test_torch_backend_leaves_the_te_switches_alone(dist_world_1, clean_norm_switches):
+    import os
+
+    cfg, _ = _build(["kernels.backend=torch", "kernels.norm_kernel=cudnn"])
+    assert cfg.kernels.backend == "torch"
+    assert not any(name in os.environ for name in clean_norm_switches)
