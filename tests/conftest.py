@@ -73,8 +73,11 @@ def train_cmd(nproc: int, *args: str) -> list[str]:
 
 
 def train_env() -> dict:
+    """This environment without the launcher variables, with the checkout first on PYTHONPATH (a
+    PYTHONPATH the host already has, e.g. where the GPU host's packages live, is kept after it)."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    return dict(env, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return dict(env, OMP_NUM_THREADS="1", PYTHONPATH=path)
 
 
 def run_training(run_dir, *sets: str, nproc: int = 1, preset: str = "tiny", timeout: int = 600,
