@@ -36,7 +36,7 @@ FAMILIES: tuple[tuple[str, str], ...] = (
     ("nccl", r"nccl"),
     ("optimizer", r"adam|multi_tensor|foreach|_amp_|clip"),
     ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|cublas|wgmma|matmul"),
-    ("norm", r"rmsnorm|layernorm|layer_norm|rms_norm"),
+    ("norm", r"rmsnorm|layernorm|layer_norm|rms_norm|^ln_(tma_)?(fwd|bwd)"),  # ln_*: cuDNN's norm graphs
     ("rope", r"rope|rotary"),
     ("swiglu/activation", r"swiglu|silu|gelu|act_|dact|glu"),
     ("cross entropy / softmax", r"cross_entropy|softmax|log_softmax|nll|vocab"),

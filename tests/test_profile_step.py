@@ -82,6 +82,8 @@ def test_families_do_not_take_norms_or_torch_elementwise_kernels_for_fp8_casts()
     assert f("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda, "
              "at::native::memory::LoadWithCast<1>, at::native::memory::StoreWithCast<1> >") == "copy/fill"
     assert f("nvjet_sm90_qrtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT") == "gemm"
+    for cudnn_norm in ("ln_tma_fwd_kernel", "ln_tma_bwd_kernel", "ln_bwd_finalize_kernel"):  # kernels.norm_kernel=cudnn
+        assert f(cudnn_norm) == "norm", cudnn_norm
 
 
 def _minimal_report() -> dict:
