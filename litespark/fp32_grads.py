@@ -23,7 +23,11 @@ DeepSpeed's end-of-step zeroing (``clear_hp_grads``) is narrowed to the gradient
 by addition: the embedding, the output layer and the norm weights, ~7% of llama-3b's buffer instead
 of all 11.7 GB.  ``mark`` switches the later micro-batches back to adding.  This relies on every
 linked weight taking part in every step's first micro-batch, which holds for the GPT models trained
-here (no pipeline stages, no frozen TE linears: frozen ones are never linked).
+here (no pipeline stages, no frozen TE linears: frozen ones are never linked).  The first step
+checks it: the link watches which linked modules run forward until the first ``mark``, which raises
+if one did not (its buffer would carry the previous step's gradient into the next).  A model whose
+participation changes from step to step (mixture of experts, layer drop) is beyond that check and
+must keep ``precision.fp32_grad_accumulation`` off.
 
 The DeepSpeed attributes used (``bf16_groups``, ``fp32_groups_gradients``,
 ``fp32_groups_has_gradients``, ``clear_hp_grads``) are checked by ``tests/test_fp32_grads.py``.
@@ -52,17 +56,43 @@ class Fp32GradLink:
     """(parameter group, index in group) of each linked weight in ``optimizer.bf16_groups``."""
     weights: list[torch.nn.Parameter] = field(default_factory=list)
     """The linked weights, in ``slots`` order."""
+    names: list[str] = field(default_factory=list)
+    """The linked weights' parameter names, in ``slots`` order."""
     added: list[torch.Tensor] = field(default_factory=list)
     """The other fp32 gradient views, which DeepSpeed adds into: what the step zeroes."""
     numel: int = 0
+    _ran: set[int] = field(default_factory=set)
+    _watch: list = field(default_factory=list)
+    """Forward pre-hooks on the linked modules until the first :meth:`mark` (see :meth:`watch`)."""
+
+    def watch(self, modules: list[torch.nn.Module]) -> None:
+        """Record which of ``modules`` (the linked weights' modules, in ``slots`` order) run forward
+        until the first :meth:`mark`, which checks that all of them did."""
+        self._ran.clear()
+        self._watch = [m.register_forward_pre_hook(lambda module, args, i=i: self._ran.add(i))
+                       for i, m in enumerate(modules)]
 
     def mark(self) -> None:
         """Record that the linked weights' gradients are in the fp32 buffers (after a backward); the
         next backward of this step adds to them."""
+        if self._watch:
+            self._check_all_ran()
         has = self.optimizer.fp32_groups_has_gradients
         for i, j in self.slots:
             has[i][j] = True
         self._overwrite(False)
+
+    def _check_all_ran(self) -> None:
+        for hook in self._watch:
+            hook.remove()
+        self._watch = []
+        idle = [name for i, name in enumerate(self.names) if i not in self._ran]
+        if idle:
+            raise RuntimeError(
+                f"precision.fp32_grad_accumulation: {len(idle)} linked TE weight(s) took no part in the first "
+                f"micro-batch ({', '.join(idle[:3])}{', ...' if len(idle) > 3 else ''}); the first backward of "
+                "each step overwrites the linked gradients, so theirs would go stale: set "
+                "precision.fp32_grad_accumulation=false for this model")
 
     def clear_hp_grads(self) -> None:
         """DeepSpeed's ``clear_hp_grads`` minus the zeroing of the linked gradients: the next
@@ -102,6 +132,7 @@ def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
         raise RuntimeError(f"precision.fp32_grad_accumulation needs DeepSpeed's BF16_Optimizer, got {type(optimizer).__name__}")
     where = {id(p): (i, j) for i, group in enumerate(groups) for j, p in enumerate(group)}
     link = Fp32GradLink(optimizer)
+    modules = []
     skipped = []
     for name, module, weight in fusable_weights(model):
         slot = where.get(id(weight))
@@ -115,12 +146,15 @@ def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
         module.fuse_wgrad_accumulation = True
         link.slots.append(slot)
         link.weights.append(weight)
+        link.names.append(name)
+        modules.append(module)
         link.numel += weight.numel()
     linked = set(link.slots)
     link.added = [g for i, group in enumerate(grads) for j, g in enumerate(group) if (i, j) not in linked]
     # The buffers start zeroed; from here on the first backward of a step writes the linked ones.
     optimizer.clear_hp_grads = link.clear_hp_grads
     link.clear_hp_grads()
+    link.watch(modules)
     if not link.slots and not skipped:
         log.info("fp32 gradient accumulation: no TE linears (torch backend); DeepSpeed adds the bf16 gradients "
                  "into its fp32 buffers")

@@ -116,7 +116,15 @@ class _ToyLM(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
 
 
-def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None):
+class _ToyLMWithIdleLinear(_ToyLM):
+    """A TE-like linear that the forward never calls: the overwrite would leave its gradient stale."""
+
+    def __init__(self):
+        super().__init__()
+        self.idle = _TELikeLinear(32, 32)
+
+
+def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None, model_class=_ToyLM):
     from litespark.distributed import init_distributed
     from litespark.engine import build_engine
     from litespark.trainer import train_step
@@ -125,7 +133,7 @@ def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=Non
                                "optim.warmup_iters=1", "optim.lr=1e-2",
                                f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}"))
     init_distributed(1, 1234)
-    model = _ToyLM().to(torch.bfloat16)
+    model = model_class().to(torch.bfloat16)
     if not link:
         for m in (model.up, model.down):
             m.weight_names = []  # not fusable (as a TE linear with split weights): plain .grad path
@@ -155,6 +163,13 @@ def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
         assert any(w.main_grad.data_ptr() == b.data_ptr() for b in buffers), "main_grad is not DeepSpeed's buffer"
         assert w.grad is None, "a fused weight still produced a .grad"
     assert not hasattr(engine.module.embed.weight, "main_grad")  # not a TE linear: DeepSpeed's own path
+    # The first step's participation check is done and its hooks are gone.
+    assert not engine.module.up._forward_pre_hooks and not engine.module.down._forward_pre_hooks
+
+
+def test_a_linked_weight_missing_from_the_first_micro_batch_is_refused(dist_world_1):
+    with pytest.raises(RuntimeError, match=r"1 linked TE weight\(s\) took no part in the first micro-batch \(idle.weight\)"):
+        _train(True, link=True, steps=1, model_class=_ToyLMWithIdleLinear)
 
 
 def test_the_optimizer_steps_on_unrounded_fp32_gradients(dist_world_1):
