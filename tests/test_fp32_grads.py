@@ -14,6 +14,8 @@ from litespark.config import ConfigError, apply_overrides, fp32_grad_accumulatio
 from litespark.deepspeed_config import to_deepspeed_config
 from litespark.presets import get_preset
 
+from .te_like import TELikeLinear, ToyLM, train_toy
+
 
 def _cfg(*sets: str):
     """The tiny preset (fp32 for CPU speed) in BF16, which fp32 gradient accumulation is about."""
@@ -63,92 +65,16 @@ def test_deepspeed_config_asks_for_fp32_gradients_only_when_on():
     assert "data_types" not in off and "communication_data_type" not in off and off["bf16"] == {"enabled": True}
 
 
-class _WgradIntoMainGrad(torch.autograd.Function):
-    """y = x W^T; with fusion, dW is accumulated in fp32 into W.main_grad (written over it where the
-    weight has ``overwrite_main_grad`` set, as TE does) and W gets no .grad."""
-
-    @staticmethod
-    def forward(ctx, x, weight, fuse):
-        ctx.save_for_backward(x, weight)
-        ctx.fuse = fuse
-        return x @ weight.t()
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        wgrad = grad_out.reshape(-1, grad_out.shape[-1]).float().t() @ x.reshape(-1, x.shape[-1]).float()
-        if ctx.fuse:
-            if getattr(weight, "overwrite_main_grad", False):
-                weight.main_grad.copy_(wgrad)
-            else:
-                weight.main_grad.add_(wgrad)
-            return grad_out @ weight, None, None
-        return grad_out @ weight, wgrad.to(weight.dtype), None
-
-
-class _TELikeLinear(torch.nn.Module):
-    """The parts of a TE linear that litespark.fp32_grads relies on."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(n_out, n_in) * 0.2)
-        self.weight_names = ["weight"]
-        self.fuse_wgrad_accumulation = False
-
-    def forward(self, x):
-        return _WgradIntoMainGrad.apply(x, self.weight, self.fuse_wgrad_accumulation)
-
-
-class _ToyLM(torch.nn.Module):
-    """Embedding, two TE-like linears and a norm weight: enough to have fused and unfused gradients."""
-
-    def __init__(self, vocab: int = 64, hidden: int = 32):
-        super().__init__()
-        torch.manual_seed(0)
-        self.embed = torch.nn.Embedding(vocab, hidden)
-        self.up = _TELikeLinear(hidden, 2 * hidden)
-        self.norm_weight = torch.nn.Parameter(torch.ones(2 * hidden))
-        self.down = _TELikeLinear(2 * hidden, vocab)
-
-    def forward(self, input_ids, position_ids, attention_mask, labels):  # noqa: ARG002 - the GPTModel call
-        h = torch.nn.functional.silu(self.up(self.embed(input_ids))) * self.norm_weight
-        logits = self.down(h).float()
-        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-
-
-class _ToyLMWithIdleLinear(_ToyLM):
+class _ToyLMWithIdleLinear(ToyLM):
     """A TE-like linear that the forward never calls: the overwrite would leave its gradient stale."""
 
     def __init__(self):
         super().__init__()
-        self.idle = _TELikeLinear(32, 32)
+        self.idle = TELikeLinear(32, 32)
 
 
-def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None, model_class=_ToyLM):
-    from litespark.distributed import init_distributed
-    from litespark.engine import build_engine
-    from litespark.trainer import train_step
-
-    cfg = resolve_backend(_cfg("data.global_batch_size=4", "data.micro_batch_size=2", "optim.clip_grad=0.05",
-                               "optim.warmup_iters=1", "optim.lr=1e-2",
-                               f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}"))
-    init_distributed(1, 1234)
-    model = model_class().to(torch.bfloat16)
-    if not link:
-        for m in (model.up, model.down):
-            m.weight_names = []  # not fusable (as a TE linear with split weights): plain .grad path
-    engine, optimizer, _ = build_engine(cfg, model, 1)
-    if before_steps is not None:
-        before_steps(engine, optimizer)
-    data = torch.randint(0, 64, (4, 17), generator=torch.Generator().manual_seed(3))
-    norms = []
-    for _ in range(steps):
-        batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                   for t in data.split(2)]
-        train_step(engine, batches)
-        norms.append(float(engine.get_global_grad_norm()))
-    weights = {k: v.detach().float().clone() for k, v in engine.module.state_dict().items()}
-    return engine, optimizer, weights, norms
+def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None, model_class=ToyLM):
+    return train_toy(fp32_accumulation, link, steps=steps, before_steps=before_steps, model_class=model_class)
 
 
 def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
@@ -224,7 +150,7 @@ def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_wo
     _, _, fused, fused_norms = _train(True, link=True)
     _, _, plain, plain_norms = _train(True, link=False)
     _, _, zero, zero_norms = _train(False, link=False)
-    start = {k: v.float() for k, v in _ToyLM().to(torch.bfloat16).state_dict().items()}
+    start = {k: v.float() for k, v in ToyLM().to(torch.bfloat16).state_dict().items()}
     assert any(not torch.equal(fused[k], start[k]) for k in fused), "the steps did not change the weights"
     for ref_norms in (plain_norms, zero_norms):
         for a, b in zip(fused_norms, ref_norms):
@@ -232,6 +158,32 @@ def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_wo
     for k in fused:
         moved = (plain[k] - start[k]).norm()
         assert (fused[k] - plain[k]).norm() <= 0.1 * moved, (k, float((fused[k] - plain[k]).norm()), float(moved))
+
+
+@pytest.mark.slow
+def test_linked_gradients_on_two_data_parallel_ranks_train_like_deepspeeds_own(tmp_path):
+    """DP=2 with the link: each rank's first backward overwrites its fp32 buffers, DeepSpeed
+    all-reduces them in fp32 and each rank steps its half.  Norms and weights match the same run
+    with DeepSpeed adding the bf16 gradients itself (a rank that kept a stale or unreduced buffer,
+    or a reduction that missed the linked gradients, would not)."""
+    from .conftest import torchrun
+
+    runs = {}
+    for link in (1, 0):
+        out = tmp_path / f"link{link}.pt"
+        torchrun("tests/workers/fp32_link_worker.py", 2, "--link", str(link), "--out", str(out))
+        runs[link] = torch.load(out)
+    assert runs[1]["linked"] == 2 and runs[0]["linked"] == 0
+    start = {k: v.float() for k, v in ToyLM().to(torch.bfloat16).state_dict().items()}
+    for a, b in zip(runs[1]["norms"], runs[0]["norms"]):
+        assert abs(a - b) <= 0.01 * b, (runs[1]["norms"], runs[0]["norms"])
+    one_rank_norms = _train(True, link=True)[3]
+    assert any(abs(a - b) > 0.01 * b for a, b in zip(runs[1]["norms"], one_rank_norms)), \
+        "two ranks saw the same gradients as one: the second rank's data did not count"
+    for k, fused in runs[1]["weights"].items():
+        plain = runs[0]["weights"][k]
+        moved = (plain - start[k]).norm()
+        assert moved > 0 and (fused - plain).norm() <= 0.1 * moved, (k, float((fused - plain).norm()), float(moved))
 
 
 @pytest.mark.slow
