@@ -1,13 +1,21 @@
-"""What a run or benchmark ran on: package versions, GPU, driver, git revision.
+"""What a run or benchmark ran on: package versions, GPU, driver, git revision, source digest.
 
-Recorded next to every result so that a number can be traced to the software that produced it.
+Recorded next to every result so that a number can be traced to the software that produced it.  The
+git revision is only as good as the checkout's git metadata (a copy shipped to a GPU host may carry
+an older ``.git``); the source digest is computed from the code files themselves, so a result can be
+matched to a commit by running ``python -m litespark.environment`` on a checkout of it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import subprocess
 from pathlib import Path
+
+SOURCE_DIRS = ("litespark", "megatron_patches", "benchmarks")
+"""The directories whose Python files make up the code a result depends on."""
 
 
 def _version(module: str) -> str | None:
@@ -34,6 +42,20 @@ def git_revision() -> str | None:
     return f"{rev}-dirty" if status.returncode == 0 and status.stdout.strip() else rev
 
 
+def source_digest(root: Path | None = None) -> str | None:
+    """sha256 over the path and content of every ``*.py`` file under :data:`SOURCE_DIRS` of ``root``
+    (default: the checkout this package was imported from), in sorted order; None if none is found."""
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
+    files = sorted(p for d in SOURCE_DIRS for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def collect_versions() -> dict:
     """Python, torch, Megatron-Core, DeepSpeed, TE and transformers versions, host, GPU, driver, git."""
     import torch
@@ -55,4 +77,9 @@ def collect_versions() -> dict:
         except Exception:  # noqa: BLE001 - NVML is optional
             pass
     out["git_revision"] = git_revision()
+    out["source_digest"] = source_digest()
     return out
+
+
+if __name__ == "__main__":
+    print(json.dumps({"git_revision": git_revision(), "source_digest": source_digest()}, indent=1))
