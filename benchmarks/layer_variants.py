@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from litespark.config import resolve_backend
     from litespark.distributed import init_distributed
     from litespark.environment import collect_versions
+    from litespark.model import select_te_norm_kernels
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(p)
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.kernels.backend!r})", file=sys.stderr)
         return 2
     init_distributed(1, cfg.run.seed)
+    select_te_norm_kernels(cfg.kernels.norm_kernel)  # as build_model does: the shipped norm kernels
     rows = measure_mlps(cfg, args.micro_batch, args.warmup, args.iters)
     torch.cuda.empty_cache()
     rows += measure_attention(cfg, args.micro_batch, args.warmup, max(args.iters // 3, 3))
