@@ -34,6 +34,23 @@ def pytest_collection_modifyitems(config, items):
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+@pytest.fixture(autouse=True)
+def no_leaked_process_group():
+    """A test that initialises torch.distributed in this process must tear it down (``dist_world_1``):
+    a leaked group and its launcher variables break later tests in confusing ways (a missing
+    LOCAL_RANK in DeepSpeed, a port in use in a Slurm job that inherited MASTER_PORT)."""
+    yield
+    import torch.distributed
+
+    if torch.distributed.is_initialized():
+        from litespark.distributed import destroy_distributed
+
+        destroy_distributed()
+        for k in LAUNCH_VARS:
+            os.environ.pop(k, None)
+        pytest.fail("the test left torch.distributed initialised: give it the dist_world_1 fixture")
+
+
 @pytest.fixture
 def dist_world_1():
     """torch.distributed (gloo) + Megatron parallel_state for one process, torn down afterwards.

@@ -161,7 +161,7 @@ def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_wo
 
 
 @pytest.mark.slow
-def test_linked_gradients_on_two_data_parallel_ranks_train_like_deepspeeds_own(tmp_path):
+def test_linked_gradients_on_two_data_parallel_ranks_train_like_deepspeeds_own(dist_world_1, tmp_path):
     """DP=2 with the link: each rank's first backward overwrites its fp32 buffers, DeepSpeed
     all-reduces them in fp32 and each rank steps its half.  Norms and weights match the same run
     with DeepSpeed adding the bf16 gradients itself (a rank that kept a stale or unreduced buffer,
