@@ -34,6 +34,16 @@ def pytest_collection_modifyitems(config, items):
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def _tear_down_process_group() -> None:
+    """Destroy torch.distributed and Megatron's groups and drop the launcher variables
+    init_distributed wrote into os.environ."""
+    from litespark.distributed import destroy_distributed
+
+    destroy_distributed()
+    for k in LAUNCH_VARS:
+        os.environ.pop(k, None)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_process_group():
     """A test that initialises torch.distributed in this process must tear it down (``dist_world_1``):
@@ -43,11 +53,7 @@ def no_leaked_process_group():
     import torch.distributed
 
     if torch.distributed.is_initialized():
-        from litespark.distributed import destroy_distributed
-
-        destroy_distributed()
-        for k in LAUNCH_VARS:
-            os.environ.pop(k, None)
+        _tear_down_process_group()
         pytest.fail("the test left torch.distributed initialised: give it the dist_world_1 fixture")
 
 
@@ -58,15 +64,11 @@ def dist_world_1():
     init_distributed writes the launcher variables into os.environ; they are removed again so that
     later tests (and the training subprocesses they start) see a clean environment.
     """
-    from litespark.distributed import destroy_distributed
-
     saved = {k: os.environ.pop(k) for k in LAUNCH_VARS if k in os.environ}
     try:
         yield
     finally:
-        destroy_distributed()
-        for k in LAUNCH_VARS:
-            os.environ.pop(k, None)
+        _tear_down_process_group()
         os.environ.update(saved)
 
 

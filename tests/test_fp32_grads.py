@@ -73,12 +73,8 @@ class _ToyLMWithIdleLinear(ToyLM):
         self.idle = TELikeLinear(32, 32)
 
 
-def _train(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None, model_class=ToyLM):
-    return train_toy(fp32_accumulation, link, steps=steps, before_steps=before_steps, model_class=model_class)
-
-
 def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
-    engine, optimizer, _, _ = _train(True, link=True)
+    engine, optimizer, _, _ = train_toy(True, link=True)
     link = engine.litespark_fp32_grads
     assert type(optimizer).__name__ == "BF16_Optimizer"
     assert len(link.slots) == 2 and link.numel == 32 * 64 + 64 * 64
@@ -95,7 +91,7 @@ def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
 
 def test_a_linked_weight_missing_from_the_first_micro_batch_is_refused(dist_world_1):
     with pytest.raises(RuntimeError, match=r"1 linked TE weight\(s\) took no part in the first micro-batch \(idle.weight\)"):
-        _train(True, link=True, steps=1, model_class=_ToyLMWithIdleLinear)
+        train_toy(True, link=True, steps=1, model_class=_ToyLMWithIdleLinear)
 
 
 def test_the_optimizer_steps_on_unrounded_fp32_gradients(dist_world_1):
@@ -112,7 +108,7 @@ def test_the_optimizer_steps_on_unrounded_fp32_gradients(dist_world_1):
 
         optimizer.step = spied
 
-    _train(True, link=True, steps=1, before_steps=spy_on_step)
+    train_toy(True, link=True, steps=1, before_steps=spy_on_step)
     (grads,) = seen
     assert grads.dtype == torch.float32 and torch.count_nonzero(grads) > 0
     assert (grads != grads.to(torch.bfloat16).float()).any(), "the fp32 gradients were rounded to bf16"
@@ -126,7 +122,7 @@ def test_the_step_zeroes_only_gradients_that_arrive_by_addition(dist_world_1):
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
 
     assert callable(BF16_Optimizer.clear_hp_grads)  # the method the link narrows
-    engine, optimizer, _, _ = _train(True, link=True, steps=2)
+    engine, optimizer, _, _ = train_toy(True, link=True, steps=2)
     link = engine.litespark_fp32_grads
     assert optimizer.clear_hp_grads == link.clear_hp_grads
     for module in (engine.module.up, engine.module.down):
@@ -147,9 +143,9 @@ def test_fused_accumulation_trains_like_deepspeeds_own_fp32_accumulation(dist_wo
     into main_grad and with DeepSpeed adding their bf16 .grad into the same fp32 buffers: the grad
     norms agree (they would not if the fused gradients were missed by the norm or counted twice) and
     so do the weights, up to the bf16 rounding of the unfused gradients."""
-    _, _, fused, fused_norms = _train(True, link=True)
-    _, _, plain, plain_norms = _train(True, link=False)
-    _, _, zero, zero_norms = _train(False, link=False)
+    _, _, fused, fused_norms = train_toy(True, link=True)
+    _, _, plain, plain_norms = train_toy(True, link=False)
+    _, _, zero, zero_norms = train_toy(False, link=False)
     start = {k: v.float() for k, v in ToyLM().to(torch.bfloat16).state_dict().items()}
     assert any(not torch.equal(fused[k], start[k]) for k in fused), "the steps did not change the weights"
     for ref_norms in (plain_norms, zero_norms):
@@ -177,7 +173,7 @@ def test_linked_gradients_on_two_data_parallel_ranks_train_like_deepspeeds_own(d
     start = {k: v.float() for k, v in ToyLM().to(torch.bfloat16).state_dict().items()}
     for a, b in zip(runs[1]["norms"], runs[0]["norms"]):
         assert abs(a - b) <= 0.01 * b, (runs[1]["norms"], runs[0]["norms"])
-    one_rank_norms = _train(True, link=True)[3]
+    one_rank_norms = train_toy(True, link=True)[3]
     assert any(abs(a - b) > 0.01 * b for a, b in zip(runs[1]["norms"], one_rank_norms)), \
         "two ranks saw the same gradients as one: the second rank's data did not count"
     for k, fused in runs[1]["weights"].items():

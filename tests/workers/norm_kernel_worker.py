@@ -20,10 +20,9 @@ from litespark.config import apply_overrides, resolve_backend
 from litespark.distributed import destroy_distributed, init_distributed
 from litespark.model import TE_CUDNN_NORM_SWITCHES, build_model, position_ids_for
 from litespark.presets import get_preset
+from tests.test_gpu import SHAPE as GPU_TEST_SHAPE
 
-SHAPE = ["model.num_layers=2", "model.hidden_size=256", "model.num_attention_heads=4", "model.num_query_groups=2",
-         "model.ffn_hidden_size=512", "model.vocab_size=1024", "model.seq_length=128", "data.micro_batch_size=2",
-         "precision.bf16=true", "kernels.cuda_graphs=false", "kernels.backend=te"]
+SHAPE = [*GPU_TEST_SHAPE, "kernels.backend=te"]
 
 
 def _forward_backward(model, cfg):
