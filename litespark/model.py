@@ -14,6 +14,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 import megatron_patches
+from megatron_patches import qkv_rope as qkv_rope_patch
 from litespark.config import LitesparkConfig
 from litespark.layer_spec import get_final_norm_spec, get_litespark_layer_spec
 from litespark.log import get_logger
@@ -37,6 +38,7 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
     backend = cfg.kernels.backend
     if backend == "te":
         select_te_norm_kernels(cfg.kernels.norm_kernel)
+    _select_qkv_rope_kernel(cfg)
     layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
     block = TransformerBlockSubmodules(
         layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend))
@@ -75,6 +77,15 @@ def select_te_norm_kernels(kernel: str) -> None:
             get_logger(__name__).warning("%s=%s in the environment overridden by kernels.norm_kernel=%s",
                                          name, found, kernel)
         os.environ[name] = value
+
+
+def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
+    """Bind Megatron's single-QKV RoPE to the kernels ``kernels.qkv_rope_kernel`` names (process-wide)."""
+    k = cfg.kernels
+    if k.backend == "te" and k.rope_fusion and k.fused_qkv_rope and k.qkv_rope_kernel == "triton":
+        qkv_rope_patch.apply()
+    else:
+        qkv_rope_patch.remove()
 
 
 def position_ids_for(tokens: torch.Tensor) -> torch.Tensor:

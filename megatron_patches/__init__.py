@@ -1,7 +1,9 @@
 """Version-guarded patches that Megatron-Core needs to run the Litespark stack.
 
 One patch per module, each with ``apply()``, a ``TARGET`` naming what it replaces and the
-megatron-core versions it was checked against.  ``apply_all()`` is idempotent.  A patch refuses to
+megatron-core versions it was checked against.  ``apply_all()`` applies the host patches (each decides
+whether this host needs it) and is idempotent; the others are choices a config makes and are applied
+by whoever builds the model (``qkv_rope``: ``kernels.qkv_rope_kernel``, in ``litespark.model``).  A patch refuses to
 touch an untested megatron-core release: its target may have moved or been fixed, so a silent
 patch would be wrong either way.
 """
@@ -12,15 +14,16 @@ import importlib
 
 from megatron_patches._guard import PatchError, require_tested_version
 
-PATCHES = ("rope_cpu",)
+HOST_PATCHES = ("rope_cpu",)
+PATCHES = HOST_PATCHES + ("qkv_rope",)
 
-__all__ = ["PATCHES", "PatchError", "apply_all", "require_tested_version"]
+__all__ = ["HOST_PATCHES", "PATCHES", "PatchError", "apply_all", "require_tested_version"]
 
 
 def apply_all() -> list[str]:
-    """Apply every patch (each decides whether this host needs it); returns the names applied."""
+    """Apply every host patch (each decides whether this host needs it); returns the names applied."""
     applied = []
-    for name in PATCHES:
+    for name in HOST_PATCHES:
         module = importlib.import_module(f"megatron_patches.{name}")
         if module.apply():
             applied.append(name)

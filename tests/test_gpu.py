@@ -75,7 +75,8 @@ def test_te_and_torch_backends_share_parameter_names(dist_world_1):
 # Kernel choices that must not change the function: each is compared with the torch backend.
 KERNEL_KINDS = {"megatron-swiglu": ["kernels.te_swiglu=false"], "fused-mlp": ["kernels.fused_mlp=true"],
                 "te-swiglu": ["kernels.te_swiglu=true"], "split-qkv-rope": ["kernels.fused_qkv_rope=false"],
-                "native-cross-entropy": ["kernels.te_cross_entropy=false"]}
+                "native-cross-entropy": ["kernels.te_cross_entropy=false"],
+                "triton-qkv-rope": ["kernels.qkv_rope_kernel=triton"]}
 
 
 @pytest.mark.parametrize("kind", sorted(KERNEL_KINDS))
@@ -108,6 +109,9 @@ def test_te_bf16_matches_torch_backend(dist_world_1, kind):
     attention = te_model.decoder.layers[0].self_attention
     assert attention.config.fused_single_qkv_rope is (kind != "split-qkv-rope")
     assert attention.config.cross_entropy_fusion_impl == ("native" if kind == "native-cross-entropy" else "te")
+    from megatron_patches import qkv_rope as qkv_rope_patch
+
+    assert qkv_rope_patch.is_applied() is (kind == "triton-qkv-rope")
     if kind == "te-swiglu":
         from transformer_engine.pytorch.ops import SwiGLU
 
@@ -369,3 +373,26 @@ def test_cudnn_norm_kernels_compute_what_te_kernels_do(tmp_path):
             a, b = results["cudnn"][precision][what], results["te"][precision][what]
             rel = float((a - b).norm() / b.norm())
             assert rel < (1e-2 if precision == "bf16" else 3e-2), f"{precision} {what}: cuDNN vs TE norm relative difference {rel:.3e}"
+
+
+def test_triton_qkv_rope_matches_tes_kernel():
+    """kernels.qkv_rope_kernel=triton computes what TE's fused QKV RoPE does: same q, k, v and the
+    same gradient of the unsplit QKV tensor, up to one bf16 rounding."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+    from transformer_engine.pytorch.attention.rope import apply_fused_qkv_rotary_pos_emb
+
+    from litespark.modules.qkv_rope import apply_qkv_rope
+
+    s, b, groups, heads, dim = 256, 2, 4, 3, 128
+    freqs = RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, rotary_base=500000)(s)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(s, b, groups, (heads + 2) * dim, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+    split = [heads * dim, dim, dim]
+    ours = apply_qkv_rope(qkv, freqs, freqs, split)
+    te = apply_fused_qkv_rotary_pos_emb(qkv, freqs, freqs, split)
+    grads = [torch.randn_like(t) for t in te]
+    (ours_grad,) = torch.autograd.grad(ours, qkv, grads)
+    (te_grad,) = torch.autograd.grad(te, qkv, grads)
+    for what, a, t in zip(("q", "k", "v", "qkv gradient"), (*ours, ours_grad), (*te, te_grad)):
+        assert a.shape == t.shape, what
+        torch.testing.assert_close(a, t, rtol=8e-3, atol=1e-5, msg=lambda m: f"{what}: {m}")

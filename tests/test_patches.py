@@ -12,11 +12,17 @@ from megatron_patches import PatchError, require_tested_version
 
 
 def _resolve(dotted: str):
-    module_name, _, rest = dotted.partition(".models")
-    obj = importlib.import_module(module_name + ".models" + rest.rsplit(".", 2)[0]) if rest else importlib.import_module(module_name)
-    for attr in dotted.split(".")[len(obj.__name__.split(".")):]:
-        obj = getattr(obj, attr)
-    return obj
+    """The object a dotted path names: the longest importable module prefix, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
 
 
 @pytest.mark.parametrize("name", megatron_patches.PATCHES)
