@@ -11,67 +11,55 @@ import triton.language as tl
 
 
 @triton.jit
-def _load_cos_sin(cos_ptr, sin_ptr, s_idx, half, HALF: tl.constexpr, mask):
-    base = s_idx[:, None] * (2 * HALF) + half[None, :]
-    c1 = tl.load(cos_ptr + base, mask=mask, other=0.0)
-    c2 = tl.load(cos_ptr + base + HALF, mask=mask, other=0.0)
-    s1 = tl.load(sin_ptr + base, mask=mask, other=0.0)
-    s2 = tl.load(sin_ptr + base + HALF, mask=mask, other=0.0)
+def _rows(rows, rows_per_s, BLOCK_ROWS: tl.constexpr):
+    """This program's row indices (int64), their sequence positions and the in-bounds mask."""
+    row = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    return row, row // rows_per_s, (row < rows)[:, None]
+
+
+@triton.jit
+def _head(base, row, row_width, h, HALF: tl.constexpr):
+    """Pointers to the first half of head ``h`` in each row of a ``[rows, row_width]`` tensor."""
+    return base + row[:, None] * row_width + h * 2 * HALF + tl.arange(0, HALF)[None, :]
+
+
+@triton.jit
+def _load_cos_sin(cos_ptr, sin_ptr, s_idx, mask, HALF: tl.constexpr):
+    """cos and sin ``[s, 2 * HALF]`` of each row's position, as first and second halves."""
+    c = _head(cos_ptr, s_idx, 2 * HALF, 0, HALF)
+    s = _head(sin_ptr, s_idx, 2 * HALF, 0, HALF)
+    c1 = tl.load(c, mask=mask, other=0.0)
+    c2 = tl.load(c + HALF, mask=mask, other=0.0)
+    s1 = tl.load(s, mask=mask, other=0.0)
+    s2 = tl.load(s + HALF, mask=mask, other=0.0)
     return c1, c2, s1, s2
 
 
 @triton.jit
-def qkv_rope_forward(qkv_ptr, q_ptr, k_ptr, v_ptr, cos_q_ptr, sin_q_ptr, cos_k_ptr, sin_k_ptr, rows, rows_per_s,
-                     HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    half = tl.arange(0, HALF)
-    mask = (row < rows)[:, None]
-    s_idx = row // rows_per_s
+def _qkv_rope(packed_ptr, q_ptr, k_ptr, v_ptr, cos_q_ptr, sin_q_ptr, cos_k_ptr, sin_k_ptr, rows, rows_per_s,
+              HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr, BACKWARD: tl.constexpr):
+    """Forward: rotate the packed rows' q and k heads into q and k, copy v.  Backward: the transposed
+    rotation of the q and k gradients (and the v gradient) into the packed gradient rows."""
+    row, s_idx, mask = _rows(rows, rows_per_s, BLOCK_ROWS)
     width = (HEADS + 2) * 2 * HALF
-    src = qkv_ptr + row[:, None].to(tl.int64) * width + half[None, :]
-    c1, c2, s1, s2 = _load_cos_sin(cos_q_ptr, sin_q_ptr, s_idx, half, HALF, mask)
+    c1, c2, s1, s2 = _load_cos_sin(cos_q_ptr, sin_q_ptr, s_idx, mask, HALF)
     for h in tl.static_range(HEADS + 1):
         if h == HEADS:
-            c1, c2, s1, s2 = _load_cos_sin(cos_k_ptr, sin_k_ptr, s_idx, half, HALF, mask)
-        x1 = tl.load(src + h * 2 * HALF, mask=mask, other=0.0).to(tl.float32)
-        x2 = tl.load(src + h * 2 * HALF + HALF, mask=mask, other=0.0).to(tl.float32)
-        y1 = x1 * c1 - x2 * s1
-        y2 = x2 * c2 + x1 * s2
-        if h < HEADS:
-            dst = q_ptr + row[:, None].to(tl.int64) * (HEADS * 2 * HALF) + h * 2 * HALF + half[None, :]
+            c1, c2, s1, s2 = _load_cos_sin(cos_k_ptr, sin_k_ptr, s_idx, mask, HALF)
+            split = _head(k_ptr, row, 2 * HALF, 0, HALF)
         else:
-            dst = k_ptr + row[:, None].to(tl.int64) * (2 * HALF) + half[None, :]
-        tl.store(dst, y1.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(dst + HALF, y2.to(q_ptr.dtype.element_ty), mask=mask)
-    v_src = src + (HEADS + 1) * 2 * HALF
-    v_dst = v_ptr + row[:, None].to(tl.int64) * (2 * HALF) + half[None, :]
-    tl.store(v_dst, tl.load(v_src, mask=mask, other=0.0), mask=mask)
-    tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask, other=0.0), mask=mask)
-
-@triton.jit
-def qkv_rope_backward(dqkv_ptr, dq_ptr, dk_ptr, dv_ptr, cos_q_ptr, sin_q_ptr, cos_k_ptr, sin_k_ptr, rows,
-                      rows_per_s, HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    half = tl.arange(0, HALF)
-    mask = (row < rows)[:, None]
-    s_idx = row // rows_per_s
-    width = (HEADS + 2) * 2 * HALF
-    dst = dqkv_ptr + row[:, None].to(tl.int64) * width + half[None, :]
-    c1, c2, s1, s2 = _load_cos_sin(cos_q_ptr, sin_q_ptr, s_idx, half, HALF, mask)
-    for h in tl.static_range(HEADS + 1):
-        if h == HEADS:
-            c1, c2, s1, s2 = _load_cos_sin(cos_k_ptr, sin_k_ptr, s_idx, half, HALF, mask)
-            src = dk_ptr + row[:, None].to(tl.int64) * (2 * HALF) + half[None, :]
+            split = _head(q_ptr, row, HEADS * 2 * HALF, h, HALF)
+        packed = _head(packed_ptr, row, width, h, HALF)
+        # y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2; its transpose swaps the sines' roles and signs.
+        if BACKWARD:
+            src, dst, a, b = split, packed, s2, -s1
         else:
-            src = dq_ptr + row[:, None].to(tl.int64) * (HEADS * 2 * HALF) + h * 2 * HALF + half[None, :]
-        g1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-        g2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
-        # The transpose of y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2.
-        d1 = g1 * c1 + g2 * s2
-        d2 = g2 * c2 - g1 * s1
-        tl.store(dst + h * 2 * HALF, d1.to(dqkv_ptr.dtype.element_ty), mask=mask)
-        tl.store(dst + h * 2 * HALF + HALF, d2.to(dqkv_ptr.dtype.element_ty), mask=mask)
-    v_src = dv_ptr + row[:, None].to(tl.int64) * (2 * HALF) + half[None, :]
-    v_dst = dst + (HEADS + 1) * 2 * HALF
-    tl.store(v_dst, tl.load(v_src, mask=mask, other=0.0), mask=mask)
-    tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask, other=0.0), mask=mask)
+            src, dst, a, b = packed, split, -s1, s2
+        x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dst, (x1 * c1 + x2 * a).to(dst.dtype.element_ty), mask=mask)
+        tl.store(dst + HALF, (x2 * c2 + x1 * b).to(dst.dtype.element_ty), mask=mask)
+    packed_v, split_v = _head(packed_ptr, row, width, HEADS + 1, HALF), _head(v_ptr, row, 2 * HALF, 0, HALF)
+    src, dst = (split_v, packed_v) if BACKWARD else (packed_v, split_v)
+    tl.store(dst, tl.load(src, mask=mask, other=0.0), mask=mask)
+    tl.store(dst + HALF, tl.load(src + HALF, mask=mask, other=0.0), mask=mask)

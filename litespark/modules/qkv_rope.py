@@ -69,10 +69,10 @@ def qkv_rope_reference(qkv: torch.Tensor, q_freqs: torch.Tensor, k_freqs: torch.
 
 @functools.cache
 def _kernels():
-    """The Triton kernels, imported (and compiled by Triton on first launch) only when first needed."""
-    from litespark.modules._qkv_rope_triton import qkv_rope_backward, qkv_rope_forward
+    """The Triton kernel, imported (and compiled by Triton on first launch) only when first needed."""
+    from litespark.modules._qkv_rope_triton import _qkv_rope
 
-    return qkv_rope_forward, qkv_rope_backward
+    return _qkv_rope
 
 
 BLOCK_ROWS = 8
@@ -91,9 +91,8 @@ class _QKVRoPE(torch.autograd.Function):
         q = qkv.new_empty(s, b, groups * heads, dim)
         k = qkv.new_empty(s, b, groups, dim)
         v = qkv.new_empty(s, b, groups, dim)
-        forward_kernel, _ = _kernels()
-        forward_kernel[_grid(rows)](qkv, q, k, v, cos_q, sin_q, cos_k, sin_k, rows, b * groups,
-                                    HEADS=heads, HALF=dim // 2, BLOCK_ROWS=BLOCK_ROWS)
+        _kernels()[_grid(rows)](qkv, q, k, v, cos_q, sin_q, cos_k, sin_k, rows, b * groups,
+                                HEADS=heads, HALF=dim // 2, BLOCK_ROWS=BLOCK_ROWS, BACKWARD=False)
         ctx.save_for_backward(cos_q, sin_q, cos_k, sin_k)
         ctx.shape, ctx.heads = qkv.shape, heads
         return q, k, v
@@ -104,10 +103,9 @@ class _QKVRoPE(torch.autograd.Function):
         s, b, groups, width = ctx.shape
         rows = s * b * groups
         dqkv = dq.new_empty(s, b, groups, width)
-        _, backward_kernel = _kernels()
-        backward_kernel[_grid(rows)](dqkv, dq.contiguous(), dk.contiguous(), dv.contiguous(), cos_q, sin_q, cos_k, sin_k,
-                                     rows, b * groups, HEADS=ctx.heads, HALF=width // (ctx.heads + 2) // 2,
-                                     BLOCK_ROWS=BLOCK_ROWS)
+        _kernels()[_grid(rows)](dqkv, dq.contiguous(), dk.contiguous(), dv.contiguous(), cos_q, sin_q, cos_k, sin_k,
+                                rows, b * groups, HEADS=ctx.heads, HALF=width // (ctx.heads + 2) // 2,
+                                BLOCK_ROWS=BLOCK_ROWS, BACKWARD=True)
         return dqkv, None, None, None, None, None, None
 
 
