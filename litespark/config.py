@@ -179,6 +179,10 @@ class OptimConfig:
     """Decoupled weight decay (not applied to norms)."""
     clip_grad: float = 1.0
     """Global gradient-norm clip; 0 disables."""
+    deepspeed_step_patches: bool = True
+    """Replace two helpers of DeepSpeed's optimizer step with ones that compute the same values faster
+    (:mod:`litespark.deepspeed_patches`): the NaN/inf mask of the gradient norm without its two host
+    syncs, and the clip as one foreach multiply.  Process-wide; refuses untested DeepSpeed releases."""
 
 
 @dataclass

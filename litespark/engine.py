@@ -17,6 +17,7 @@ import io
 
 import torch
 
+from litespark import deepspeed_patches
 from litespark.config import LitesparkConfig, fp32_grad_accumulation, zero_sub_group_size
 from litespark.deepspeed_config import to_deepspeed_config
 from litespark.log import get_logger
@@ -73,6 +74,7 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
     import deepspeed
 
     init_deepspeed_comm()
+    deepspeed_patches.select(cfg.optim.deepspeed_step_patches)
     if torch.cuda.is_available():
         model = model.cuda()
     # DeepSpeed's BF16_Optimizer prints a memory report to stdout for every parameter group.

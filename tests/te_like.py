@@ -64,7 +64,7 @@ class ToyLM(torch.nn.Module):
 
 
 def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None, model_class=ToyLM,
-              world_size: int = 1):
+              world_size: int = 1, deepspeed_step_patches: bool = True):
     """``steps`` optimizer steps of ``model_class`` through ``build_engine`` and the trainer's
     ``train_step`` (bf16, clipping active, two micro-batches of 2 per rank), this rank's share of one
     fixed global batch.  ``link=False`` hides the TE-like linears from the fp32-gradient link, so
@@ -78,7 +78,8 @@ def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=
     cfg = resolve_backend(apply_overrides(get_preset("tiny"), [
         "precision.bf16=true", f"data.global_batch_size={4 * world_size}", "data.micro_batch_size=2",
         "optim.clip_grad=0.05", "optim.warmup_iters=1", "optim.lr=1e-2",
-        f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}"]))
+        f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}",
+        f"optim.deepspeed_step_patches={str(deepspeed_step_patches).lower()}"]))
     init_distributed(1, 1234)
     rank = torch.distributed.get_rank()
     model = model_class().to(torch.bfloat16)
