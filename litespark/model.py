@@ -79,13 +79,30 @@ def select_te_norm_kernels(kernel: str) -> None:
         os.environ[name] = value
 
 
+_qkv_rope_choice: str | None = None
+"""The ``kernels.qkv_rope_kernel`` that the last model calling Megatron's single-QKV RoPE chose."""
+
+
 def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
-    """Bind Megatron's single-QKV RoPE to the kernels ``kernels.qkv_rope_kernel`` names (process-wide)."""
+    """Bind Megatron's single-QKV RoPE to the kernels ``kernels.qkv_rope_kernel`` names (process-wide).
+
+    Only a model that calls that name (TE backend, rope_fusion, fused_qkv_rope) moves the binding; a
+    torch-backend or split-RoPE model leaves it to the models already built.  A second model choosing
+    the other kernel switches the first one too, so that is logged.
+    """
+    global _qkv_rope_choice
     k = cfg.kernels
-    if k.backend == "te" and k.rope_fusion and k.fused_qkv_rope and k.qkv_rope_kernel == "triton":
+    if not (k.backend == "te" and k.rope_fusion and k.fused_qkv_rope):
+        return
+    if _qkv_rope_choice not in (None, k.qkv_rope_kernel):
+        get_logger(__name__).warning(
+            "kernels.qkv_rope_kernel=%s replaces %s for every model in this process (it is one binding "
+            "in megatron.core.transformer.attention)", k.qkv_rope_kernel, _qkv_rope_choice)
+    if k.qkv_rope_kernel == "triton":
         qkv_rope_patch.apply()
     else:
         qkv_rope_patch.remove()
+    _qkv_rope_choice = k.qkv_rope_kernel
 
 
 def position_ids_for(tokens: torch.Tensor) -> torch.Tensor:

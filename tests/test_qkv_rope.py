@@ -120,3 +120,35 @@ def test_patch_target_still_calls_the_name_with_four_arguments():
 
     source = inspect.getsource(Attention.forward)
     assert f"{patch.NAME}(\n                    mixed_qkv, q_pos_emb, k_pos_emb, qkv_split_arg_list\n                )" in source
+
+
+def test_only_models_that_call_the_rope_move_its_binding(monkeypatch, caplog):
+    # The GPU test builds a Triton-RoPE TE model, then a torch-backend reference: the reference must
+    # not take the Triton kernels away from the TE model (it did before, and the test then compared
+    # TE's kernel).  A second TE model choosing the other kernel does switch, and says so.
+    import logging
+
+    from litespark import model as model_module
+    from litespark.config import apply_overrides
+    from litespark.presets import get_preset
+    from megatron_patches import qkv_rope as patch
+
+    def cfg(*overrides):
+        return apply_overrides(get_preset("tiny"), list(overrides))
+
+    monkeypatch.setattr(model_module, "_qkv_rope_choice", None)
+    try:
+        model_module._select_qkv_rope_kernel(cfg("kernels.backend=te", "kernels.qkv_rope_kernel=triton"))
+        assert patch.is_applied()
+        for other in (("kernels.backend=torch", "kernels.qkv_rope_kernel=te"),
+                      ("kernels.backend=te", "kernels.fused_qkv_rope=false", "kernels.qkv_rope_kernel=te"),
+                      ("kernels.backend=te", "kernels.rope_fusion=false", "kernels.qkv_rope_kernel=te")):
+            model_module._select_qkv_rope_kernel(cfg(*other))
+            assert patch.is_applied(), other
+        assert not caplog.records
+        with caplog.at_level(logging.WARNING):
+            model_module._select_qkv_rope_kernel(cfg("kernels.backend=te", "kernels.qkv_rope_kernel=te"))
+        assert not patch.is_applied()
+        assert "kernels.qkv_rope_kernel=te replaces triton for every model in this process" in caplog.text
+    finally:
+        patch.remove()

@@ -226,13 +226,17 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     groups = f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
     # What the built model's Megatron config switched on (to_transformer_config decides it).
     tc = engine.module.config
+    from megatron_patches import qkv_rope as qkv_rope_patch
+
+    rope = "fused QKV RoPE" + (" (Triton)" if qkv_rope_patch.is_applied() else " (TE)")
     fused = [name for name, on in (("TE SwiGLU", tc.use_te_activation_func),
-                                   ("fused QKV RoPE", tc.fused_single_qkv_rope),
+                                   (rope, tc.fused_single_qkv_rope),
                                    ("TE cross-entropy", tc.cross_entropy_loss_fusion and tc.cross_entropy_fusion_impl == "te"))
              if on]
     kernels = f" ({', '.join(fused)})" if fused else ""
     what = (f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
-            f"fp32 master, torch AdamW fused{graphs}{grads}{groups}")
+            f"fp32 master, torch AdamW fused{graphs}{grads}{groups}"
+            f"{', DeepSpeed step patches' if cfg.optim.deepspeed_step_patches else ''}")
     return BuiltStack(step, what, engine)
 
 
