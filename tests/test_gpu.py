@@ -397,3 +397,23 @@ def test_triton_qkv_rope_matches_tes_kernel():
     for what, a, t in zip(("q", "k", "v", "qkv gradient"), (*ours, ours_grad), (*te, te_grad)):
         assert a.shape == t.shape, what
         torch.testing.assert_close(a, t, rtol=8e-3, atol=1e-5, msg=lambda m: f"{what}: {m}")
+
+
+def test_qkv_rope_microbench_times_the_same_rotation_in_both_implementations(tmp_path):
+    """benchmarks/qkv_rope_microbench.py at a small shape: both kernels timed, same results."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    out = tmp_path / "rope.json"
+    proc = subprocess.run([sys.executable, "benchmarks/qkv_rope_microbench.py", "--seq", "512", "--micro-batch", "2",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    for name in ("te", "triton"):
+        assert result[name]["fwd_ms"] > 0 and result[name]["fwd_bwd_ms"] > result[name]["fwd_ms"], result[name]
+    assert set(result["triton_vs_te_max_abs"]) == {"q", "k", "v", "qkv_grad"}
+    assert max(result["triton_vs_te_max_abs"].values()) < 0.1, result["triton_vs_te_max_abs"]
+    assert result["triton_vs_te_max_abs"]["v"] == 0.0  # v is copied, not rotated

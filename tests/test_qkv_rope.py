@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from litespark.modules import qkv_rope
+
+from .conftest import ROOT
 
 
 def _freqs(s: int, dim: int, extra: int = 3) -> torch.Tensor:
@@ -152,3 +156,13 @@ def test_only_models_that_call_the_rope_move_its_binding(monkeypatch, caplog):
         assert "kernels.qkv_rope_kernel=te replaces triton for every model in this process" in caplog.text
     finally:
         patch.remove()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a host without CUDA")
+def test_microbench_refuses_without_a_gpu_with_exit_2(tmp_path):
+    out = tmp_path / "rope.json"
+    proc = subprocess.run([sys.executable, "benchmarks/qkv_rope_microbench.py", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "needs a CUDA GPU" in proc.stderr
+    assert not out.exists()
