@@ -30,23 +30,9 @@ import math
 import sys
 from pathlib import Path
 
+from cuda_timing import time_cuda_ms
+
 RECIPES = ("bf16", "delayed", "tensorwise")
-
-
-def _timed(fn, warmup: int, iters: int) -> float:
-    """Mean milliseconds of ``fn()`` over ``iters`` calls after ``warmup`` calls (CUDA events)."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def _rel(a, b) -> float:
@@ -152,7 +138,7 @@ def measure_mlps(cfg, micro_batch: int, warmup: int, iters: int) -> list[dict]:
 
             row = {"slot": "mlp", "variant": name, "recipe": recipe_name}
             try:
-                ms = _timed(step, warmup, iters)
+                ms = time_cuda_ms(step, warmup, iters)
                 module.zero_grad(set_to_none=True)
                 x.grad = None
                 torch.cuda.synchronize()
@@ -212,7 +198,7 @@ def measure_attention(cfg, micro_batch: int, warmup: int, iters: int) -> list[di
                      ("sdpa-efficient", sdpa(SDPBackend.EFFICIENT_ATTENTION))):
         row = {"slot": "attention", "variant": name, "recipe": "bf16"}
         try:
-            row["ms"] = _timed(fn, warmup, iters)
+            row["ms"] = time_cuda_ms(fn, warmup, iters)
         except Exception as exc:  # noqa: BLE001
             row["error"] = _error_text(exc)
         rows.append(row)

@@ -17,20 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _timed_ms(fn, warmup: int = 3, iters: int = 20) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
+from cuda_timing import time_cuda_ms
 
 
 def measure(seq: int, batch: int, groups: int, heads_per_group: int, head_dim: int, rotary_base: float) -> dict:
@@ -63,8 +50,8 @@ def measure(seq: int, batch: int, groups: int, heads_per_group: int, head_dim: i
         def forward_backward(fn=fn):
             torch.autograd.backward(fn(qkv, freqs, freqs, split), grads)
 
-        fwd = _timed_ms(forward)
-        results[name] = {"fwd_ms": fwd, "fwd_bwd_ms": _timed_ms(forward_backward), "fwd_TBps": moved_bytes / fwd / 1e9}
+        fwd = time_cuda_ms(forward, 3, 20)
+        results[name] = {"fwd_ms": fwd, "fwd_bwd_ms": time_cuda_ms(forward_backward, 3, 20), "fwd_TBps": moved_bytes / fwd / 1e9}
     results["triton_vs_te_max_abs"] = {
         what: float((a.float() - b.float()).abs().max())
         for what, a, b in zip(("q", "k", "v", "qkv_grad"), outputs["triton"], outputs["te"])}
