@@ -133,7 +133,7 @@ class KernelConfig:
     qkv_rope_kernel: Literal["te", "triton"] = "triton"
     """With fused_qkv_rope (TE backend): which kernels rotate the unsplit QKV output.  'te': Transformer Engine's
     ``fused_qkv_rope`` kernels, which move their bytes at about a third of an H200's HBM bandwidth.
-    'triton': Litespark's Triton pair (:mod:`litespark.modules.qkv_rope`, installed by
+    'triton': Litespark's Triton kernel (:mod:`litespark.modules.qkv_rope`, installed by
     :mod:`megatron_patches.qkv_rope`), the same fp32 rotation, written to load each token's cos/sin
     once for all its heads: 0.18 ms forward against TE's 0.47 for one llama-3b layer at micro-batch 8
     on an H200, +1.5% tokens/s for the step (docs/performance.md).  Process-wide: the last model

@@ -30,7 +30,7 @@ def _attention_module():
 
 
 def apply() -> bool:
-    """Bind Megatron's QKV RoPE name to the compiled implementation; idempotent, returns True."""
+    """Bind Megatron's QKV RoPE name to Litespark's Triton kernel; idempotent, returns True."""
     from litespark.modules.qkv_rope import apply_qkv_rope
 
     module = _attention_module()

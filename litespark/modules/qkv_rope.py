@@ -1,4 +1,4 @@
-"""Rotary position embedding of the unsplit QKV projection, as one Triton kernel per direction.
+"""Rotary position embedding of the unsplit QKV projection, as one Triton kernel (compiled for each direction).
 
 Megatron's ``fused_single_qkv_rope`` path hands the QKV projection's output ``[s, b, groups, (q heads
 per group + 2) * head_dim]`` to Transformer Engine's ``apply_fused_qkv_rotary_pos_emb``, which splits
