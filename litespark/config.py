@@ -438,6 +438,9 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         raise ConfigError(
             f"kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not {prec.fp8_recipe} "
             "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
+    refusal = qkv_rope_kernel_refusal(cfg)
+    if cfg.kernels.backend == "te" and refusal:
+        raise ConfigError(refusal)
     if cfg.kernels.fp8_attention and not prec.fp8:
         raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
     if prec.fp32_grad_accumulation:
@@ -572,6 +575,16 @@ def zero_sub_group_size(cfg: LitesparkConfig) -> Optional[int]:
     return ZERO_SUB_GROUP_SIZE
 
 
+def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> Optional[str]:
+    """Why ``kernels.qkv_rope_kernel`` cannot run this model on the TE backend, or None."""
+    k, m = cfg.kernels, cfg.model
+    head_dim = m.hidden_size // m.num_attention_heads
+    if k.rope_fusion and k.fused_qkv_rope and k.qkv_rope_kernel == "triton" and head_dim & (head_dim - 1):
+        return (f"kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got {head_dim}: "
+                "set kernels.qkv_rope_kernel=te")
+    return None
+
+
 def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
     """Replace the automatic kernel choices by what this host and config run (in place):
     kernels.backend='auto' by the backend this host can run, kernels.cuda_graphs=None by whether the
@@ -581,6 +594,8 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
         from litespark.layer_spec import te_available  # local: avoids importing torch for config work
 
         cfg.kernels.backend = "te" if te_available() else "torch"
+    if cfg.kernels.backend == "te" and qkv_rope_kernel_refusal(cfg):
+        raise ConfigError(qkv_rope_kernel_refusal(cfg))
     if cfg.kernels.backend != "te":
         if cfg.precision.fp8:
             raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")

@@ -6,6 +6,7 @@ the engine's job.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -15,7 +16,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 
 import megatron_patches
 from megatron_patches import qkv_rope as qkv_rope_patch
-from litespark.config import LitesparkConfig
+from litespark.config import ConfigError, LitesparkConfig
 from litespark.layer_spec import get_final_norm_spec, get_litespark_layer_spec
 from litespark.log import get_logger
 from litespark.transformer_config import to_transformer_config
@@ -99,6 +100,9 @@ def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
             "kernels.qkv_rope_kernel=%s replaces %s for every model in this process (it is one binding "
             "in megatron.core.transformer.attention)", k.qkv_rope_kernel, _qkv_rope_choice)
     if k.qkv_rope_kernel == "triton":
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError("kernels.qkv_rope_kernel=triton needs the triton package (it ships with CUDA builds of "
+                              "torch): install it or set kernels.qkv_rope_kernel=te")
         qkv_rope_patch.apply()
     else:
         qkv_rope_patch.remove()

@@ -9,7 +9,7 @@ import pytest
 
 from litespark.config import (
     ConfigError, LitesparkConfig, apply_overrides, from_dict, gradient_accumulation_steps, load_yaml,
-    to_dict, validate,
+    resolve_backend, to_dict, validate,
 )
 from litespark.metrics import count_parameters
 from litespark.presets import PRESETS, get_preset
@@ -99,6 +99,8 @@ def test_bad_overrides_name_the_field(override, message):
     (["data.prefixes=a,b", "data.weights=1"], "data.weights has 1 entries for 2 data.prefixes"),
     (["data.split=98,2"], "data.split '98,2' must be three non-negative numbers"),
     (["model.hidden_size=66"], "model.hidden_size (66) is not divisible by model.num_attention_heads (4)"),
+    (["kernels.backend=te", "model.hidden_size=96"],
+     "kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got 24: set kernels.qkv_rope_kernel=te"),
 ])
 def test_invalid_combinations_are_rejected(overrides, field):
     cfg = apply_overrides(get_preset("tiny"), overrides)
@@ -202,3 +204,24 @@ def test_cuda_graphs_auto_resolves_where_they_pay_and_run(overrides, graphs):
     cfg = apply_overrides(get_preset("tiny"), ["data.global_batch_size=8", *overrides])
     assert cfg.kernels.cuda_graphs is (None if not any("cuda_graphs" in o for o in overrides) else graphs)
     assert resolve_backend(cfg).kernels.cuda_graphs is graphs
+
+
+@pytest.mark.parametrize("overrides", [["kernels.backend=torch"], ["kernels.backend=te", "kernels.qkv_rope_kernel=te"],
+                                       ["kernels.backend=te", "kernels.fused_qkv_rope=false"]],
+                         ids=["torch-backend", "te-kernel", "split-rope"])
+def test_a_head_dimension_the_triton_rope_cannot_take_is_fine_where_it_does_not_run(overrides):
+    validate(apply_overrides(get_preset("tiny"), ["model.hidden_size=96", *overrides]))
+
+
+def test_auto_backend_refuses_the_triton_rope_for_such_a_head_dimension_only_when_it_resolves_to_te(monkeypatch):
+    import litespark.layer_spec as layer_spec
+
+    for te, refused in ((False, False), (True, True)):
+        monkeypatch.setattr(layer_spec, "te_available", lambda te=te: te)
+        cfg = apply_overrides(get_preset("tiny"), ["model.hidden_size=96", "kernels.backend=auto"])
+        validate(cfg)
+        if refused:
+            with pytest.raises(ConfigError, match="power-of-two head dimension, got 24"):
+                resolve_backend(cfg)
+        else:
+            assert resolve_backend(cfg).kernels.backend == "torch"

@@ -166,3 +166,20 @@ def test_microbench_refuses_without_a_gpu_with_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "needs a CUDA GPU" in proc.stderr
     assert not out.exists()
+
+
+def test_a_host_without_triton_is_told_at_build_time(monkeypatch):
+    import importlib.util
+
+    from litespark import model as model_module
+    from litespark.config import ConfigError, apply_overrides
+    from litespark.presets import get_preset
+    from megatron_patches import qkv_rope as patch
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    monkeypatch.setattr(model_module, "_qkv_rope_choice", None)
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.qkv_rope_kernel=triton"])
+    with pytest.raises(ConfigError, match="needs the triton package .* or set kernels.qkv_rope_kernel=te"):
+        model_module._select_qkv_rope_kernel(cfg)
+    assert not patch.is_applied()
