@@ -603,8 +603,9 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
         from litespark.layer_spec import te_available  # local: avoids importing torch for config work
 
         cfg.kernels.backend = "te" if te_available() else "torch"
-    if cfg.kernels.backend == "te" and qkv_rope_kernel_refusal(cfg):
-        raise ConfigError(qkv_rope_kernel_refusal(cfg))
+    refusal = qkv_rope_kernel_refusal(cfg) if cfg.kernels.backend == "te" else None
+    if refusal:
+        raise ConfigError(refusal)
     if cfg.kernels.backend != "te":
         if cfg.precision.fp8:
             raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")

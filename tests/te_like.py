@@ -90,10 +90,10 @@ def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=
     if before_steps is not None:
         before_steps(engine, optimizer)
     data = torch.randint(0, 64, (4 * world_size, 17), generator=torch.Generator().manual_seed(3))[4 * rank:4 * rank + 4]
+    batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+               for t in data.split(2)]
     norms = []
     for _ in range(steps):
-        batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                   for t in data.split(2)]
         train_step(engine, batches)
         norms.append(float(engine.get_global_grad_norm()))
     weights = {k: v.detach().float().clone() for k, v in engine.module.state_dict().items()}

@@ -10,7 +10,7 @@ import torch
 
 from litespark import deepspeed_patches
 from litespark.deepspeed_patches import DeepSpeedPatchError, clip_foreach, nan_mask
-from litespark.deepspeed_patches._rebind import original
+from litespark.rebind import original
 
 PATCH_MODULES = {"nan_mask": nan_mask, "clip_foreach": clip_foreach}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from litespark.deepspeed_patches import require_tested_deepspeed
-from litespark.deepspeed_patches._rebind import rebind, restore
+from litespark.rebind import rebind, restore
 
 TARGET = "deepspeed.runtime.utils.mask_nan_or_inf_with_val_inplace"
 NAME = "mask_nan_or_inf_with_val_inplace"
