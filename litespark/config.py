@@ -89,6 +89,12 @@ class PrecisionConfig:
     """Delayed scaling: how the scale is taken from the history."""
     fp8_margin: int = 0
     """Delayed scaling: exponent margin for the scale."""
+    fp8_output_layer: bool = False
+    """With fp8: the output layer (LM head) as a TE linear under the same FP8 recipe instead of
+    Megatron's BF16 one (:mod:`litespark.modules.fp8_output_layer`).  Its three GEMMs are ~3% of a
+    llama-3b step in BF16; the logits and their gradient are where FP8 hurts most, so it is off
+    until measured.  Ignored without fp8 (so a BF16 comparison run can share the setting); not with
+    tied embeddings."""
     fp32_grad_accumulation: Optional[bool] = None
     """Keep the gradients in fp32 buffers that DeepSpeed's BF16 ZeRO-1 optimizer owns, and have
     Transformer Engine's weight-gradient GEMMs write into them directly (Megatron's gradient-
@@ -432,6 +438,9 @@ def validate(cfg: LitesparkConfig, world_size: Optional[int] = None) -> Litespar
         raise ConfigError("precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
     if prec.fp8 and not prec.bf16:
         raise ConfigError("precision.fp8=true needs precision.bf16=true (non-FP8 ops run in BF16)")
+    if prec.fp8 and prec.fp8_output_layer and m.tie_embeddings:
+        raise ConfigError("precision.fp8_output_layer=true does not support model.tie_embeddings=true "
+                          "(the tied weight is the embedding's)")
     if prec.fp8_amax_history_len <= 0:
         raise ConfigError(f"precision.fp8_amax_history_len must be positive, got {prec.fp8_amax_history_len}")
     if cfg.kernels.fused_mlp and prec.fp8 and prec.fp8_recipe != "tensorwise":

@@ -55,6 +55,10 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
         rotary_base=cfg.model.rotary_base,
         parallel_output=True,
     )
+    if backend == "te" and cfg.precision.fp8 and cfg.precision.fp8_output_layer:
+        from litespark.modules.fp8_output_layer import use_fp8_output_layer
+
+        use_fp8_output_layer(model)
     return model
 
 

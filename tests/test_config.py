@@ -99,6 +99,8 @@ def test_bad_overrides_name_the_field(override, message):
     (["data.prefixes=a,b", "data.weights=1"], "data.weights has 1 entries for 2 data.prefixes"),
     (["data.split=98,2"], "data.split '98,2' must be three non-negative numbers"),
     (["model.hidden_size=66"], "model.hidden_size (66) is not divisible by model.num_attention_heads (4)"),
+    (["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "precision.fp8_output_layer=true",
+      "model.tie_embeddings=true"], "precision.fp8_output_layer=true does not support model.tie_embeddings=true"),
     (["kernels.backend=te", "model.hidden_size=96"],
      "kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got 24: set kernels.qkv_rope_kernel=te"),
 ])
@@ -225,3 +227,7 @@ def test_auto_backend_refuses_the_triton_rope_for_such_a_head_dimension_only_whe
                 resolve_backend(cfg)
         else:
             assert resolve_backend(cfg).kernels.backend == "torch"
+
+
+def test_the_fp8_output_layer_switch_is_ignored_without_fp8():
+    validate(apply_overrides(get_preset("tiny"), ["precision.fp8_output_layer=true", "model.tie_embeddings=true"]))

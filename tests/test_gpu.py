@@ -239,6 +239,39 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     assert runs[True][-1][0] < 0.8 * runs[True][0][0], f"loss did not fall: {runs[True]}"
 
 
+def test_fp8_output_layer_keeps_the_weight_and_trains_like_the_bf16_head(dist_world_1):
+    """precision.fp8_output_layer: the LM head becomes a TE linear under the FP8 recipe with the same
+    weight and parameter name (plus TE's extra state), every other weight untouched (each build seeds
+    from the same state, and the swap leaves the RNG as it found it); it is linked to
+    DeepSpeed's fp32 gradient buffer, and 8 training steps track the BF16 head's: losses within 3%,
+    and falling."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("FP8 needs Hopper or newer")
+    from litespark.engine import build_engine
+    from litespark.modules.fp8_output_layer import fp8_output_layer_class
+
+    common = ["precision.fp8=true", "data.global_batch_size=4", "optim.lr=1e-3", "optim.warmup_iters=2",
+              "optim.min_lr=1e-3", "optim.clip_grad=0.5", "precision.fp32_grad_accumulation=true"]
+    runs, states = {}, {}
+    for fp8_head in (True, False):
+        cfg, model = _build("te", *common, f"precision.fp8_output_layer={str(fp8_head).lower()}")
+        assert isinstance(model.output_layer, fp8_output_layer_class()) is fp8_head
+        states[fp8_head] = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+        if fp8_head:
+            assert "output_layer._extra_state" in model.state_dict()
+        engine, optimizer, _ = build_engine(cfg, model, 1)
+        assert ("output_layer.weight" in engine.litespark_fp32_grads.names) is fp8_head
+        runs[fp8_head] = _losses_and_norms(engine, cfg, 8)
+        del engine, model, optimizer
+        torch.cuda.empty_cache()
+    assert states[True].keys() == states[False].keys()
+    for k, v in states[False].items():
+        assert torch.equal(states[True][k], v), k
+    for (loss, _), (ref_loss, _) in zip(runs[True], runs[False]):
+        assert abs(loss - ref_loss) <= 0.03 * ref_loss, (runs[True], runs[False])
+    assert runs[True][-1][0] < 0.8 * runs[True][0][0], f"loss did not fall: {runs[True]}"
+
+
 def evaluate_once(engine, sequences: torch.Tensor) -> float:
     """The trainer's evaluation path on one batch: eval mode, fresh FP8 weights, no autograd."""
     from litespark.trainer import refresh_fp8_weight_cache

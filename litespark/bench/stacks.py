@@ -218,6 +218,8 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
 
     k, p = cfg.kernels, cfg.precision
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
+    if p.fp8 and p.fp8_output_layer:
+        numerics += " (output layer too)"
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
     # The engine's own reduction dtype: what ran, not what the config meant.
     reduced = str(engine.communication_data_type).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
