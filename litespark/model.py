@@ -16,7 +16,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 
 import megatron_patches
 from megatron_patches import qkv_rope as qkv_rope_patch
-from litespark.config import ConfigError, LitesparkConfig
+from litespark.config import ConfigError, LitesparkConfig, fp8_output_layer
 from litespark.layer_spec import get_final_norm_spec, get_litespark_layer_spec
 from litespark.log import get_logger
 from litespark.transformer_config import to_transformer_config
@@ -55,7 +55,7 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
         rotary_base=cfg.model.rotary_base,
         parallel_output=True,
     )
-    if backend == "te" and cfg.precision.fp8 and cfg.precision.fp8_output_layer:
+    if backend == "te" and fp8_output_layer(cfg):
         from litespark.modules.fp8_output_layer import use_fp8_output_layer
 
         use_fp8_output_layer(model)

@@ -9,7 +9,7 @@ import pytest
 
 from litespark.config import (
     ConfigError, LitesparkConfig, apply_overrides, from_dict, gradient_accumulation_steps, load_yaml,
-    resolve_backend, to_dict, validate,
+    fp8_output_layer, resolve_backend, to_dict, validate,
 )
 from litespark.metrics import count_parameters
 from litespark.presets import PRESETS, get_preset
@@ -230,4 +230,16 @@ def test_auto_backend_refuses_the_triton_rope_for_such_a_head_dimension_only_whe
 
 
 def test_the_fp8_output_layer_switch_is_ignored_without_fp8():
-    validate(apply_overrides(get_preset("tiny"), ["precision.fp8_output_layer=true", "model.tie_embeddings=true"]))
+    cfg = apply_overrides(get_preset("tiny"), ["precision.fp8_output_layer=true", "model.tie_embeddings=true"])
+    validate(cfg)
+    assert fp8_output_layer(cfg) is False
+
+
+@pytest.mark.parametrize("setting, tied, expected", [
+    ("none", False, True), ("none", True, False), ("false", False, False), ("true", False, True)])
+def test_the_automatic_fp8_output_layer_is_on_with_fp8_unless_the_embeddings_are_tied(setting, tied, expected):
+    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true",
+                                               f"precision.fp8_output_layer={setting}",
+                                               f"model.tie_embeddings={str(tied).lower()}"])
+    validate(cfg)
+    assert fp8_output_layer(cfg) is expected

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from litespark.config import LitesparkConfig
+from litespark.config import LitesparkConfig, fp8_output_layer
 
 STACKS: tuple[str, ...] = ("hf", "mcore-bf16", "mcore-fp8", "litespark", "litespark-bf16")
 NEEDS_TE: frozenset[str] = frozenset({"mcore-fp8"})
@@ -218,7 +218,7 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
 
     k, p = cfg.kernels, cfg.precision
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
-    if p.fp8 and p.fp8_output_layer:
+    if fp8_output_layer(cfg):
         numerics += " (output layer too)"
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
     # The engine's own reduction dtype: what ran, not what the config meant.
