@@ -197,6 +197,16 @@ def test_fp8_training_tracks_bf16(dist_world_1):
     assert rel < 0.03, f"FP8 final loss {finals[True]:.4f} vs BF16 {finals[False]:.4f} ({rel:.1%})"
 
 
+def _losses_and_norms(engine, cfg, steps: int) -> list[tuple[float, float]]:
+    """(loss, gradient norm) of ``steps`` trainer steps of 2 micro-batches of 2 on one fixed batch."""
+    from litespark.trainer import train_step
+
+    data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(7)).cuda()
+    batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+               for t in data.split(2)]
+    return [(float(train_step(engine, batches)), float(engine.get_global_grad_norm())) for _ in range(steps)]
+
+
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     """precision.fp32_grad_accumulation: every TE linear's weight gradient goes straight into
@@ -208,8 +218,8 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     2.3%, with the losses within 1%."""
     if fp8 and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
+    from litespark.config import fp8_output_layer
     from litespark.engine import build_engine
-    from litespark.trainer import train_step
 
     runs = {}
     for fused in (True, False):
@@ -220,13 +230,10 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
         assert type(optimizer).__name__ == ("BF16_Optimizer" if fused else "DeepSpeedZeroOptimizer")
         if fused:
             link = engine.litespark_fp32_grads
-            assert len(link.slots) == 4 * cfg.model.num_layers, "not every TE linear (qkv, proj, fc1, fc2) is linked"
-        data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(7)).cuda()
-        out = []
-        for _ in range(8):
-            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                       for t in data.split(2)]
-            out.append((float(train_step(engine, batches)), float(engine.get_global_grad_norm())))
+            # + the output layer where it is a TE linear too (precision.fp8_output_layer)
+            assert len(link.slots) == 4 * cfg.model.num_layers + fp8_output_layer(cfg), \
+                "not every TE linear (qkv, proj, fc1, fc2, FP8 output layer) is linked"
+        out = _losses_and_norms(engine, cfg, 8)
         if fused:
             qkv = engine.module.decoder.layers[0].self_attention.linear_qkv.weight
             assert qkv.grad is None and qkv.main_grad.dtype == torch.float32
