@@ -93,7 +93,8 @@ class PrecisionConfig:
     """With fp8: the output layer (LM head) as a TE linear under the same FP8 recipe instead of
     Megatron's BF16 one (:mod:`litespark.modules.fp8_output_layer`).  Its three GEMMs are ~3% of a
     llama-3b step in BF16.  None (automatic): on with fp8 unless the embeddings are tied (the tied
-    weight is the embedding's); true refuses tied embeddings; ignored without fp8, so a BF16
+    weight is the embedding's) or the layers run as CUDA graphs (the small micro-batches that barely
+    fit, where it was not measured); true refuses tied embeddings; ignored without fp8, so a BF16
     comparison run can share the setting.  Measured on the H200: +1.5% tokens/s, and the bench's
     FP8-vs-BF16 loss gap did not grow (docs/performance.md)."""
     fp32_grad_accumulation: Optional[bool] = None
@@ -536,12 +537,20 @@ def _cuda_graphs_automatic(cfg: LitesparkConfig) -> bool:
 
 
 def fp8_output_layer(cfg: LitesparkConfig) -> bool:
-    """Whether ``cfg``'s output layer runs in FP8 (``precision.fp8_output_layer``; None: with fp8 and
-    untied embeddings)."""
+    """Whether ``cfg``'s output layer runs in FP8 (``precision.fp8_output_layer``).
+
+    The automatic setting (None) is on with fp8, untied embeddings and the layers not captured as
+    CUDA graphs: the eager path where it was measured.  The graphs serve the micro-batches that
+    barely fit (llama-3b on an H100 at micro-batch 2 reserves 77.5 of 80 GiB), where the FP8 head's
+    extra weight copies (+1.8 GiB at the H200's peak) were not measured.  Automatic graphs are judged
+    as they resolve, as in :func:`fp32_grad_accumulation`."""
     p = cfg.precision
     if not p.fp8:
         return False
-    return p.fp8_output_layer if p.fp8_output_layer is not None else not cfg.model.tie_embeddings
+    if p.fp8_output_layer is not None:
+        return p.fp8_output_layer
+    graphs = cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
+    return not cfg.model.tie_embeddings and not graphs
 
 
 def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> Optional[str]:
