@@ -536,6 +536,11 @@ def _cuda_graphs_automatic(cfg: LitesparkConfig) -> bool:
     return cuda_graphs_refusal(cfg) is None and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH
 
 
+def _cuda_graphs_as_resolved(cfg: LitesparkConfig) -> bool:
+    """``kernels.cuda_graphs``, or what its automatic setting (None) resolves to on a GPU host with TE."""
+    return cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
+
+
 def fp8_output_layer(cfg: LitesparkConfig) -> bool:
     """Whether ``cfg``'s output layer runs in FP8 (``precision.fp8_output_layer``).
 
@@ -549,8 +554,7 @@ def fp8_output_layer(cfg: LitesparkConfig) -> bool:
         return False
     if p.fp8_output_layer is not None:
         return p.fp8_output_layer
-    graphs = cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
-    return not cfg.model.tie_embeddings and not graphs
+    return not cfg.model.tie_embeddings and not _cuda_graphs_as_resolved(cfg)
 
 
 def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> Optional[str]:
@@ -578,7 +582,7 @@ def fp32_grad_accumulation(cfg: LitesparkConfig) -> bool:
     """
     if cfg.precision.fp32_grad_accumulation is not None:
         return cfg.precision.fp32_grad_accumulation
-    graphs = cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
+    graphs = _cuda_graphs_as_resolved(cfg)
     return (cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16
             and cfg.parallel.zero_stage == 1)
 
