@@ -210,17 +210,24 @@ def _losses_and_norms(engine, cfg, steps: int) -> list[tuple[float, float]]:
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     """precision.fp32_grad_accumulation: every TE linear's weight gradient goes straight into
-    DeepSpeed's fp32 buffer (no .grad), and 8 steps of 2 micro-batches, clipping active, track the
-    run with bf16 gradients: losses within 1%, gradient norms within 2% in BF16 and 5% in FP8 (a norm
-    that missed the fused gradients, or counted them twice, would be off by far more).  FP8 gets more
-    room because the small weight differences that fp32 instead of bf16 gradients make after a few
-    steps change which values round where in the FP8 casts: on an H200 one step of eight differed by
-    2.3%, with the losses within 1%."""
+    DeepSpeed's fp32 buffer (no .grad), and 8 steps of 2 micro-batches, clipping active, follow the
+    run with bf16 gradients.
+
+    The first 3 steps (warm-up learning rates, where the loss has not moved yet, so both runs still
+    hold practically the same weights) must give the same gradient norm within 0.5%: there the runs
+    differ only in the accumulation dtype, and a gradient that was missed, counted twice or left over
+    from the last step moves the norm by far more.  After that the weights drift apart and the check
+    is that the runs track: losses within 1%, norms within 2% in BF16 and 10% in FP8.  FP8 gets the
+    room because a slightly different weight changes which values round where in the FP8 casts, and
+    the seventh step of this run is a gradient spike (the norm nearly doubles in every variant
+    measured): on an H100 with the FP8 output layer the two runs' norms were 0.00% apart in the first
+    3 steps and 5.9% apart at the spike, losses within 0.06% (benchmarks/results/fp8head_h100_20261128/)."""
     if fp8 and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
     from litespark.config import fp8_output_layer
     from litespark.engine import build_engine
 
+    early = 3  # steps 0-2 run at warm-up learning rates; the loss had not moved yet in any measured run
     runs = {}
     for fused in (True, False):
         cfg, model = _build("te", f"precision.fp8={str(fp8).lower()}", "data.global_batch_size=4", "optim.lr=1e-3",
@@ -240,9 +247,11 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
         runs[fused] = out
         del engine, model, optimizer
         torch.cuda.empty_cache()
-    for (loss, norm), (ref_loss, ref_norm) in zip(runs[True], runs[False]):
-        assert abs(loss - ref_loss) <= 0.01 * ref_loss, (runs[True], runs[False])
-        assert abs(norm - ref_norm) <= (0.05 if fp8 else 0.02) * ref_norm, (runs[True], runs[False])
+    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(runs[True], runs[False])):
+        norm_tol = 0.005 if step < early else (0.10 if fp8 else 0.02)
+        assert abs(loss - ref_loss) <= 0.01 * ref_loss, f"step {step}: loss; fp32 {runs[True]} bf16 {runs[False]}"
+        assert abs(norm - ref_norm) <= norm_tol * ref_norm, \
+            f"step {step}: gradient norm {norm:.4f} vs {ref_norm:.4f}; fp32 {runs[True]} bf16 {runs[False]}"
     assert runs[True][-1][0] < 0.8 * runs[True][0][0], f"loss did not fall: {runs[True]}"
 
 
