@@ -93,10 +93,10 @@ class PrecisionConfig:
     """With fp8: the output layer (LM head) as a TE linear under the same FP8 recipe instead of
     Megatron's BF16 one (:mod:`litespark.modules.fp8_output_layer`).  Its three GEMMs are ~3% of a
     llama-3b step in BF16.  None (automatic): on with fp8 unless the embeddings are tied (the tied
-    weight is the embedding's) or the layers run as CUDA graphs (the small micro-batches that barely
-    fit, where it was not measured); true refuses tied embeddings; ignored without fp8, so a BF16
-    comparison run can share the setting.  Measured on the H200: +1.5% tokens/s, and the bench's
-    FP8-vs-BF16 loss gap did not grow (docs/performance.md)."""
+    weight is the embedding's), with or without CUDA graphs; true refuses tied embeddings; ignored
+    without fp8, so a BF16 comparison run can share the setting.  Measured on the H200: +1.5%
+    tokens/s, and the bench's FP8-vs-BF16 loss gap did not grow; on the H100 under CUDA graphs +0.9%
+    on average and +0.2 GiB reserved (docs/performance.md)."""
     fp32_grad_accumulation: Optional[bool] = None
     """Keep the gradients in fp32 buffers that DeepSpeed's BF16 ZeRO-1 optimizer owns, and have
     Transformer Engine's weight-gradient GEMMs write into them directly (Megatron's gradient-
@@ -546,7 +546,8 @@ def fp8_output_layer(cfg: LitesparkConfig) -> bool:
 
     The automatic setting (None) is on with fp8 and untied embeddings, on both of the paths where it
     was measured: eager layers (the H200 at micro-batch 8, +1.5% tokens/s) and CUDA-graphed layers
-    (the H100 at micro-batch 2, +2.4%, reserving 77.6 of 80 GiB against 77.4 with the BF16 head;
+    (the H100 at micro-batch 2: +0.9% on average over five runs, three with it and two without, and
+    +2.4% in a pinned pair; 77.6 of 80 GiB reserved against 77.4 with the BF16 head;
     docs/performance.md).  Tied embeddings keep Megatron's head, whose weight is the embedding's."""
     p = cfg.precision
     if not p.fp8:
