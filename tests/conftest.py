@@ -44,6 +44,15 @@ def _tear_down_process_group() -> None:
         os.environ.pop(k, None)
 
 
+def micro_batches(sequences, size: int = 2) -> list[dict]:
+    """The trainer's micro-batch dicts from ``[n, seq + 1]`` token ids, ``size`` sequences each, every
+    position counted in the loss."""
+    import torch
+
+    return [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+            for t in sequences.split(size)]
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_process_group():
     """A test that initialises torch.distributed in this process must tear it down (``dist_world_1``):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.conftest import micro_batches
+
 
 class WgradIntoMainGrad(torch.autograd.Function):
     """y = x W^T; with fusion, dW is accumulated in fp32 into W.main_grad (written over it where the
@@ -90,8 +92,7 @@ def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=
     if before_steps is not None:
         before_steps(engine, optimizer)
     data = torch.randint(0, 64, (4 * world_size, 17), generator=torch.Generator().manual_seed(3))[4 * rank:4 * rank + 4]
-    batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-               for t in data.split(2)]
+    batches = micro_batches(data)
     norms = []
     for _ in range(steps):
         train_step(engine, batches)

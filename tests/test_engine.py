@@ -8,6 +8,7 @@ import torch
 from litespark.config import ConfigError, apply_overrides, resolve_backend, validate
 from litespark.engine import param_groups
 from litespark.presets import get_preset
+from tests.conftest import micro_batches
 
 
 def _model():
@@ -61,9 +62,7 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
         counts[sub_group] = len(optimizer.bit16_groups)
         data = torch.randint(0, cfg.model.vocab_size, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(3))
         for _ in range(3):
-            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                       for t in data.split(2)]
-            train_step(engine, batches)
+            train_step(engine, micro_batches(data))
         finals[sub_group] = {k: v.detach().float().clone() for k, v in engine.module.state_dict().items()
                              if isinstance(v, torch.Tensor)}
     assert counts[10**12] == 2 and counts[20_000] > 4, counts

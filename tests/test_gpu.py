@@ -12,6 +12,7 @@ from litespark.config import apply_overrides, resolve_backend
 from litespark.distributed import init_distributed
 from litespark.model import build_model, position_ids_for
 from litespark.presets import get_preset
+from tests.conftest import micro_batches
 
 pytestmark = pytest.mark.gpu
 
@@ -184,11 +185,7 @@ def test_fp8_training_tracks_bf16(dist_world_1):
         g = torch.Generator().manual_seed(7)
         # A learnable stream: a few fixed sequences, repeated.
         data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=g).cuda()
-        losses = []
-        for _ in range(12):
-            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                       for t in data.split(2)]
-            losses.append(float(train_step(engine, batches)))
+        losses = [float(train_step(engine, micro_batches(data))) for _ in range(12)]
         assert losses[-1] < 0.8 * losses[0], f"fp8={fp8}: loss did not fall: {losses}"
         finals[fp8] = losses[-1]
         del engine, model
@@ -197,13 +194,13 @@ def test_fp8_training_tracks_bf16(dist_world_1):
     assert rel < 0.03, f"FP8 final loss {finals[True]:.4f} vs BF16 {finals[False]:.4f} ({rel:.1%})"
 
 
-def _losses_and_norms(engine, cfg, steps: int) -> list[tuple[float, float]]:
-    """(loss, gradient norm) of ``steps`` trainer steps of 2 micro-batches of 2 on one fixed batch."""
+def _losses_and_norms(engine, cfg, steps: int, seed: int = 7) -> list[tuple[float, float]]:
+    """(loss, gradient norm) of ``steps`` trainer steps of 2 micro-batches of 2 on one fixed batch
+    (4 sequences of token ids below 64 drawn from ``seed``)."""
     from litespark.trainer import train_step
 
-    data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(7)).cuda()
-    batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-               for t in data.split(2)]
+    data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(seed)).cuda()
+    batches = micro_batches(data)
     return [(float(train_step(engine, batches)), float(engine.get_global_grad_norm())) for _ in range(steps)]
 
 
@@ -328,9 +325,8 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
         g = torch.Generator().manual_seed(11)
         data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=g).cuda()
         runs[graphs] = []
+        batches = micro_batches(data)
         for step in range(steps):
-            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                       for t in data.split(2)]
             loss = float(train_step(engine, batches))
             runs[graphs].append((loss, float(engine.get_global_grad_norm())))
             if step == steps // 2:  # an evaluation mid-run (eager layers), then training goes on
@@ -362,33 +358,21 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
         pytest.skip("FP8 needs Hopper or newer")
     from litespark.checkpoint import load_latest_checkpoint, save_checkpoint
     from litespark.engine import build_engine
-    from litespark.trainer import train_step
 
     overrides = ("precision.fp8=true", "kernels.cuda_graphs=true", "model.num_layers=4", "data.global_batch_size=4",
                  "optim.lr=1e-3", "optim.warmup_iters=2", "run.train_iters=8", "optim.min_lr=1e-4")
-    g = torch.Generator().manual_seed(5)
-    data = torch.randint(0, 64, (4, 129), generator=g).cuda()
-
-    def steps(engine, n):
-        out = []
-        for _ in range(n):
-            batches = [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-                       for t in data.split(2)]
-            out.append((float(train_step(engine, batches)), float(engine.get_global_grad_norm())))
-        return out
-
     cfg, model = _build("te", *overrides)
     engine, _, _ = build_engine(cfg, model, 1)
-    steps(engine, 4)
+    _losses_and_norms(engine, cfg, 4, seed=5)
     save_checkpoint(engine, tmp_path, 4, {"step": 4}, keep_last=1)
-    uninterrupted = steps(engine, 4)
+    uninterrupted = _losses_and_norms(engine, cfg, 4, seed=5)
     del engine, model
     torch.cuda.empty_cache()
 
     cfg, model = _build("te", *overrides, "run.seed=99")  # other initial weights: the checkpoint must replace them
     engine, _, _ = build_engine(cfg, model, 1)
     assert load_latest_checkpoint(engine, tmp_path)["step"] == 4
-    resumed = steps(engine, 4)
+    resumed = _losses_and_norms(engine, cfg, 4, seed=5)
     replays = [layer.forward.replays for layer in engine.module.decoder.layers]
     assert replays == [2 * 4] * 4, f"not every training forward was a replay: {replays}"
     for step, ((ref, ref_norm), (got, got_norm)) in enumerate(zip(uninterrupted, resumed)):
