@@ -1,4 +1,5 @@
-"""What a run or benchmark ran on: package versions, GPU, driver, git revision, source digest.
+"""What this host can run, and what a run or benchmark ran on: package versions, GPU, driver, git
+revision, source digest.
 
 Recorded next to every result so that a number can be traced to the software that produced it.  The
 git revision is only as good as the checkout's git metadata (a copy shipped to a GPU host may carry
@@ -8,20 +9,36 @@ matched to a commit by running ``python -m litespark.environment`` on a checkout
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import platform
 import subprocess
 from pathlib import Path
 
-SOURCE_DIRS = ("litespark", "megatron_patches", "benchmarks")
+SOURCE_DIRS = ("litespark", "megatron_patches", "deepspeed_patches", "data_prep")
 """The directories whose Python files make up the code a result depends on."""
+
+
+@functools.cache
+def te_available() -> bool:
+    """True when Transformer Engine's PyTorch API imports and a CUDA device is visible."""
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("transformer_engine") is None:
+        return False
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
 
 
 def _version(module: str) -> str | None:
     try:
         mod = __import__(module, fromlist=["__version__"])
-    except Exception:  # noqa: BLE001 - absent or broken optional package
+    except Exception:
         return None
     return getattr(mod, "__version__", "?")
 
@@ -60,7 +77,8 @@ def collect_versions() -> dict:
     """Python, torch, Megatron-Core, DeepSpeed, TE and transformers versions, host, GPU, driver, git."""
     import torch
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
+    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
+                                  "host": platform.node()}
     for key, module in (("megatron_core", "megatron.core"), ("deepspeed", "deepspeed"),
                         ("transformer_engine", "transformer_engine"), ("transformers", "transformers")):
         version = _version(module)
@@ -74,7 +92,7 @@ def collect_versions() -> dict:
 
             pynvml.nvmlInit()
             out["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception:  # noqa: BLE001 - NVML is optional
+        except Exception:
             pass
     out["git_revision"] = git_revision()
     out["source_digest"] = source_digest()

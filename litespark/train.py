@@ -1,7 +1,8 @@
 """``python -m litespark.train``: the Litespark entry point.
 
     python -m litespark.train --preset tiny                                # train (CPU: torch backend)
-    torchrun --nproc-per-node 8 -m litespark.train --preset llama-3b --data mock --train-iters 30
+    torchrun --nproc-per-node 8 -m litespark.train --preset llama-3b --data mock --train-iters 30 \
+        --set data.global_batch_size=64
     python -m litespark.train --preset llama-3b --print-config
     python -m litespark.train --preset tiny --smoke          # one forward/backward, checks finiteness
 
@@ -19,9 +20,9 @@ import time
 
 import yaml
 
-from litespark.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.config import ConfigError, LitesparkConfig, resolve_backend, to_dict
-from litespark.metrics import count_parameters, flops_per_token
+from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
+from litespark.training.metrics import count_parameters, flops_per_token
 
 
 def describe(cfg: LitesparkConfig) -> str:
@@ -41,10 +42,10 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
     """Build the model on this host and run one forward/backward on random tokens."""
     import torch
 
-    from litespark.distributed import destroy_distributed, init_distributed
-    from litespark.model import build_model, position_ids_for
+    from litespark.model.build import build_model, position_ids_for
+    from litespark.runtime.distributed import destroy_distributed, init_distributed
 
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
+    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
     try:
         model = build_model(cfg)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -82,7 +83,7 @@ def preflight(cfg, world_size: int) -> str:
         raise ConfigError(f"--preflight {world_size}: the world size must be >= 1")
     validate(cfg, world_size)
     if cfg.data.source == "indexed":
-        from litespark.data import check_indexed_prefixes
+        from litespark.training.data import check_indexed_prefixes
 
         check_indexed_prefixes(cfg)
     run_dir = Path(cfg.run.run_dir)
@@ -139,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump({"smoke": result}, sort_keys=False).rstrip())
         ok = math.isfinite(result["loss"]) and not result["params_without_grad"] and not result["params_with_nonfinite_grad"]
         return 0 if ok else 1
-    # Before CUDA initialises: ZeRO's large flat buffers fragment the default allocator (measured:
-    # 11 GiB reserved but unusable on an H100 with llama-3b).
+    # Before CUDA initialises: ZeRO's large flat buffers fragment the default allocator, leaving
+    # reserved memory that no allocation can use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    from litespark.trainer import run
+    from litespark.training.loop import run
 
     return run(cfg)
 

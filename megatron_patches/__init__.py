@@ -3,21 +3,20 @@
 One patch per module, each with ``apply()``, a ``TARGET`` naming what it replaces and the
 megatron-core versions it was checked against.  ``apply_all()`` applies the host patches (each decides
 whether this host needs it) and is idempotent; the others are choices a config makes and are applied
-by whoever builds the model (``qkv_rope``: ``kernels.qkv_rope_kernel``, in ``litespark.model``).  A patch refuses to
-touch an untested megatron-core release: its target may have moved or been fixed, so a silent
-patch would be wrong either way.
+by whoever builds the model (``qkv_rope``: ``kernels.qkv_rope_kernel``, in :mod:`litespark.model.build`).  A patch
+refuses to touch an untested megatron-core release (:func:`litespark.patching.require_tested_version`).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from megatron_patches._guard import PatchError, require_tested_version
+from litespark.patching import PatchError
 
 HOST_PATCHES = ("rope_cpu",)
-PATCHES = HOST_PATCHES + ("qkv_rope",)
+PATCHES = (*HOST_PATCHES, "qkv_rope")
 
-__all__ = ["HOST_PATCHES", "PATCHES", "PatchError", "apply_all", "require_tested_version"]
+__all__ = ["HOST_PATCHES", "PATCHES", "PatchError", "apply_all"]
 
 
 def apply_all() -> list[str]:

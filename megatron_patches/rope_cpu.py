@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_patches._guard import require_tested_version
+from litespark.patching import require_tested_version
 
 TESTED = ("0.16.1",)
 TARGET = "megatron.core.models.common.embeddings.rotary_pos_embedding.RotaryEmbedding.get_emb"
@@ -29,7 +29,7 @@ def apply() -> bool:
         return True
     if torch.cuda.is_available():
         return False
-    require_tested_version("rope_cpu", TESTED)
+    require_tested_version("megatron.core", __name__, TESTED)
     original = cls.get_emb
 
     def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
@@ -42,7 +42,7 @@ def apply() -> bool:
             emb = torch.cat((freqs, freqs), dim=-1)
         return emb[:, None, None, :]  # [s, 1, 1, dim], as the original returns
 
-    get_emb._litespark_patched = True
-    get_emb.__wrapped__ = original
+    get_emb._litespark_patched = True  # type: ignore[attr-defined]
+    get_emb.__wrapped__ = original  # type: ignore[attr-defined]
     cls.get_emb = get_emb
     return True

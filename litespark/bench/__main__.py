@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from litespark.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.config import ConfigError, resolve_backend, to_dict, validate
+from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.log import get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -85,9 +85,8 @@ def run_attempt(stack: str, cfg, data: str, warmup: int, steps: int, workdir: Pa
 def main(argv: list[str] | None = None) -> int:
     from litespark.bench.results import compare, to_markdown, write_report
     from litespark.bench.stacks import NEEDS_TE, STACKS
-    from litespark.environment import collect_versions
-    from litespark.layer_spec import te_available
-    from litespark.metrics import flops_per_token, peak_bf16_tflops
+    from litespark.environment import collect_versions, te_available
+    from litespark.training.metrics import flops_per_token, peak_bf16_tflops
 
     p = argparse.ArgumentParser(prog="python -m litespark.bench", description=__doc__.split("\n\n")[0])
     add_config_args(p)
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})
                 if status == "out of memory":  # where and how much, for the report
-                    attempts[stack][-1].update({k: result[k] for k in ("where", "error") if k in result})
+                    attempts[stack][-1].update({k: v for k, v in (result or {}).items() if k in ("where", "error")})
                     continue
                 if result is not None:
                     results[stack] = result

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 # The performance issue's targets, checked on every run and printed with the table.
 TARGET_SPEEDUP_VS_HF = 2.0
@@ -29,7 +30,7 @@ def compare(results: dict[str, dict]) -> dict:
             return None
         return a[key] / b[key]
 
-    out = {
+    out: dict[str, Any] = {
         "speedup_vs_hf": ratio(ls, hf, "tokens_per_s"),
         "speedup_vs_mcore_fp8": ratio(ls, fp8, "tokens_per_s"),
         "speedup_vs_mcore_bf16": ratio(ls, bf16, "tokens_per_s"),
@@ -149,7 +150,7 @@ def plot(report: dict, path: Path) -> None:
 
 def write_report(report: dict, stem: Path) -> list[Path]:
     """``stem``.json, ``stem``.md and ``stem``.png, each written under a temporary name then renamed."""
-    from litespark.checkpoint import atomic_write_text
+    from litespark.files import atomic_write_text
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = (stem.with_suffix(s) for s in (".json", ".md", ".png"))

@@ -22,12 +22,14 @@ the same steps are comparable.  A stack is a function ``step(list_of_micro_batch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from litespark.config import LitesparkConfig, fp8_output_layer
+from litespark.config import LitesparkConfig
+from litespark.config.automatic import fp8_output_layer
 
 STACKS: tuple[str, ...] = ("hf", "mcore-bf16", "mcore-fp8", "litespark", "litespark-bf16")
 NEEDS_TE: frozenset[str] = frozenset({"mcore-fp8"})
@@ -40,11 +42,11 @@ class BuiltStack:
     step: Callable[[list[torch.Tensor]], torch.Tensor]
     description: str
     engine: Any = None
-    """The DeepSpeed engine where there is one (``benchmarks/profile_step.py`` times its calls)."""
+    """The DeepSpeed engine where there is one (``python -m litespark.bench.profile_step`` times its calls)."""
 
 
 def _scheduler_params(cfg: LitesparkConfig) -> dict:
-    from litespark.deepspeed_config import to_deepspeed_config
+    from litespark.runtime.deepspeed_config import to_deepspeed_config
 
     return to_deepspeed_config(cfg, 1)["scheduler"]["params"]
 
@@ -62,11 +64,11 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from litespark.engine import param_groups
+    from litespark.runtime.engine import param_groups
 
     m, o = cfg.model, cfg.optim
     device = _device()
-    conf = LlamaConfig(
+    conf = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 takes rope_theta and attn_implementation as **kwargs
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
         num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
         num_key_value_heads=m.num_query_groups, max_position_embeddings=m.seq_length, rope_theta=m.rotary_base,
@@ -111,7 +113,7 @@ def naive_transformer_config(cfg: LitesparkConfig, fp8: bool):
     m = cfg.model
     kwargs = {}
     if fp8:
-        kwargs = dict(fp8="hybrid", fp8_recipe="delayed", fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
+        kwargs = {"fp8": "hybrid", "fp8_recipe": "delayed", "fp8_amax_history_len": 1024, "fp8_amax_compute_algo": "max"}
     return TransformerConfig(
         num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups, ffn_hidden_size=m.ffn_hidden_size,
@@ -144,13 +146,15 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
     import deepspeed
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import (
-        get_gpt_layer_local_spec, get_gpt_layer_with_transformer_engine_spec)
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
 
     import megatron_patches
-    from litespark.engine import init_deepspeed_comm, param_groups
-    from litespark.layer_spec import te_available
-    from litespark.model import padded_vocab_size, position_ids_for
-    from litespark.mpu import MegatronMPU
+    from litespark.environment import te_available
+    from litespark.model.build import padded_vocab_size, position_ids_for
+    from litespark.runtime.engine import init_deepspeed_comm, param_groups
+    from litespark.runtime.megatron_mpu import MegatronMPU
 
     megatron_patches.apply_all()
     use_te = te_available()
@@ -161,7 +165,7 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
     else:
         # CPU (plumbing tests only): Megatron's local DotProductAttention allocates on CUDA, so the
         # core-attention slot gets the torch SDPA module; everything else is Megatron's local spec.
-        from litespark.modules import SDPAttention
+        from litespark.model.modules import SDPAttention
 
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
@@ -200,14 +204,14 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
 
 def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     """``build_model`` + ``build_engine`` + the trainer's ``train_step``."""
-    from litespark.config import zero_sub_group_size
-    from litespark.engine import build_engine
-    from litespark.model import build_model
-    from litespark.trainer import train_step
+    from litespark.config.automatic import zero_sub_group_size
+    from litespark.model.build import build_model
+    from litespark.runtime.engine import build_engine
+    from litespark.training.step import train_step
 
     engine, _, _ = build_engine(cfg, build_model(cfg), 1)
     device = _device()
-    ones = {}
+    ones: dict[torch.Size, torch.Tensor] = {}
 
     def step(micro_batches: list[torch.Tensor]) -> torch.Tensor:
         batches = []

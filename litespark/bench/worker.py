@@ -33,7 +33,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def oom_site(exc: BaseException) -> str:
-    """The innermost Litespark frame of ``exc``'s traceback ('litespark/engine.py:64 build_engine'):
+    """The innermost Litespark frame of ``exc``'s traceback ('litespark/runtime/engine.py:64 build_engine'):
     which phase (build, capture, forward, optimizer step) ran out of memory."""
     import traceback
 
@@ -58,7 +58,8 @@ def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> d
     ``tokens`` is [(warmup + steps) * global_batch, seq + 1]; step k uses rows [k*G, (k+1)*G).
     """
     from litespark.bench.stacks import build_stack
-    from litespark.metrics import EnergyMeter, flops_per_token, peak_bf16_tflops
+    from litespark.training.energy import EnergyMeter
+    from litespark.training.metrics import flops_per_token, peak_bf16_tflops
 
     d = cfg.data
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -109,9 +110,9 @@ def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     from litespark.bench.data import load_windows
-    from litespark.cli import quiet_optional_dependency_warnings
     from litespark.config import from_dict
-    from litespark.distributed import destroy_distributed, init_distributed
+    from litespark.config.cli import quiet_optional_dependency_warnings
+    from litespark.runtime.distributed import destroy_distributed, init_distributed
 
     p = argparse.ArgumentParser(prog="litespark.bench.worker")
     p.add_argument("--stack", required=True)
@@ -125,12 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     cfg = from_dict(json.loads(Path(args.config_json).read_text()))
     out = Path(args.out)
-    init_distributed(1, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
+    init_distributed(1, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
     try:
         tokens = load_windows(args.data, (args.warmup + args.steps) * cfg.data.global_batch_size,
                               cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
         result = measure(args.stack, cfg, tokens, args.warmup, args.steps)
-    except Exception as exc:  # noqa: BLE001 - classify, then re-raise anything but OOM
+    except Exception as exc:
         if is_oom(exc):
             out.write_text(json.dumps({"stack": args.stack, "micro_batch": cfg.data.micro_batch_size, "oom": True,
                                        "error": str(exc).splitlines()[0][:400], "where": oom_site(exc)}))

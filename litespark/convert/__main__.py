@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from litespark.cli import quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.config import ConfigError, LitesparkConfig, validate
+from litespark.config.cli import quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.log import get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -29,7 +29,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _padded(cfg: LitesparkConfig) -> int:
-    from litespark.model import padded_vocab_size
+    from litespark.model.build import padded_vocab_size
 
     return padded_vocab_size(cfg)
 
@@ -38,7 +38,12 @@ def to_hf(args: argparse.Namespace) -> int:
     from litespark.convert.hf_files import write_hf_dir
     from litespark.convert.hf_llama import layer_to_hf, outer_to_hf, to_hf_config_kwargs
     from litespark.convert.litespark_checkpoint import (
-        check_shapes, expected_shapes, fp32_master_weights, read_checkpoint, resolve_checkpoint)
+        check_shapes,
+        expected_shapes,
+        fp32_master_weights,
+        read_checkpoint,
+        resolve_checkpoint,
+    )
     from litespark.convert.tp_shards import merge_state_dicts
 
     step = resolve_checkpoint(args.checkpoint)
@@ -99,7 +104,7 @@ def from_hf(args: argparse.Namespace) -> int:
     validate(cfg)
     m = cfg.model
     expected = expected_shapes(m, _padded(cfg))
-    hf_names = set(k for k in tensors.keys() if not k.endswith("rotary_emb.inv_freq"))
+    hf_names = {k for k in tensors.keys() if not k.endswith("rotary_emb.inv_freq")}  # noqa: SIM118 - HFTensors is not iterable
     # The HF names a Llama of this shape has: the export mapping applied to the expected shapes.
     meta = to_hf_state_dict({k: torch.empty(shape, device="meta") for k, shape in expected.items()}, m)
     needed = set(meta) - ({"lm_head.weight"} if m.tie_embeddings else set())

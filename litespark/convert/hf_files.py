@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import torch
 
@@ -68,13 +69,14 @@ class HFTensors:
             weight_map = json.loads(index.read_text())["weight_map"]
         elif (hf_dir / SINGLE).is_file():
             with safe_open(hf_dir / SINGLE, framework="pt") as f:
-                weight_map = {k: SINGLE for k in f.keys()}
+                weight_map = dict.fromkeys(f.keys(), SINGLE)
         else:
             raise ConfigError(f"--hf {hf_dir}: no {SINGLE} or {INDEX} (only safetensors checkpoints are read)")
         for name in sorted(set(weight_map.values())):
             if not (hf_dir / name).is_file():
                 raise ConfigError(f"--hf {hf_dir}: shard {name} listed in {INDEX} is missing")
-        self._map, self._dir, self._open = weight_map, hf_dir, {}
+        self._map, self._dir = weight_map, hf_dir
+        self._open: dict[str, Any] = {}
 
     def keys(self):
         return self._map.keys()
@@ -110,7 +112,9 @@ def write_hf_dir(out: Path, tensors: Iterable[tuple[str, torch.Tensor]], config_
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.incomplete-", dir=out.parent))
     try:
-        parts, weight_map, total = [], {}, 0
+        parts: list[tuple[str, list[str]]] = []
+        weight_map: dict[str, str] = {}
+        total = 0
         shard: dict[str, torch.Tensor] = {}
         shard_bytes = 0
 
@@ -137,7 +141,7 @@ def write_hf_dir(out: Path, tensors: Iterable[tuple[str, torch.Tensor]], config_
             for k, (name, names) in enumerate(parts):
                 final = f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
                 os.replace(tmp / name, tmp / final)
-                weight_map.update({n: final for n in names})
+                weight_map.update(dict.fromkeys(names, final))
             (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         conf = LlamaConfig(**config_kwargs)
         conf.architectures = ["LlamaForCausalLM"]
@@ -165,7 +169,7 @@ def export_tokenizer(model_file: Path, out: Path, vocab_size: int) -> None:
         raise ConfigError(f"--tokenizer {model_file} does not exist")
     try:
         sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    except Exception:  # noqa: BLE001 - sentencepiece raises RuntimeError/OSError variants
+    except Exception:
         raise ConfigError(f"--tokenizer {model_file}: not a SentencePiece model") from None
     if sp.get_piece_size() != vocab_size:
         raise ConfigError(f"--tokenizer {model_file}: vocabulary of {sp.get_piece_size()} does not match the "

@@ -14,9 +14,19 @@ HF's ``rotate_half`` does.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from litespark.config import ModelConfig
+
+
+class TensorSource(Protocol):
+    """Hugging Face tensors by name: a state dict, or the lazily opened shards of ``HFTensors``."""
+
+    def __getitem__(self, name: str) -> torch.Tensor: ...
+
+    def __contains__(self, name: str) -> bool: ...
 
 
 def _split_qkv(qkv: torch.Tensor, m: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,7 +81,7 @@ def to_hf_state_dict(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, t
     return out
 
 
-def layer_from_hf(hf: dict[str, torch.Tensor], m: ModelConfig, i: int) -> dict[str, torch.Tensor]:
+def layer_from_hf(hf: TensorSource, m: ModelConfig, i: int) -> dict[str, torch.Tensor]:
     """Litespark TP=1 tensors of decoder layer ``i`` from the HF tensors of that layer."""
     src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
     out = {
@@ -87,7 +97,7 @@ def layer_from_hf(hf: dict[str, torch.Tensor], m: ModelConfig, i: int) -> dict[s
     return {key: t.contiguous() for key, t in out.items()}
 
 
-def outer_from_hf(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
+def outer_from_hf(hf: TensorSource, m: ModelConfig, padded_vocab: int) -> dict[str, torch.Tensor]:
     """Litespark embedding, final norm and (untied) output layer; padded vocabulary rows are zero."""
 
     def pad(t: torch.Tensor) -> torch.Tensor:
@@ -111,10 +121,10 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab
 
 def to_hf_config_kwargs(m: ModelConfig) -> dict:
     """Keyword arguments for ``transformers.LlamaConfig`` describing the same model."""
-    return dict(
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_query_groups, max_position_embeddings=m.seq_length,
-        rms_norm_eps=m.norm_epsilon, rope_theta=m.rotary_base, tie_word_embeddings=m.tie_embeddings,
-        hidden_act="silu", attention_bias=False, mlp_bias=False, initializer_range=m.init_method_std,
-    )
+    return {
+        "vocab_size": m.vocab_size, "hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups, "max_position_embeddings": m.seq_length,
+        "rms_norm_eps": m.norm_epsilon, "rope_theta": m.rotary_base, "tie_word_embeddings": m.tie_embeddings,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": m.init_method_std,
+    }

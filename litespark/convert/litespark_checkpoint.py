@@ -1,6 +1,6 @@
 """Read and write Litespark checkpoints for conversion, without a process group or a GPU.
 
-A Litespark checkpoint is a DeepSpeed checkpoint directory (see :mod:`litespark.checkpoint`): with
+A Litespark checkpoint is a DeepSpeed checkpoint directory (see :mod:`litespark.training.checkpoint`): with
 ZeRO-1/2, ``mp_rank_<TP rank>_model_states.pt`` holds that TP rank's full module weights (the values
 the model trains with) and the run's config in the client state; with ZeRO-3 (TP=1 only) the weights
 live only in the optimizer partitions and DeepSpeed's own ``zero_to_fp32`` consolidates them.
@@ -16,11 +16,17 @@ from pathlib import Path
 
 import torch
 
-from litespark.checkpoint import (
-    LATEST, MANIFEST, atomic_write_text, checkpoint_dir, shape_mismatch, tag_for, validate_checkpoint,
-)
 from litespark.config import ConfigError, LitesparkConfig, ModelConfig, from_dict, to_dict
 from litespark.convert.tp_shards import is_weight
+from litespark.training.checkpoint import (
+    LATEST,
+    MANIFEST,
+    atomic_write_text,
+    checkpoint_dir,
+    shape_mismatch,
+    tag_for,
+    validate_checkpoint,
+)
 
 MODEL_STATES = "mp_rank_{:02d}_model_states.pt"
 
@@ -48,7 +54,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - a damaged file can raise anything
+    except Exception as exc:
         raise ConfigError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
 
 

@@ -15,9 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from litespark.checkpoint import atomic_write_text
-from litespark.cli import user_errors_exit_2
 from litespark.config import ConfigError
+from litespark.config.cli import user_errors_exit_2
+from litespark.files import atomic_write_text
 from litespark.log import get_logger, setup_logging
 from litespark.report.plots import plot_runs
 from litespark.report.runs import Run, load_run
@@ -31,7 +31,7 @@ def _f(value, spec: str = ",.0f", suffix: str = "") -> str:
 
 
 def _hms(seconds: float) -> str:
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     if bool(args.run) == bool(args.compare):
         raise ConfigError("give either RUN_DIR or --compare RUN_A RUN_B")
-    kwargs = dict(grid_gco2_per_kwh=args.grid_gco2_per_kwh, price_per_gpu_hour=args.price_per_gpu_hour)
+    kwargs = {"grid_gco2_per_kwh": args.grid_gco2_per_kwh, "price_per_gpu_hour": args.price_per_gpu_hour}
     if args.run:
         run = load_run(args.run)
         s = summarize(run, **kwargs)

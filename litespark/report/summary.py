@@ -8,6 +8,8 @@ from every GPU leaves the energy figures to the intervals that have one, and say
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from litespark.report.runs import Run
@@ -89,7 +91,7 @@ def loss_at_tokens(run: Run, tokens: float) -> float:
 def compare(a: Run, b: Run, **kwargs) -> dict:
     """B against A: throughput ratio, energy saving, MFU of each, loss at equal tokens."""
     sa, sb = summarize(a, **kwargs), summarize(b, **kwargs)
-    out = {"a": sa, "b": sb}
+    out: dict[str, Any] = {"a": sa, "b": sb}
     ta, tb = sa["tokens_per_s_per_gpu"], sb["tokens_per_s_per_gpu"]
     out["throughput_ratio"] = tb / ta if ta and tb else None
     ea, eb = sa["energy"], sb["energy"]

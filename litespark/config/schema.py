@@ -1,0 +1,259 @@
+"""The one typed configuration of a Litespark run: nested dataclasses, one per section.
+
+Everything else (Megatron's ``TransformerConfig``, the DeepSpeed JSON, the Slurm launch) is derived
+from a :class:`LitesparkConfig` by pure functions, so a run is fully described by the resolved config
+that ``--print-config`` shows.  This module only says what the fields are; building a config from
+presets, YAML and ``--set`` is :mod:`litespark.config.overrides`, checking it
+:mod:`litespark.config.validate`, and what the automatic (``None`` / ``'auto'``) fields become
+:mod:`litespark.config.automatic`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration; the CLI prints it on one line and exits with code 2."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the Llama-family decoder."""
+
+    num_layers: int = 2
+    """Transformer layers."""
+    hidden_size: int = 64
+    """Model width h."""
+    num_attention_heads: int = 4
+    """Query heads."""
+    num_query_groups: int = 2
+    """Key/value heads (GQA groups); equal to num_attention_heads for plain multi-head attention."""
+    ffn_hidden_size: int = 176
+    """Inner width of the SwiGLU MLP (each of gate and up projections)."""
+    vocab_size: int = 512
+    """Tokenizer vocabulary size; the embedding is padded up to a multiple of 128 x TP."""
+    seq_length: int = 64
+    """Training sequence length in tokens."""
+    rotary_base: float = 10000.0
+    """RoPE theta."""
+    norm_epsilon: float = 1e-5
+    """RMSNorm epsilon."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the LM head (Llama-3.2 small models do; Llama-2/3 large do not)."""
+    init_method_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
+    make_vocab_size_divisible_by: int = 128
+    """Padding multiple for the embedding table (times TP), as Megatron-LM does."""
+
+
+@dataclass
+class ParallelConfig:
+    """How the model is split over processes."""
+
+    tensor_parallel: int = 1
+    """Tensor-parallel size (Megatron parallel_state); data parallel is world_size / tensor_parallel."""
+    sequence_parallel: bool = False
+    """Shard norms and dropouts along the sequence inside a TP group (needs tensor_parallel > 1)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage: 1 or 2 with any TP; 3 only with tensor_parallel = 1."""
+    zero_sub_group_size: int | None = None
+    """Most parameters the optimizer step converts and updates at once.  The step's transient
+    buffers (a flat bf16 gradient and its fp32 copy, 6 bytes per parameter of the group) are this
+    big instead of the whole model's: ZeRO-3's ``sub_group_size``; for stages 1 and 2, which step
+    one parameter group at a time, the weight matrices are split into groups of at most this many
+    parameters.  None (auto): :data:`litespark.config.automatic.ZERO_SUB_GROUP_SIZE`, except with fp32 gradients
+    (``precision.fp32_grad_accumulation``), whose optimizer has no such transient: one group there
+    (:func:`litespark.config.automatic.zero_sub_group_size`)."""
+
+
+@dataclass
+class PrecisionConfig:
+    """Number formats."""
+
+    bf16: bool = True
+    """BF16 compute with fp32 master weights held by the optimizer; false trains in fp32."""
+    fp8: bool = False
+    """FP8 GEMMs through Transformer Engine (Hopper or newer; backend 'te' only)."""
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = "delayed"
+    """TE scaling recipe: delayed (amax history), tensorwise (current scaling), blockwise (1x128 / 128x128)."""
+    fp8_format: Literal["hybrid", "e4m3"] = "hybrid"
+    """hybrid: E4M3 forward, E5M2 gradients; e4m3: E4M3 everywhere."""
+    fp8_amax_history_len: int = 1024
+    """Delayed scaling: amax history window."""
+    fp8_amax_compute_algo: Literal["max", "most_recent"] = "max"
+    """Delayed scaling: how the scale is taken from the history."""
+    fp8_margin: int = 0
+    """Delayed scaling: exponent margin for the scale."""
+    fp8_output_layer: bool | None = None
+    """With fp8: the output layer (LM head) as a TE linear under the same FP8 recipe instead of
+    Megatron's BF16 one (:mod:`litespark.model.modules.fp8_output_layer`).  None (automatic): on
+    with fp8 unless the embeddings are tied (the tied weight is the embedding's), with or without CUDA
+    graphs; true refuses tied embeddings; ignored without fp8, so a BF16 comparison run can share the
+    setting.  What it buys: docs/performance.md."""
+    fp32_grad_accumulation: bool | None = None
+    """Keep the gradients in fp32 buffers that DeepSpeed's BF16 ZeRO-1 optimizer owns, and have
+    Transformer Engine's weight-gradient GEMMs write into them directly (Megatron's gradient-
+    accumulation fusion, ``main_grad``), instead of bf16 ``.grad`` tensors that the ZeRO optimizer
+    flattens and converts to fp32 at every step.  Costs 4 bytes per parameter at the memory peak: the
+    fp32 buffers live through the forward pass, where the bf16 gradients did not exist yet.  Needs bf16, ZeRO stage 1 and no CUDA graphs.  None (auto): on where that holds with
+    the te backend (:func:`litespark.config.automatic.fp32_grad_accumulation`)."""
+
+
+@dataclass
+class KernelConfig:
+    """Implementation choices that must not change the function computed (see docs/design.md)."""
+
+    backend: Literal["auto", "te", "torch"] = "auto"
+    """Which modules fill the layer spec's slots: Transformer Engine (CUDA) or the torch reference.
+    'auto' resolves to 'te' when CUDA and Transformer Engine are present, else 'torch'."""
+    fused_mlp: bool = False
+    """TE backend: run RMSNorm + FC1 + SwiGLU + FC2 through TE's operation fuser (Megatron's
+    TEFusedMLP).  BF16 or tensorwise FP8 only: with TE 2.10 / mcore 0.16.1 the delayed recipe gives
+    NaN FC1 gradients and the blockwise recipe is not implemented by the fuser."""
+    te_swiglu: bool = True
+    """TE backend: the MLP's SwiGLU from Transformer Engine (``te.pytorch.ops.SwiGLU`` in the MLP's
+    activation slot, Megatron's ``use_te_activation_func``) instead of Megatron's compiled SwiGLU.
+    Same function, fewer host calls (docs/performance.md).  Ignored by the torch backend and by ``fused_mlp`` (which has its own)."""
+    rope_fusion: bool = True
+    """TE backend: fused RoPE kernel instead of the unfused torch rotation."""
+    fused_qkv_rope: bool = True
+    """TE backend with rope_fusion: rotate the unsplit QKV projection output in one TE kernel that also
+    writes q, k and v apart (Megatron's ``fused_single_qkv_rope``), instead of splitting it into
+    views, copying them contiguous, rotating q and k separately and concatenating the three gradients
+    in backward.  Same function.  Ignored without rope_fusion and by the torch backend."""
+    norm_kernel: Literal["te", "cudnn"] = "cudnn"
+    """TE backend: which kernels Transformer Engine runs for RMSNorm (forward, with its FP8 output, and
+    backward).  'te': TE's own, which have tuned variants only for some hidden sizes (512, 768, 1024,
+    2048, 4096, 8192 in TE 2.10) and fall back to general kernels otherwise (llama-3b's 3072,
+    llama-30b's 6656).  'cudnn': cuDNN's normalization graphs (TE's ``NVTE_NORM_FWD_USE_CUDNN`` /
+    ``NVTE_NORM_BWD_USE_CUDNN``).  Same function (docs/performance.md).  Process-wide:
+    :func:`litespark.model.build.build_model` sets TE's switches, which TE reads once, at the first
+    normalization in the process."""
+    qkv_rope_kernel: Literal["te", "triton"] = "triton"
+    """With fused_qkv_rope (TE backend): which kernels rotate the unsplit QKV output.  'te':
+    Transformer Engine's ``fused_qkv_rope`` kernels.  'triton': Litespark's Triton kernel
+    (:mod:`litespark.model.modules.qkv_rope`, installed by :mod:`megatron_patches.qkv_rope`), the
+    same fp32 rotation, written to load each token's cos/sin once for all its heads (docs/performance.md).
+    Needs a power-of-two head dimension.  Process-wide: the last model built that calls the rotation
+    decides for every model in the process."""
+    te_cross_entropy: bool = True
+    """TE backend: Transformer Engine's fused cross-entropy (one kernel that writes the logits'
+    gradient in place of the logits; Megatron's ``cross_entropy_fusion_impl='te'``) instead of
+    Megatron's native fused one, which makes an fp32 copy of the logits and keeps their fp32 softmax
+    for backward.  Same function.  Ignored by the torch
+    backend (which has no fused cross-entropy)."""
+    fp8_attention: bool = False
+    """TE backend with FP8: run dot-product attention in FP8 too."""
+    cuda_graphs: bool | None = None
+    """TE backend: replay each transformer layer's training forward and backward as CUDA graphs
+    (captured once, after the engine is built, for the configured micro-batch shape); removes the
+    host's kernel-launch overhead.  tensor_parallel=1 and ZeRO stage 1 or 2 only.  None (auto):
+    on where that holds and the micro-batch is at most
+    :data:`litespark.config.automatic.GRAPHS_AUTO_MAX_MICRO_BATCH`, where the step is launch-bound
+    (docs/performance.md)."""
+    cuda_graph_layers: int | None = None
+    """With cuda_graphs: capture only the first N decoder layers (None: all).  The graphs' memory
+    pool is private, so the optimizer step cannot reuse the captured layers' activation memory;
+    capturing fewer layers trades launch overhead for memory (docs/performance.md)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay."""
+
+    lr: float = 3e-4
+    """Peak learning rate."""
+    min_lr: float = 3e-5
+    """Learning rate at the end of the cosine decay."""
+    warmup_iters: int = 10
+    """Linear warmup steps from 0 to lr."""
+    decay_iters: int | None = None
+    """Steps of cosine decay after warmup; None decays until run.train_iters."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to norms)."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip; 0 disables."""
+    deepspeed_step_patches: bool = True
+    """Replace two helpers of DeepSpeed's optimizer step with ones that compute the same values faster
+    (:mod:`deepspeed_patches`): the NaN/inf mask of the gradient norm without its two host
+    syncs, and the clip as one foreach multiply.  Process-wide; refuses untested DeepSpeed releases."""
+
+
+@dataclass
+class DataConfig:
+    """Training data and batching."""
+
+    prefixes: list[str] = field(default_factory=list)
+    """Megatron indexed dataset prefixes (PATH without .bin/.idx); empty with source='mock'."""
+    weights: list[float] = field(default_factory=list)
+    """Blend weights, one per prefix; empty means proportional to size."""
+    source: Literal["indexed", "mock"] = "mock"
+    """'indexed' reads the prefixes; 'mock' generates random tokens (benchmarks, tests)."""
+    split: str = "98,2,0"
+    """Train/valid/test split of each prefix, as Megatron's comma-separated weights."""
+    micro_batch_size: int = 2
+    """Sequences per forward/backward on each data-parallel rank."""
+    global_batch_size: int = 8
+    """Sequences per optimizer step over all data-parallel ranks (micro x DP x accumulation)."""
+    tokenizer: str | None = None
+    """SentencePiece model path, recorded for checkpoints and export."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Saving and resuming."""
+
+    enabled: bool = True
+    """False never saves (benchmarks); resume still loads an existing checkpoint when resume=true."""
+    save_interval: int = 0
+    """Save every N steps (0: only at the end and on a preemption signal)."""
+    keep_last: int = 2
+    """Complete checkpoints kept on disk."""
+    resume: bool = True
+    """Resume from RUN_DIR/checkpoints/latest when it exists."""
+    load: str | None = None
+    """Another run's directory whose newest checkpoint initialises the weights (only) when RUN_DIR has none."""
+
+
+@dataclass
+class RunConfig:
+    """The job itself."""
+
+    train_iters: int = 100
+    """Optimizer steps."""
+    seed: int = 1234
+    """Seed for weights, data order and dropout."""
+    log_interval: int = 10
+    """Steps between metric lines."""
+    eval_interval: int = 0
+    """Steps between validation passes (0: never)."""
+    eval_iters: int = 10
+    """Batches per validation pass."""
+    run_dir: str = "runs/default"
+    """Where checkpoints, metrics.jsonl and the resolved config go."""
+
+
+@dataclass
+class LitesparkConfig:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    preset: str = "custom"
+    """Name of the preset this config started from (informational)."""

@@ -1,0 +1,183 @@
+"""Checking that a config's fields agree with each other, before anything is built.
+
+:func:`validate` runs one named check per section, in a fixed order, and stops at the first problem
+with a one-line :class:`~litespark.config.schema.ConfigError` that names the field.  Checks that need
+to know how an automatic choice resolves (CUDA graphs, fp32 gradients, the Triton RoPE) ask
+:mod:`litespark.config.automatic` why a setting would be refused, so the refusal reads the same
+wherever it is found.
+"""
+
+from __future__ import annotations
+
+from litespark.config.automatic import (
+    cuda_graphs_refusal,
+    fp32_grad_accumulation_refusal,
+    qkv_rope_kernel_refusal,
+)
+from litespark.config.schema import ConfigError, LitesparkConfig
+
+
+def validate(cfg: LitesparkConfig, world_size: int | None = None) -> LitesparkConfig:
+    """Reject impossible configurations with a one-line :class:`ConfigError` naming the field.
+
+    ``world_size`` adds the checks that need the process count (TP must divide it, the global batch
+    must be micro x DP x accumulation).
+    """
+    _check_sizes(cfg)
+    _check_model_shape(cfg)
+    _check_parallel(cfg)
+    _check_precision(cfg)
+    _check_kernels(cfg)
+    _check_optim(cfg)
+    _check_data(cfg)
+    if world_size is not None:
+        _check_world_size(cfg, world_size)
+    return cfg
+
+
+def gradient_accumulation_steps(cfg: LitesparkConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step on each data-parallel rank."""
+    validate(cfg, world_size)
+    dp = world_size // cfg.parallel.tensor_parallel
+    return cfg.data.global_batch_size // (cfg.data.micro_batch_size * dp)
+
+
+def _check_sizes(cfg: LitesparkConfig) -> None:
+    """Counts and sizes are positive."""
+    m, par, d, r = cfg.model, cfg.parallel, cfg.data, cfg.run
+    positive: dict[str, int | None] = {
+        "model.num_layers": m.num_layers, "model.hidden_size": m.hidden_size,
+        "model.num_attention_heads": m.num_attention_heads, "model.num_query_groups": m.num_query_groups,
+        "model.ffn_hidden_size": m.ffn_hidden_size, "model.vocab_size": m.vocab_size,
+        "model.seq_length": m.seq_length, "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
+        "parallel.tensor_parallel": par.tensor_parallel, "data.micro_batch_size": d.micro_batch_size,
+        "data.global_batch_size": d.global_batch_size, "run.train_iters": r.train_iters,
+        "run.log_interval": r.log_interval, "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "parallel.zero_sub_group_size": par.zero_sub_group_size,
+    }
+    for name, value in positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    for name, number in {"model.rotary_base": m.rotary_base, "model.norm_epsilon": m.norm_epsilon,
+                         "model.init_method_std": m.init_method_std, "optim.lr": cfg.optim.lr}.items():
+        if not number > 0:
+            raise ConfigError(f"{name} must be positive, got {number}")
+
+
+def _check_model_shape(cfg: LitesparkConfig) -> None:
+    """Heads divide the width, query groups divide the heads, RoPE gets an even head dimension."""
+    m = cfg.model
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size ({m.hidden_size}) is not divisible by model.num_attention_heads ({m.num_attention_heads})")
+    if m.num_attention_heads % m.num_query_groups:
+        raise ConfigError(
+            f"model.num_query_groups ({m.num_query_groups}) does not divide model.num_attention_heads ({m.num_attention_heads})")
+    if (m.hidden_size // m.num_attention_heads) % 2:
+        raise ConfigError(f"model head dimension {m.hidden_size // m.num_attention_heads} must be even for RoPE")
+
+
+def _check_parallel(cfg: LitesparkConfig) -> None:
+    """TP splits the heads, groups and FFN evenly; the ZeRO stage and sequence parallelism fit TP."""
+    m, par = cfg.model, cfg.parallel
+    tp = par.tensor_parallel
+    for name, value in (("model.num_attention_heads", m.num_attention_heads),
+                        ("model.num_query_groups", m.num_query_groups),
+                        ("model.ffn_hidden_size", m.ffn_hidden_size)):
+        if value % tp:
+            raise ConfigError(f"parallel.tensor_parallel ({tp}) does not divide {name} ({value})")
+    if par.zero_stage not in (1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage must be 1, 2 or 3, got {par.zero_stage}")
+    if par.zero_stage == 3 and tp > 1:
+        raise ConfigError("parallel.zero_stage=3 needs parallel.tensor_parallel=1 (ZeRO-3 does not shard TP-split weights)")
+    if par.sequence_parallel and tp == 1:
+        raise ConfigError("parallel.sequence_parallel needs parallel.tensor_parallel > 1")
+    if par.sequence_parallel and cfg.kernels.backend == "torch":
+        raise ConfigError("parallel.sequence_parallel needs kernels.backend 'te' (TE norms and reduce-scatter)")
+
+
+def _check_precision(cfg: LitesparkConfig) -> None:
+    """FP8 needs the TE backend and BF16; the FP8 output layer needs untied embeddings."""
+    prec = cfg.precision
+    if prec.fp8 and cfg.kernels.backend == "torch":
+        raise ConfigError("precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
+    if prec.fp8 and not prec.bf16:
+        raise ConfigError("precision.fp8=true needs precision.bf16=true (non-FP8 ops run in BF16)")
+    if prec.fp8 and prec.fp8_output_layer is True and cfg.model.tie_embeddings:
+        raise ConfigError("precision.fp8_output_layer=true does not support model.tie_embeddings=true "
+                          "(the tied weight is the embedding's)")
+    if prec.fp8_amax_history_len <= 0:
+        raise ConfigError(f"precision.fp8_amax_history_len must be positive, got {prec.fp8_amax_history_len}")
+
+
+def _check_kernels(cfg: LitesparkConfig) -> None:
+    """Kernel choices that the recipe, the head dimension or each other rule out."""
+    k, prec = cfg.kernels, cfg.precision
+    if k.fused_mlp and prec.fp8 and prec.fp8_recipe != "tensorwise":
+        raise ConfigError(
+            f"kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not {prec.fp8_recipe} "
+            "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
+    refusal = qkv_rope_kernel_refusal(cfg)
+    if k.backend == "te" and refusal:
+        raise ConfigError(refusal)
+    if k.fp8_attention and not prec.fp8:
+        raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
+    if prec.fp32_grad_accumulation:
+        refusal = fp32_grad_accumulation_refusal(cfg)
+        if refusal:
+            raise ConfigError(refusal)
+    refusal = cuda_graphs_refusal(cfg)
+    if k.cuda_graphs and refusal:
+        raise ConfigError(refusal)
+    n_graphed = k.cuda_graph_layers
+    if n_graphed is not None:
+        if k.cuda_graphs is not True:
+            raise ConfigError("kernels.cuda_graph_layers needs kernels.cuda_graphs=true")
+        if not 1 <= n_graphed <= cfg.model.num_layers:
+            raise ConfigError(f"kernels.cuda_graph_layers must lie between 1 and model.num_layers "
+                              f"({cfg.model.num_layers}), got {n_graphed}")
+
+
+def _check_optim(cfg: LitesparkConfig) -> None:
+    """Learning-rate schedule and AdamW hyper-parameters in their ranges."""
+    o = cfg.optim
+    if not 0 <= o.min_lr <= o.lr:
+        raise ConfigError(f"optim.min_lr ({o.min_lr}) must lie between 0 and optim.lr ({o.lr})")
+    if o.warmup_iters < 0 or (o.decay_iters is not None and o.decay_iters < 0):
+        raise ConfigError("optim.warmup_iters and optim.decay_iters must not be negative")
+    if not (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1):
+        raise ConfigError(f"optim.beta1/beta2 must lie in [0, 1), got {o.beta1}, {o.beta2}")
+    if o.clip_grad < 0 or o.weight_decay < 0 or o.eps <= 0:
+        raise ConfigError("optim.clip_grad and optim.weight_decay must be >= 0 and optim.eps > 0")
+
+
+def _check_data(cfg: LitesparkConfig) -> None:
+    """Batch sizes divide, indexed data has prefixes, blend weights and split are well formed."""
+    d = cfg.data
+    if d.global_batch_size % d.micro_batch_size:
+        raise ConfigError(
+            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of data.micro_batch_size ({d.micro_batch_size})")
+    if d.source == "indexed" and not d.prefixes:
+        raise ConfigError("data.prefixes is empty; give dataset prefixes or set data.source=mock")
+    if d.weights and len(d.weights) != len(d.prefixes):
+        raise ConfigError(f"data.weights has {len(d.weights)} entries for {len(d.prefixes)} data.prefixes")
+    if any(w < 0 for w in d.weights) or (d.weights and sum(d.weights) <= 0):
+        raise ConfigError("data.weights must be non-negative and not all zero")
+    try:
+        split = [float(s) for s in d.split.split(",")]
+    except ValueError:
+        raise ConfigError(f"data.split {d.split!r} must be comma-separated numbers such as 98,2,0") from None
+    if len(split) != 3 or any(s < 0 for s in split) or sum(split) <= 0:
+        raise ConfigError(f"data.split {d.split!r} must be three non-negative numbers such as 98,2,0")
+
+
+def _check_world_size(cfg: LitesparkConfig, world_size: int) -> None:
+    """TP divides the world; the global batch is micro-batch x DP x accumulation."""
+    tp, d = cfg.parallel.tensor_parallel, cfg.data
+    if world_size % tp:
+        raise ConfigError(f"parallel.tensor_parallel ({tp}) does not divide the world size ({world_size})")
+    dp = world_size // tp
+    if d.global_batch_size % (d.micro_batch_size * dp):
+        raise ConfigError(
+            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of "
+            f"data.micro_batch_size x data-parallel size ({d.micro_batch_size} x {dp})")

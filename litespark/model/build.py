@@ -1,0 +1,121 @@
+"""``build_model``: a Megatron-Core ``GPTModel`` with the Litespark layer spec.
+
+Only what the model *is* lives here; how it is wrapped for training (DeepSpeed, FP8 autocast) is
+the engine's job.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+import megatron_patches
+from litespark.config import ConfigError, LitesparkConfig
+from litespark.config.automatic import fp8_output_layer
+from litespark.log import get_logger
+from litespark.model.layer_spec import get_final_norm_spec, get_litespark_layer_spec
+from litespark.model.transformer_config import to_transformer_config
+from megatron_patches import qkv_rope as qkv_rope_patch
+
+
+def padded_vocab_size(cfg: LitesparkConfig) -> int:
+    """Vocabulary rounded up to ``make_vocab_size_divisible_by x TP`` (as Megatron-LM pads it)."""
+    multiple = cfg.model.make_vocab_size_divisible_by * cfg.parallel.tensor_parallel
+    return -(-cfg.model.vocab_size // multiple) * multiple
+
+
+def build_model(cfg: LitesparkConfig) -> GPTModel:
+    """The Litespark Llama for ``cfg`` on this rank's TP shard (needs :func:`init_distributed`).
+
+    Weights stay on the CPU in ``params_dtype``; the engine moves them to the device.
+    """
+    if not parallel_state.model_parallel_is_initialized():
+        raise RuntimeError("build_model needs Megatron's parallel_state: call litespark.runtime.distributed.init_distributed first")
+    megatron_patches.apply_all()
+    backend = cfg.kernels.backend
+    if backend == "auto":
+        raise ValueError("build_model needs kernels.backend resolved to 'te' or 'torch' (litespark.config.resolve_backend)")
+    if backend == "te":
+        select_te_norm_kernels(cfg.kernels.norm_kernel)
+    _select_qkv_rope_kernel(cfg)
+    layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
+    block = TransformerBlockSubmodules(
+        layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend))
+    model = GPTModel(
+        config=to_transformer_config(cfg),
+        transformer_layer_spec=block,
+        vocab_size=padded_vocab_size(cfg),
+        max_sequence_length=cfg.model.seq_length,
+        pre_process=True,
+        post_process=True,
+        share_embeddings_and_output_weights=cfg.model.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=cfg.model.rotary_base,
+        parallel_output=True,
+    )
+    if backend == "te" and fp8_output_layer(cfg):
+        from litespark.model.modules.fp8_output_layer import use_fp8_output_layer
+
+        use_fp8_output_layer(model)
+    return model
+
+
+TE_CUDNN_NORM_SWITCHES = ("NVTE_NORM_FWD_USE_CUDNN", "NVTE_NORM_BWD_USE_CUDNN")
+"""Transformer Engine's environment switches for cuDNN's RMSNorm / LayerNorm, read once per process."""
+
+
+def select_te_norm_kernels(kernel: str) -> None:
+    """Set TE's normalization switches for ``kernels.norm_kernel`` (``"te"`` or ``"cudnn"``).
+
+    TE reads them at the first normalization it runs in the process, so this must happen before any
+    forward pass; :func:`build_model` calls it.  A switch the user set to the other value is
+    overridden, with a warning: the config is the single source.
+    """
+    if kernel not in ("te", "cudnn"):
+        raise ValueError(f"kernels.norm_kernel must be 'te' or 'cudnn', got {kernel!r}")
+    value = "1" if kernel == "cudnn" else "0"
+    for name in TE_CUDNN_NORM_SWITCHES:
+        found = os.environ.get(name)
+        if found is not None and found != value:
+            get_logger(__name__).warning("%s=%s in the environment overridden by kernels.norm_kernel=%s",
+                                         name, found, kernel)
+        os.environ[name] = value
+
+
+_qkv_rope_choice: str | None = None
+"""The ``kernels.qkv_rope_kernel`` that the last model calling Megatron's single-QKV RoPE chose."""
+
+
+def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
+    """Bind Megatron's single-QKV RoPE to the kernels ``kernels.qkv_rope_kernel`` names (process-wide).
+
+    Only a model that calls that name (TE backend, rope_fusion, fused_qkv_rope) moves the binding; a
+    torch-backend or split-RoPE model leaves it to the models already built.  A second model choosing
+    the other kernel switches the first one too, so that is logged.
+    """
+    global _qkv_rope_choice
+    k = cfg.kernels
+    if not (k.backend == "te" and k.rope_fusion and k.fused_qkv_rope):
+        return
+    if _qkv_rope_choice not in (None, k.qkv_rope_kernel):
+        get_logger(__name__).warning(
+            "kernels.qkv_rope_kernel=%s replaces %s for every model in this process (it is one binding "
+            "in megatron.core.transformer.attention)", k.qkv_rope_kernel, _qkv_rope_choice)
+    if k.qkv_rope_kernel == "triton":
+        if importlib.util.find_spec("triton") is None:
+            raise ConfigError("kernels.qkv_rope_kernel=triton needs the triton package (it ships with CUDA builds of "
+                              "torch): install it or set kernels.qkv_rope_kernel=te")
+        qkv_rope_patch.apply()
+    else:
+        qkv_rope_patch.remove()
+    _qkv_rope_choice = k.qkv_rope_kernel
+
+
+def position_ids_for(tokens: torch.Tensor) -> torch.Tensor:
+    """[b, s] positions 0..s-1 for a batch of token ids."""
+    return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)

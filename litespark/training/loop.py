@@ -1,0 +1,320 @@
+"""The training loop: config -> model -> DeepSpeed engine -> data -> steps, metrics, checkpoints.
+
+:func:`train` reads top to bottom as the job runs: set up the processes and the run directory, build
+the model, the engine and the datasets, restore the newest checkpoint, then :class:`TrainingRun`
+steps until ``run.train_iters``, logging an interval every ``run.log_interval`` steps, evaluating and
+saving at their intervals, and stopping cleanly on a preemption signal.  Evaluations and saves are
+timed and metered apart from training, so tokens/s and joules per token count training alone.
+
+Exit codes: 0 when ``run.train_iters`` are done, 75 (EX_TEMPFAIL) after a checkpoint taken because
+of SIGTERM/SIGUSR1 (Slurm preemption: the job script requeues), 1 on a non-finite loss, 2 for a
+configuration or data error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
+from litespark.environment import collect_versions
+from litespark.files import atomic_write_text
+from litespark.log import get_logger, setup_logging
+from litespark.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from litespark.training.energy import EnergyMeter, PhaseMeter
+from litespark.training.metrics import count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
+from litespark.training.metrics_log import MetricsLog
+from litespark.training.step import dp_mean, evaluate, train_step
+
+EXIT_PREEMPTED = 75
+EXIT_NONFINITE_LOSS = 1
+log = get_logger(__name__)
+
+
+def train(cfg: LitesparkConfig) -> int:
+    """Run (or resume) the training job described by ``cfg``; returns the process exit code."""
+    from litespark.runtime.distributed import init_distributed
+
+    _refuse_unsupported(cfg)
+    t_setup = time.perf_counter()
+    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
+    setup_logging()
+    energy = EnergyMeter()
+    energy.interval_joules()  # the set-up phase's energy counts from here
+    world = dist.get_world_size()
+    validate(cfg, world)
+    run_dir = _prepare_run_dir(cfg, world)
+    _log_summary(cfg, world)
+    engine, scheduler, datasets = _build(cfg)
+    start_step = _restore(cfg, engine, run_dir)
+    if start_step >= cfg.run.train_iters:
+        log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
+        return 0
+    return TrainingRun(cfg, engine, scheduler, datasets, run_dir, energy, start_step, t_setup).run()
+
+
+def run(cfg: LitesparkConfig) -> int:
+    """:func:`train` with the process group torn down afterwards (CLI entry)."""
+    from litespark.runtime.distributed import destroy_distributed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    try:
+        return train(cfg)
+    finally:
+        destroy_distributed()
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up steps
+
+
+def _refuse_unsupported(cfg: LitesparkConfig) -> None:
+    """What the config allows but this trainer cannot train correctly yet."""
+    if cfg.parallel.sequence_parallel:
+        # Megatron's optimizer all-reduces sequence-parallel norm-weight gradients over the TP group;
+        # DeepSpeed does not, and training would silently diverge across TP ranks.
+        raise ConfigError("parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
+                          "(norm-weight gradients would not be reduced over the TP group)")
+
+
+def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> Path:
+    """Create the run directory and record the resolved config and the environment (rank 0)."""
+    from megatron.core import parallel_state as ps
+
+    run_dir = Path(cfg.run.run_dir)
+    if dist.get_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        atomic_write_text(run_dir / "environment.json", json.dumps({
+            **collect_versions(), "world_size": world, "tensor_parallel": cfg.parallel.tensor_parallel,
+            "data_parallel": ps.get_data_parallel_world_size()}, indent=1))
+    return run_dir
+
+
+def _log_summary(cfg: LitesparkConfig, world: int) -> None:
+    """One line: the model's size and FLOPs, the layout, the backend and the number format."""
+    from megatron.core import parallel_state as ps
+
+    n = count_parameters(cfg.model).without_input_embedding
+    size = f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.3f} M"
+    p = cfg.precision
+    numerics = f", FP8 {p.fp8_recipe}" if p.fp8 else (", BF16" if p.bf16 else ", FP32")
+    log.info("llama %d x %d, %s parameters (no input embedding), %.3g GFLOP/token; world %d = TP %d x DP %d, "
+             "ZeRO-%d, %s%s", cfg.model.num_layers, cfg.model.hidden_size, size, flops_per_token(cfg.model) / 1e9,
+             world, cfg.parallel.tensor_parallel, ps.get_data_parallel_world_size(), cfg.parallel.zero_stage,
+             cfg.kernels.backend, numerics)
+
+
+def _build(cfg: LitesparkConfig):
+    """The model inside its DeepSpeed engine, the LR scheduler, and the datasets of this run's sizes."""
+    from megatron.core import parallel_state as ps
+
+    from litespark.model.build import build_model
+    from litespark.runtime.engine import build_engine
+    from litespark.training.data import build_datasets
+
+    engine, _, scheduler = build_engine(cfg, build_model(cfg), dist.get_world_size())
+    dp_size = ps.get_data_parallel_world_size()
+    eval_samples = cfg.run.eval_iters * cfg.data.micro_batch_size * dp_size if cfg.run.eval_interval else 0
+    return engine, scheduler, build_datasets(cfg, eval_samples=eval_samples)
+
+
+def _restore(cfg: LitesparkConfig, engine, run_dir: Path) -> int:
+    """Resume from the run directory's newest usable checkpoint, or initialise the weights from
+    ``checkpoint.load``; returns the step training starts at."""
+    start_step = 0
+    if cfg.checkpoint.resume:
+        state = load_latest_checkpoint(engine, run_dir)
+        if state is not None:
+            start_step = state["step"]
+    if start_step == 0 and cfg.checkpoint.load:
+        state = load_latest_checkpoint(engine, cfg.checkpoint.load, weights_only=True)
+        if state is None:
+            raise ConfigError(f"checkpoint.load: no usable checkpoint under {cfg.checkpoint.load}/checkpoints")
+        log.info("initialised weights from %s (its step %d); this run starts at step 0 with a fresh optimizer",
+                 cfg.checkpoint.load, state["step"])
+    return start_step
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1; ranks agree on it with a MAX all-reduce so they stop at the same step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([1 if self.signal else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+class TrainingRun:
+    """The steps of one training job, from its start step to ``run.train_iters`` or a stop signal.
+
+    Created once the engine is built and the checkpoint restored: it installs the stop-signal
+    handlers, opens the metrics log, records the set-up phase and starts the first interval.
+    """
+
+    def __init__(self, cfg: LitesparkConfig, engine, scheduler, datasets, run_dir: Path, energy: EnergyMeter,
+                 start_step: int, t_setup: float):
+        from megatron.core import parallel_state as ps
+        from tqdm import tqdm
+
+        self.cfg, self.engine, self.scheduler, self.datasets, self.run_dir = cfg, engine, scheduler, datasets, run_dir
+        self.device = engine.device if isinstance(engine.device, torch.device) else torch.device(engine.device)
+        self.world, self.rank = dist.get_world_size(), dist.get_rank()
+        self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+        self.start_step = self.step_done = start_step
+        self.last_saved: int | None = None
+        self.stop = StopFlag()
+        self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+        self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
+        self.tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_length
+        # A live bar on a terminal; in logs (batch jobs, CI) the interval lines already say where we are.
+        self.progress = tqdm(total=cfg.run.train_iters, initial=start_step,
+                             disable=self.rank != 0 or not sys.stderr.isatty(), unit="step", dynamic_ncols=True,
+                             mininterval=2.0)
+        self._write_phase("setup", time.perf_counter() - t_setup, energy.interval_joules())
+        self.phases = PhaseMeter(energy)  # the first training interval starts now
+
+    def run(self) -> int:
+        """Train from the start step; returns the exit code."""
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        from litespark.training.data import iterate_micro_batches
+
+        cfg, device = self.cfg, self.device
+        interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
+        with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
+            fetch_start = time.perf_counter()
+            for step, micro_batches in iterate_micro_batches(self.datasets.train, cfg, self.dp_size, self.dp_rank,
+                                                             self.start_step, device):
+                data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
+                loss_sum += train_step(self.engine, micro_batches)
+                self.step_done, interval_steps = step + 1, interval_steps + 1
+                self.progress.update(1)
+                if self.step_done % cfg.run.log_interval == 0 or self.step_done == cfg.run.train_iters:
+                    loss = self._log_interval(interval_steps, loss_sum, data_wait)
+                    if not math.isfinite(loss):
+                        log.error("loss is %s at step %d; stopping", loss, self.step_done)
+                        return EXIT_NONFINITE_LOSS
+                    interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
+                if cfg.run.eval_interval and self.step_done % cfg.run.eval_interval == 0 and self.datasets.valid is not None:
+                    self._evaluate()
+                if cfg.checkpoint.save_interval and self.step_done % cfg.checkpoint.save_interval == 0:
+                    self._save("interval")
+                if self.stop.agreed(device):
+                    if self.last_saved != self.step_done:
+                        self._save("preemption signal")
+                    log.warning("stopping at step %d on a preemption signal; resume by running the same command",
+                                self.step_done)
+                    self.progress.close()
+                    return EXIT_PREEMPTED
+                fetch_start = time.perf_counter()
+            self.progress.close()
+            if self.last_saved != self.step_done:
+                self._save("end of training")
+            log.info("done: %d steps", self.step_done)
+            return 0
+
+    def _log_interval(self, interval_steps: int, loss_sum: torch.Tensor, data_wait: float) -> float:
+        """Close the training interval: write its metrics record and log line; returns its mean loss."""
+        cfg = self.cfg
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds, joules = self.phases.close_interval()
+        interval_j, reporting = self._all_gpus_joules(joules)
+        grad_norm = self.engine.get_global_grad_norm()
+        tokens = interval_steps * self.tokens_per_step
+        record = {
+            "step": self.step_done, "split": "train", "loss": dp_mean(loss_sum / interval_steps),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "seconds": seconds, "data_wait_s": data_wait, "tokens": tokens,
+            "consumed_samples": self.step_done * cfg.data.global_batch_size,
+            **interval_metrics(tokens=tokens, seconds=seconds, world_size=self.world, m=cfg.model,
+                               peak_tflops=self.peak, energy_joules_all_gpus=interval_j, gpus_reporting=reporting),
+            **_peak_memory_gib(),
+        }
+        self.metrics.write(record)
+        if self.rank == 0:
+            self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s",
+                     self.step_done, cfg.run.train_iters, record["loss"], record["lr"],
+                     f"{record['grad_norm']:.3f}" if record["grad_norm"] is not None else "-",
+                     record["tokens_per_s_per_gpu"], record["tflops_per_gpu"],
+                     f" MFU {100 * record['mfu']:.1f}% (of BF16 peak)" if "mfu" in record else "",
+                     f" {record['power_w_per_gpu']:.0f} W/gpu {record['joules_per_token']:.4f} J/token"
+                     if "energy_j" in record else "")
+        return record["loss"]
+
+    def _evaluate(self) -> None:
+        valid_loss = self._side_phase("eval", lambda: evaluate(self.engine, self.datasets.valid, self.cfg, self.device))
+        self.metrics.write({"step": self.step_done, "split": "valid", "loss": valid_loss})
+        log.info("step %d validation loss %.4f", self.step_done, valid_loss)
+
+    def _save(self, reason: str) -> None:
+        cfg = self.cfg
+        if not cfg.checkpoint.enabled:
+            return
+        t = time.perf_counter()
+        step = self.step_done
+        client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
+        path = self._side_phase("checkpoint", lambda: save_checkpoint(self.engine, self.run_dir, step, client,
+                                                                      cfg.checkpoint.keep_last))
+        self.last_saved = step
+        log.info("saved checkpoint %s (%s, %.1f s)", path, reason, time.perf_counter() - t)
+
+    def _side_phase(self, kind: str, fn: Callable):
+        """Run an evaluation or a save outside the training interval's time and energy; record it."""
+        self.phases.pause()
+        result = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds, joules = self.phases.resume()
+        self._write_phase(kind, seconds, joules)
+        return result
+
+    def _write_phase(self, kind: str, seconds: float, joules: float | None) -> None:
+        """A set-up, evaluation or checkpoint record, with every GPU's energy when all of them reported."""
+        total, reporting = self._all_gpus_joules(joules)
+        record: dict[str, Any] = {"step": self.step_done, "split": kind, "seconds": seconds}
+        if kind == "setup":
+            record["world_size"] = self.world
+        if reporting == self.world:
+            record["energy_j"] = total
+        self.metrics.write(record)
+
+    def _all_gpus_joules(self, joules: float | None) -> tuple[float, int]:
+        """Sum of every rank's joules and how many ranks had a reading (collective)."""
+        reported = torch.tensor([joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64,
+                                device=self.device)
+        dist.all_reduce(reported)
+        return float(reported[0]), int(reported[1])
+
+
+def _peak_memory_gib() -> dict:
+    if torch.cuda.is_available():
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}

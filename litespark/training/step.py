@@ -1,0 +1,81 @@
+"""One optimizer step and one evaluation pass on a DeepSpeed engine.
+
+The loop (:mod:`litespark.training.loop`) decides when; this module decides what a step is: refresh
+the FP8 weight cache, forward / backward each of this rank's micro-batches (DeepSpeed accumulates
+and steps at the boundary), and tell the fp32-gradient link after each backward.  The benchmark's
+Litespark stack calls :func:`train_step` too, so what is measured is what trains.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from litespark.config import LitesparkConfig
+
+
+def forward_loss(engine, batch: dict) -> torch.Tensor:
+    """Mean loss of one micro-batch over the positions its ``loss_mask`` counts."""
+    from litespark.model.build import position_ids_for
+
+    losses = engine(input_ids=batch["tokens"], position_ids=position_ids_for(batch["tokens"]),
+                    attention_mask=None, labels=batch["labels"])
+    mask = batch["loss_mask"].float()
+    return (losses.float() * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def refresh_fp8_weight_cache(engine) -> None:
+    """Make the next forward re-quantise the weights.
+
+    Megatron's TE linears cache their FP8 weights (and transposes) after the first micro-batch
+    (``is_first_microbatch``), so the later micro-batches of the same step skip the casts; the cache
+    must be invalidated whenever the weights change, i.e. before the first micro-batch after an
+    optimizer step, as Megatron's own schedule does.  Without it every forward after step 1 would run
+    on step 1's weights.  A no-op without FP8.
+    """
+    module = getattr(engine, "module", engine)
+    if hasattr(module, "set_is_first_microbatch"):
+        module.set_is_first_microbatch()
+
+
+def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
+    """One optimizer step over this rank's micro-batches (DeepSpeed accumulates and steps at the
+    boundary); returns the mean micro-batch loss, still on the device."""
+    refresh_fp8_weight_cache(engine)
+    fp32_grads = getattr(engine, "litespark_fp32_grads", None)
+    total: torch.Tensor | None = None
+    for batch in micro_batches:
+        loss = forward_loss(engine, batch)
+        engine.backward(loss)
+        if fp32_grads is not None:
+            fp32_grads.mark()  # before the step reads the gradient norm
+        engine.step()
+        total = loss.detach() if total is None else total + loss.detach()
+    if total is None:
+        raise ValueError("train_step needs at least one micro-batch")
+    return total / len(micro_batches)
+
+
+def dp_mean(value: torch.Tensor) -> float:
+    """``value`` averaged over the data-parallel ranks (collective)."""
+    from megatron.core import parallel_state as ps
+
+    value = value.detach().clone().float()
+    dist.all_reduce(value, group=ps.get_data_parallel_group())
+    return float(value) / ps.get_data_parallel_world_size()
+
+
+def evaluate(engine, dataset, cfg: LitesparkConfig, device: torch.device) -> float:
+    """Mean validation loss over ``run.eval_iters`` fixed batches (averaged over DP ranks)."""
+    from megatron.core import parallel_state as ps
+
+    from litespark.training.data import eval_batches
+
+    engine.eval()
+    refresh_fp8_weight_cache(engine)
+    total = torch.zeros((), device=device)
+    with torch.no_grad():
+        for batch in eval_batches(dataset, cfg, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), device):
+            total += forward_loss(engine, batch)
+    engine.train()
+    return dp_mean(total / cfg.run.eval_iters)
