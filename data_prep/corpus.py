@@ -10,9 +10,10 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import TypeVar
 
 import zstandard
 
@@ -54,7 +55,10 @@ def input_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def shard(files: list[Path], index: int, count: int) -> list[Path]:
+T = TypeVar("T")
+
+
+def shard(files: list[T], index: int, count: int) -> list[T]:
     """Every ``count``-th file starting at ``index`` (a Slurm array task's share)."""
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: the index must lie in [0, {count})")
@@ -109,7 +113,7 @@ def _lone_surrogate(text: str) -> int | None:
     return None
 
 
-def iter_records(path: Path, text_key: str = "text") -> Iterator[Union[Document, BadLine]]:
+def iter_records(path: Path, text_key: str = "text") -> Iterator[Document | BadLine]:
     """Each line of ``path`` as a :class:`Document` or a :class:`BadLine`, in order."""
     line_no = 0
     try:
@@ -140,7 +144,7 @@ def iter_records(path: Path, text_key: str = "text") -> Iterator[Union[Document,
 
 
 def iter_hf_records(name: str, split: str, index: int, count: int,
-                    text_key: str = "text") -> Iterator[Union[Document, BadLine]]:
+                    text_key: str = "text") -> Iterator[Document | BadLine]:
     """Shard ``index`` of ``count`` of a ``datasets`` dataset, streamed; positions count from 1 per shard."""
     import datasets
 

@@ -15,7 +15,7 @@ the ids of its words, concatenated.  A word is encoded in a context that starts 
 ``"\\n"`` alone (the leading newline is a boundary, and it absorbs the dummy-prefix ``▁``).  This holds
 only for models whose normaliser is the identity and that keep extra whitespace (the Llama family);
 :func:`memo_blocker` checks the model and :class:`Encoder` falls back to plain batch encoding
-otherwise.  ``tests/test_data_prep.py`` compares both paths on real and adversarial text.
+otherwise.  ``tests/data_prep/test_data_prep.py`` compares both paths on real and adversarial text.
 
 Memory: the memo holds at most ``memo_words`` words (default 2**20); each costs about 250 bytes
 (the key string, its dict slot, its ids and offsets; measured), so ~0.25 GiB at the default, after
@@ -25,8 +25,8 @@ which the memo is emptied and refilled.  ``memo_words=0`` disables it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from itertools import chain
-from typing import Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def memo_blocker(sp) -> str | None:
     """Why the word memo would not reproduce ``sp.encode`` for this model, or None when it would."""
     from sentencepiece import sentencepiece_model_pb2
 
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module
     proto.ParseFromString(sp.serialized_model_proto())
     norm, trainer = proto.normalizer_spec, proto.trainer_spec
     if trainer.model_type != BPE:

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 return fail(f"{prefix}{suffix} does not exist")
         try:
             dtypes.add(_IndexReader(prefix + ".idx", multimodal=False).dtype)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input
+        except Exception as exc:
             return fail(f"{prefix}.idx is not a Megatron index ({exc})")
         manifest = Path(prefix + ".manifest.json")
         manifests.append(json.loads(manifest.read_text()) if manifest.is_file() else None)
@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     concatenate(list(args.inputs), out, dtypes.pop())
-    if all(manifests):
-        merged = {k: v for k, v in manifests[0].items() if k not in ("files", "sets", "outputs")}
+    present = [m for m in manifests if m]
+    if len(present) == len(manifests):
+        merged = {k: v for k, v in present[0].items() if k not in ("files", "sets", "outputs")}
         merged["merged_from"] = list(args.inputs)
-        merged["files"] = [f for m in manifests for f in m["files"]]
-        merged["sets"] = sum_sets([m["sets"] for m in manifests])
+        merged["files"] = [f for m in present for f in m["files"]]
+        merged["sets"] = sum_sets([m["sets"] for m in present])
         write_manifest(out, merged)
     print(f"wrote {out}.bin/.idx from {len(args.inputs)} datasets")
     return 0

@@ -41,13 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.merge_indexed import concatenate, sum_sets, write_manifest  # noqa: E402
-from data_prep.encoder import Encoder  # noqa: E402
-from data_prep.corpus import (  # noqa: E402
-    BadLine, Document, hf_shard_count, input_files, iter_hf_records, iter_records, shard,
+from data_prep.corpus import (
+    BadLine,
+    Document,
+    hf_shard_count,
+    input_files,
+    iter_hf_records,
+    iter_records,
+    shard,
 )
+from data_prep.encoder import Encoder
+from data_prep.merge_indexed import concatenate, sum_sets, write_manifest
 
 MAX_BAD_LINES_LISTED = 100  # per file in the manifest; the count is always exact
 TUNING = ("threads", "batch_bytes", "memo_words")  # options that change speed and memory, never the output
@@ -73,7 +77,7 @@ def sha256_of(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # One file -> one committed part (runs in a worker process)
 
-_ENCODER = None
+_ENCODER: Encoder | None = None
 _OPTS: dict = {}
 
 
@@ -131,6 +135,8 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
 
     index, unit, stem_str = job
     stem, opts, encoder = Path(stem_str), _OPTS, _ENCODER
+    if encoder is None:
+        raise RuntimeError("tokenize_file runs in a worker set up by _init_worker")
     sp = encoder.sp
     source = source_of(unit)
     if unit.startswith(HF_PREFIX):
@@ -211,7 +217,11 @@ def merge_parts(stems: list[Path], reports: list[dict], out: Path, key: str, dty
     concatenate([f"{stem}.{key}" for stem, report in zip(stems, reports) if key in report["parts"]], out, dtype)
 
 
-def main(argv: list[str] | None = None) -> int:
+class Refused(Exception):
+    """A bad invocation: ``main`` prints it on one line and exits with code 2."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", nargs="+",
                         help="files, directories, globs of .jsonl[.gz|.zst], or @LIST files of paths")
@@ -234,17 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-parts", action="store_true", help="keep PREFIX.parts/ after the final merge")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
+    args.tokenizer = str(Path(args.tokenizer))  # as the manifest records it
+    return args
 
-    def fail(message: str) -> int:
-        print(f"tokenize_slimpajama: error: {message}", file=sys.stderr)
-        return 2
 
-    tok = Path(args.tokenizer)
-    if not tok.is_file():
-        return fail(f"--tokenizer {tok} does not exist")
+def work_units(args: argparse.Namespace) -> list[str]:
+    """The input files (or dataset shards) this run tokenizes, in output order; :class:`Refused` if
+    the invocation is bad."""
+    if not Path(args.tokenizer).is_file():
+        raise Refused(f"--tokenizer {args.tokenizer} does not exist")
     if bool(args.input) == bool(args.hf_dataset):
-        return fail("give either --input or --hf-dataset")
+        raise Refused("give either --input or --hf-dataset")
     try:
         if args.hf_dataset:
             n = hf_shard_count(args.hf_dataset, args.split)
@@ -255,44 +265,25 @@ def main(argv: list[str] | None = None) -> int:
             i, _, n = args.shard.partition("/")
             files = shard(files, int(i), int(n))
     except (FileNotFoundError, ValueError) as exc:
-        return fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for a dataset it cannot open
-        return fail(f"--hf-dataset {args.hf_dataset}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        raise Refused(str(exc)) from None
+    except Exception as exc:
+        raise Refused(f"--hf-dataset {args.hf_dataset}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     if not files and not args.shard:
-        return fail("no input files")  # an array task may get none (more tasks than files): empty output
+        raise Refused("no input files")  # an array task may get none (more tasks than files): empty output
     if args.workers < 1 or args.threads < 1 or args.batch_bytes < 1 or args.memo_words < 0:
-        return fail("--workers, --threads and --batch-bytes must be positive, --memo-words not negative")
+        raise Refused("--workers, --threads and --batch-bytes must be positive, --memo-words not negative")
+    return files
 
-    import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=str(tok))
-    blocker = Encoder(sp, args.threads, args.memo_words).blocker  # what every worker's encoder will decide
-    print("word memo: " + (f"on ({args.memo_words:,} words per worker)" if blocker is None else f"off ({blocker})"),
-          file=sys.stderr)
-    tokenizer_sha = sha256_of(tok)
-    options = {"tokenizer_sha256": tokenizer_sha, "bos": not args.no_bos, "text_key": args.text_key,
-               "include_sets": args.include_sets, "exclude_sets": args.exclude_sets,
-               "split_by_set": args.split_by_set, "threads": args.threads, "batch_bytes": args.batch_bytes,
-               "memo_words": args.memo_words}
-    identity = output_identity(options)
-    prefix = Path(args.output_prefix)
-    parts_dir = prefix.with_name(prefix.name + ".parts")
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    stems = [part_stem(parts_dir, i, p) for i, p in enumerate(files)]
-    pending = [(i, p, str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
-    done = len(files) - len(pending)
-    if done:
-        print(f"resuming: {done} of {len(files)} files already tokenized in {parts_dir}", file=sys.stderr)
-
+def tokenize_pending(args: argparse.Namespace, pending: list[tuple[int, str, str]], options: dict) -> tuple[int, int]:
+    """Tokenize the uncommitted parts with ``--workers`` processes, showing progress; returns (exit
+    code, tokens written): 1 when ``--strict`` meets a bad line, else 0."""
     from tqdm import tqdm
 
-    # Importing megatron.core takes seconds; do it for the final merge while the workers run.
-    preload = threading.Thread(target=importlib.import_module, args=("megatron.core.datasets.indexed_dataset",), daemon=True)
-    preload.start()
     start, docs, tokens = time.perf_counter(), 0, 0
     total_bytes = sum(source_of(p).get("size", 0) for _, p, _ in pending) or len(pending)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.no_progress, desc="tokenizing")
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(str(tok), options)) as pool:
+    with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(args.tokenizer, options)) as pool:
         for result in pool.imap_unordered(tokenize_file, pending):
             docs, tokens = docs + result["documents"], tokens + result["tokens"]
             elapsed = max(time.perf_counter() - start, 1e-9)
@@ -303,16 +294,13 @@ def main(argv: list[str] | None = None) -> int:
                 bad = result["bad"][0]
                 print(f"tokenize_slimpajama: error: {result['path']} line {bad['line']}: {bad['reason']} (--strict)",
                       file=sys.stderr)
-                return 1
+                return 1, tokens
     bar.close()
-    preload.join()
+    return 0, tokens
 
-    # Every part is committed now; reports come from the markers so resumed files count too.
-    for stem, path in zip(stems, files):
-        if not part_is_current(stem, path, identity):
-            raise RuntimeError(f"part {stem} for {path} is missing after tokenization")
-    reports = [json.loads(s.with_suffix(".json").read_text())["report"] for s in stems]
-    dtype = token_dtype(sp.get_piece_size())
+
+def merge_outputs(args: argparse.Namespace, prefix: Path, stems: list[Path], reports: list[dict], dtype) -> dict:
+    """Concatenate the committed parts into the output dataset(s); returns {set or 'all': prefix}."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     outputs = {}
     if args.split_by_set:
@@ -323,23 +311,75 @@ def main(argv: list[str] | None = None) -> int:
     else:
         merge_parts(stems, reports, prefix, "all", dtype)
         outputs["all"] = str(prefix)
-    sets = sum_sets([r["sets"] for r in reports])
-    manifest = {"tokenizer": str(tok), "tokenizer_sha256": tokenizer_sha, "vocab_size": sp.get_piece_size(),
-                "bos": not args.no_bos, "eos": True, "dtype": np.dtype(dtype).name, "outputs": outputs,
-                "files": [{k: r[k] for k in ("path", "size", "mtime", "documents", "tokens", "filtered_out",
-                                             "bad_lines", "bad")} for r in reports],
-                "sets": sets}
-    manifest_paths = [prefix] if not args.split_by_set else [Path(p) for p in outputs.values()]
-    for p in manifest_paths:
+    return outputs
+
+
+def dataset_manifest(args: argparse.Namespace, tokenizer_sha: str, vocab_size: int, dtype, outputs: dict,
+                     reports: list[dict]) -> dict:
+    """What ``PREFIX.manifest.json`` records: the tokenizer, the format, the outputs and every file's counts."""
+    return {"tokenizer": args.tokenizer, "tokenizer_sha256": tokenizer_sha, "vocab_size": vocab_size,
+            "bos": not args.no_bos, "eos": True, "dtype": np.dtype(dtype).name, "outputs": outputs,
+            "files": [{k: r[k] for k in ("path", "size", "mtime", "documents", "tokens", "filtered_out",
+                                         "bad_lines", "bad")} for r in reports],
+            "sets": sum_sets([r["sets"] for r in reports])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
+    try:
+        files = work_units(args)
+    except Refused as exc:
+        print(f"tokenize_slimpajama: error: {exc}", file=sys.stderr)
+        return 2
+
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
+    blocker = Encoder(sp, args.threads, args.memo_words).blocker  # what every worker's encoder will decide
+    print("word memo: " + (f"on ({args.memo_words:,} words per worker)" if blocker is None else f"off ({blocker})"),
+          file=sys.stderr)
+    tokenizer_sha = sha256_of(Path(args.tokenizer))
+    options = {"tokenizer_sha256": tokenizer_sha, "bos": not args.no_bos, "text_key": args.text_key,
+               "include_sets": args.include_sets, "exclude_sets": args.exclude_sets,
+               "split_by_set": args.split_by_set, "threads": args.threads, "batch_bytes": args.batch_bytes,
+               "memo_words": args.memo_words}
+    identity = output_identity(options)
+    prefix = Path(args.output_prefix)
+    parts_dir = prefix.with_name(prefix.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    stems = [part_stem(parts_dir, i, p) for i, p in enumerate(files)]
+    pending = [(i, p, str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
+    if len(files) > len(pending):
+        print(f"resuming: {len(files) - len(pending)} of {len(files)} files already tokenized in {parts_dir}",
+              file=sys.stderr)
+
+    # Importing megatron.core takes seconds; do it for the final merge while the workers run.
+    preload = threading.Thread(target=importlib.import_module, args=("megatron.core.datasets.indexed_dataset",), daemon=True)
+    preload.start()
+    start = time.perf_counter()
+    status, new_tokens = tokenize_pending(args, pending, options)
+    if status:
+        return status
+    preload.join()
+
+    # Every part is committed now; reports come from the markers so resumed files count too.
+    for stem, path in zip(stems, files):
+        if not part_is_current(stem, path, identity):
+            raise RuntimeError(f"part {stem} for {path} is missing after tokenization")
+    reports = [json.loads(s.with_suffix(".json").read_text())["report"] for s in stems]
+    dtype = token_dtype(sp.get_piece_size())
+    outputs = merge_outputs(args, prefix, stems, reports, dtype)
+    manifest = dataset_manifest(args, tokenizer_sha, sp.get_piece_size(), dtype, outputs, reports)
+    for p in [prefix] if not args.split_by_set else [Path(p) for p in outputs.values()]:
         write_manifest(p, manifest)
     if not args.keep_parts:
         shutil.rmtree(parts_dir)
-    total_docs = sum(r["documents"] for r in reports)
-    total_tokens = sum(r["tokens"] for r in reports)
-    bad = sum(r["bad_lines"] for r in reports)
     seconds = time.perf_counter() - start
-    print(f"wrote {', '.join(outputs.values())} (.bin/.idx): {total_docs} documents, {total_tokens} tokens from "
-          f"{len(files)} files in {seconds:.1f} s ({tokens / max(seconds, 1e-9):,.0f} tokens/s this run); "
+    bad = sum(r["bad_lines"] for r in reports)
+    print(f"wrote {', '.join(outputs.values())} (.bin/.idx): {sum(r['documents'] for r in reports)} documents, "
+          f"{sum(r['tokens'] for r in reports)} tokens from {len(files)} files in {seconds:.1f} s "
+          f"({new_tokens / max(seconds, 1e-9):,.0f} tokens/s this run); "
           f"{bad} bad lines skipped" + (" (see the manifest)" if bad else ""))
     return 0
 

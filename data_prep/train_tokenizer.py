@@ -15,9 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data_prep.corpus import input_files, iter_texts  # noqa: E402
+from data_prep.corpus import input_files, iter_texts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@
 
 They are snapshots of ``to_deepspeed_config`` for the ``llama-3b`` preset on one 8-GPU node (TP=1),
 so that a reader can see the exact DeepSpeed settings a run uses; training never reads them.
-Never edit them by hand: ``tests/test_ds_configs.py`` fails when they drift from the code.
+Never edit them by hand: ``tests/config/test_ds_configs.py`` fails when they drift from the code.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from litespark.config import apply_overrides  # noqa: E402
-from litespark.deepspeed_config import to_deepspeed_config  # noqa: E402
-from litespark.presets import get_preset  # noqa: E402
+from litespark.config import apply_overrides
+from litespark.config.presets import get_preset
+from litespark.runtime.deepspeed_config import to_deepspeed_config
 
 HERE = Path(__file__).resolve().parent
 PRESET, WORLD_SIZE = "llama-3b", 8
