@@ -1,0 +1,2 @@
+"""Helpers the tests share (no tests here): subprocess launchers, batch builders, CPU stand-ins for
+Transformer Engine modules, the real-Slurm cluster and the multi-process workers."""
