@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Llama-3B pretraining on one H200 node (8 GPUs): DP=8, ZeRO-1, FP8, micro-batch 4 (90.9 GiB measured
-# on one H200 without ZeRO sharding; less with it), global batch 256 sequences of 4096 tokens.
+# Llama-3B pretraining on one H200 node (8 GPUs): DP=8, ZeRO-1, FP8, micro-batch 4, global batch 256
+# sequences of 4096 tokens.
 #
 #   LITESPARK_DATA=/data/slimpajama_train_text_document sbatch slurm/pretrain_3b.sh
 #   LITESPARK_SET="data.micro_batch_size=2" bash slurm/pretrain_3b.sh --dry-run

@@ -38,10 +38,12 @@ for kv in ${LITESPARK_SET:-}; do args+=(--set "$kv"); done
 args+=("${passthrough[@]}")
 
 # Rendezvous on the first host of the allocation.  Its address comes from Slurm (NodeAddr), because
-# node names do not always resolve from the compute nodes' own resolver.
+# node names do not always resolve from the compute nodes' own resolver.  First lines are taken with
+# sed, which reads its whole input: `| head` would end the writer with SIGPIPE (exit 141), which
+# pipefail turns into a failed job whenever the output is long.
 if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
-  first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-  addr=$(scontrol show node "$first" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n 1)
+  first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n '1p')
+  addr=$(scontrol show node "$first" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | sed -n '1p')
   export MASTER_ADDR=${LITESPARK_MASTER_ADDR:-${addr:-$first}}
 else
   export MASTER_ADDR=${LITESPARK_MASTER_ADDR:-127.0.0.1}
@@ -76,7 +78,7 @@ logdir="$RUN_DIR/slurm/job-${JOB}-restart-${RESTART}"
 mkdir -p "$logdir"
 "$PY" -m litespark.train "${args[@]}" --print-config > "$logdir/config.yaml"
 { git -C "$LITESPARK_HOME" rev-parse HEAD 2>/dev/null || echo "not a git checkout"
-  git -C "$LITESPARK_HOME" status --short 2>/dev/null | head -n 50; } > "$logdir/git.txt"
+  git -C "$LITESPARK_HOME" status --short 2>/dev/null | sed -n '1,50p'; } > "$logdir/git.txt"
 "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|megatron|deepspeed|transformer|nvidia-nccl|numpy) ' > "$logdir/versions.txt" || true
 { echo "${launch[*]}"; env | grep -E '^(SLURM_JOB|SLURM_NNODES|NCCL_|CUDA_DEVICE_MAX|MASTER_|LITESPARK_)' | sort; } > "$logdir/launch.txt"
 
