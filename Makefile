@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.litespark-installed
 
-.PHONY: venv demo test test-fast gpu-test ds-configs clean
+.PHONY: venv demo test test-fast lint format gpu-test ds-configs clean
 
 # torch==2.14.1 first: pip takes the wheel on local disk, and requirements.txt's torch>=2.6 is then met.
 $(STAMP): requirements.txt pyproject.toml
@@ -40,15 +40,30 @@ $(DATA)/tokenizer.model:
 $(DATA)/sample_train.idx: $(DATA)/tokenizer.model
 	$(PY) data_prep/tokenize_slimpajama.py --input $(DATA)/sample/train --tokenizer $< --output-prefix $(DATA)/sample_train
 
+# Every CPU test (what CI runs); GPU tests skip themselves without CUDA.
 test: venv
 	$(PY) -m pytest -q -rs
 
+# The edit loop: the tests not marked slow (no subprocesses, no process groups of several processes).
 test-fast: venv
 	$(PY) -m pytest -q -rs -m "not slow"
 
+# ruff (lint + format check), mypy over the package, the patches and data_prep, and the generated
+# ds_configs/ compared with the code; CI runs it before the tests.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) ds_configs/generate.py --check
+
+# Rewrite the files in place with ruff's fixes and formatter.
+format: venv
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
 # On a CUDA host with Transformer Engine installed (see docs/gpu.md).
 gpu-test:
-	python -m pytest -v -m gpu tests/test_gpu.py
+	python -m pytest -v -m gpu
 
 ds-configs: venv
 	$(PY) ds_configs/generate.py
