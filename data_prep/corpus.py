@@ -143,8 +143,9 @@ def iter_records(path: Path, text_key: str = "text") -> Iterator[Document | BadL
         yield BadLine(line_no + 1, f"unreadable stream after line {line_no} ({type(exc).__name__}: {str(exc)[:120]})")
 
 
-def iter_hf_records(name: str, split: str, index: int, count: int,
-                    text_key: str = "text") -> Iterator[Document | BadLine]:
+def iter_hf_records(
+    name: str, split: str, index: int, count: int, text_key: str = "text"
+) -> Iterator[Document | BadLine]:
     """Shard ``index`` of ``count`` of a ``datasets`` dataset, streamed; positions count from 1 per shard."""
     import datasets
 

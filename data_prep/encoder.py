@@ -83,7 +83,7 @@ class _Grow:
             grown = np.empty(max(end, 2 * len(self.data)), self.data.dtype)
             grown[: self.size] = self.data[: self.size]
             self.data = grown
-        self.data[self.size:end] = values
+        self.data[self.size : end] = values
         self.size = end
 
 

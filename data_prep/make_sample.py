@@ -32,7 +32,10 @@ def python_files(roots: list[Path]):
     """The ``.py`` files under ``roots`` in a fixed order, test suites and installed packages skipped."""
     for root in roots:
         for path in sorted(root.rglob("*.py")):
-            if any(part in {"site-packages", "test", "tests", "idlelib", "lib2to3"} for part in path.relative_to(root).parts):
+            if any(
+                part in {"site-packages", "test", "tests", "idlelib", "lib2to3"}
+                for part in path.relative_to(root).parts
+            ):
                 continue
             yield path
 
@@ -55,8 +58,11 @@ def documents(roots: list[Path] | None = None):
             tree = ast.parse(source)
         except (UnicodeDecodeError, SyntaxError, ValueError):
             continue
-        docs = [ast.get_docstring(node) for node in ast.walk(tree)
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        docs = [
+            ast.get_docstring(node)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
         prose = "\n\n".join(d for d in docs if d and len(d) > 80)
         for set_name, text in (("RedPajamaGithub", source), ("RedPajamaWikipedia", prose)):
             if len(text) >= 200:
@@ -92,12 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (SlimPajama layout)")
     parser.add_argument("--max-mb", type=float, default=3.0, help="uncompressed text to collect (default 3 MB)")
-    parser.add_argument("--source", action="append", type=Path,
-                        help="directory of Python sources to draw from, repeatable (default: the standard library); "
-                             "e.g. a virtual environment's site-packages for a large benchmark corpus")
-    parser.add_argument("--text-source", action="append", type=Path,
-                        help="directory of plain or .gz text files, one document each (e.g. /usr/share/doc), "
-                             "used instead of Python sources; repeatable")
+    parser.add_argument(
+        "--source",
+        action="append",
+        type=Path,
+        help="directory of Python sources to draw from, repeatable (default: the standard library); "
+        "e.g. a virtual environment's site-packages for a large benchmark corpus",
+    )
+    parser.add_argument(
+        "--text-source",
+        action="append",
+        type=Path,
+        help="directory of plain or .gz text files, one document each (e.g. /usr/share/doc), "
+        "used instead of Python sources; repeatable",
+    )
     parser.add_argument("--validation-every", type=int, default=20, help="every N-th document goes to validation")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -110,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     for split, records in splits.items():
         for k in range(0, len(records), DOCS_PER_FILE):
             chunk = 1 + (k // DOCS_PER_FILE) % 2
-            write_jsonl_zst(out / split / f"chunk{chunk}" / f"example_{split}_{k // DOCS_PER_FILE}.jsonl.zst",
-                            records[k:k + DOCS_PER_FILE])
+            write_jsonl_zst(
+                out / split / f"chunk{chunk}" / f"example_{split}_{k // DOCS_PER_FILE}.jsonl.zst",
+                records[k : k + DOCS_PER_FILE],
+            )
             written += 1
-    print(f"wrote {written} files, {sum(map(len, splits.values()))} documents "
-          f"({len(splits['train'])} train, {len(splits['validation'])} validation) under {out}")
+    print(
+        f"wrote {written} files, {sum(map(len, splits.values()))} documents "
+        f"({len(splits['train'])} train, {len(splits['validation'])} validation) under {out}"
+    )
     return 0
 
 

@@ -98,7 +98,7 @@ def hf_unit(name: str, split: str, index: int, count: int) -> str:
 
 
 def parse_hf_unit(unit: str) -> tuple[str, str, int, int]:
-    name, _, query = unit[len(HF_PREFIX):].rpartition("?")
+    name, _, query = unit[len(HF_PREFIX) :].rpartition("?")
     fields = dict(kv.split("=", 1) for kv in query.split("&"))
     index, count = fields["shard"].split("/")
     return name, fields["split"], int(index), int(count)
@@ -148,8 +148,16 @@ def tokenize_file(job: tuple[int, str, str]) -> dict:
     tail = np.array([sp.eos_id()], dtype)
     builders: dict[str, IndexedDatasetBuilder] = {}
     sets: dict[str, dict] = {}
-    report = {"size": 0, "mtime": None, **source, "documents": 0, "tokens": 0, "filtered_out": 0, "bad_lines": 0,
-              "bad": []}
+    report = {
+        "size": 0,
+        "mtime": None,
+        **source,
+        "documents": 0,
+        "tokens": 0,
+        "filtered_out": 0,
+        "bad_lines": 0,
+        "bad": [],
+    }
     include, exclude = set(opts["include_sets"] or []), set(opts["exclude_sets"])
     batch: list[Document] = []
     batch_bytes = 0
@@ -223,17 +231,24 @@ class Refused(Exception):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", nargs="+",
-                        help="files, directories, globs of .jsonl[.gz|.zst], or @LIST files of paths")
-    parser.add_argument("--hf-dataset", metavar="NAME", help="stream a `datasets` dataset (hub name or local path) instead")
+    parser.add_argument(
+        "--input", nargs="+", help="files, directories, globs of .jsonl[.gz|.zst], or @LIST files of paths"
+    )
+    parser.add_argument(
+        "--hf-dataset", metavar="NAME", help="stream a `datasets` dataset (hub name or local path) instead"
+    )
     parser.add_argument("--split", default="train", help="split of --hf-dataset")
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model")
     parser.add_argument("--output-prefix", required=True)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="processes over files")
     parser.add_argument("--threads", type=int, default=2, help="SentencePiece threads per worker")
     parser.add_argument("--batch-bytes", type=int, default=16 << 20, help="text per encode batch (memory bound)")
-    parser.add_argument("--memo-words", type=int, default=1 << 20,
-                        help="distinct words whose ids a worker remembers (~250 B each; 0: off; see data_prep/encoder.py)")
+    parser.add_argument(
+        "--memo-words",
+        type=int,
+        default=1 << 20,
+        help="distinct words whose ids a worker remembers (~250 B each; 0: off; see data_prep/encoder.py)",
+    )
     parser.add_argument("--no-bos", action="store_true", help="no BOS before each document")
     parser.add_argument("--text-key", default="text")
     parser.add_argument("--include-sets", nargs="*", default=None, help="keep only these redpajama_set_name values")
@@ -267,7 +282,9 @@ def work_units(args: argparse.Namespace) -> list[str]:
     except (FileNotFoundError, ValueError) as exc:
         raise Refused(str(exc)) from None
     except Exception as exc:
-        raise Refused(f"--hf-dataset {args.hf_dataset}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise Refused(
+            f"--hf-dataset {args.hf_dataset}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
     if not files and not args.shard:
         raise Refused("no input files")  # an array task may get none (more tasks than files): empty output
     if args.workers < 1 or args.threads < 1 or args.batch_bytes < 1 or args.memo_words < 0:
@@ -283,7 +300,9 @@ def tokenize_pending(args: argparse.Namespace, pending: list[tuple[int, str, str
     start, docs, tokens = time.perf_counter(), 0, 0
     total_bytes = sum(source_of(p).get("size", 0) for _, p, _ in pending) or len(pending)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, disable=args.no_progress, desc="tokenizing")
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(args.tokenizer, options)) as pool:
+    with mp.get_context("spawn").Pool(
+        args.workers, initializer=_init_worker, initargs=(args.tokenizer, options)
+    ) as pool:
         for result in pool.imap_unordered(tokenize_file, pending):
             docs, tokens = docs + result["documents"], tokens + result["tokens"]
             elapsed = max(time.perf_counter() - start, 1e-9)
@@ -292,8 +311,10 @@ def tokenize_pending(args: argparse.Namespace, pending: list[tuple[int, str, str
             if result["bad_lines"] and args.strict:
                 pool.terminate()
                 bad = result["bad"][0]
-                print(f"tokenize_slimpajama: error: {result['path']} line {bad['line']}: {bad['reason']} (--strict)",
-                      file=sys.stderr)
+                print(
+                    f"tokenize_slimpajama: error: {result['path']} line {bad['line']}: {bad['reason']} (--strict)",
+                    file=sys.stderr,
+                )
                 return 1, tokens
     bar.close()
     return 0, tokens
@@ -314,14 +335,24 @@ def merge_outputs(args: argparse.Namespace, prefix: Path, stems: list[Path], rep
     return outputs
 
 
-def dataset_manifest(args: argparse.Namespace, tokenizer_sha: str, vocab_size: int, dtype, outputs: dict,
-                     reports: list[dict]) -> dict:
+def dataset_manifest(
+    args: argparse.Namespace, tokenizer_sha: str, vocab_size: int, dtype, outputs: dict, reports: list[dict]
+) -> dict:
     """What ``PREFIX.manifest.json`` records: the tokenizer, the format, the outputs and every file's counts."""
-    return {"tokenizer": args.tokenizer, "tokenizer_sha256": tokenizer_sha, "vocab_size": vocab_size,
-            "bos": not args.no_bos, "eos": True, "dtype": np.dtype(dtype).name, "outputs": outputs,
-            "files": [{k: r[k] for k in ("path", "size", "mtime", "documents", "tokens", "filtered_out",
-                                         "bad_lines", "bad")} for r in reports],
-            "sets": sum_sets([r["sets"] for r in reports])}
+    return {
+        "tokenizer": args.tokenizer,
+        "tokenizer_sha256": tokenizer_sha,
+        "vocab_size": vocab_size,
+        "bos": not args.no_bos,
+        "eos": True,
+        "dtype": np.dtype(dtype).name,
+        "outputs": outputs,
+        "files": [
+            {k: r[k] for k in ("path", "size", "mtime", "documents", "tokens", "filtered_out", "bad_lines", "bad")}
+            for r in reports
+        ],
+        "sets": sum_sets([r["sets"] for r in reports]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,13 +368,22 @@ def main(argv: list[str] | None = None) -> int:
 
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
     blocker = Encoder(sp, args.threads, args.memo_words).blocker  # what every worker's encoder will decide
-    print("word memo: " + (f"on ({args.memo_words:,} words per worker)" if blocker is None else f"off ({blocker})"),
-          file=sys.stderr)
+    print(
+        "word memo: " + (f"on ({args.memo_words:,} words per worker)" if blocker is None else f"off ({blocker})"),
+        file=sys.stderr,
+    )
     tokenizer_sha = sha256_of(Path(args.tokenizer))
-    options = {"tokenizer_sha256": tokenizer_sha, "bos": not args.no_bos, "text_key": args.text_key,
-               "include_sets": args.include_sets, "exclude_sets": args.exclude_sets,
-               "split_by_set": args.split_by_set, "threads": args.threads, "batch_bytes": args.batch_bytes,
-               "memo_words": args.memo_words}
+    options = {
+        "tokenizer_sha256": tokenizer_sha,
+        "bos": not args.no_bos,
+        "text_key": args.text_key,
+        "include_sets": args.include_sets,
+        "exclude_sets": args.exclude_sets,
+        "split_by_set": args.split_by_set,
+        "threads": args.threads,
+        "batch_bytes": args.batch_bytes,
+        "memo_words": args.memo_words,
+    }
     identity = output_identity(options)
     prefix = Path(args.output_prefix)
     parts_dir = prefix.with_name(prefix.name + ".parts")
@@ -351,11 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     stems = [part_stem(parts_dir, i, p) for i, p in enumerate(files)]
     pending = [(i, p, str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
     if len(files) > len(pending):
-        print(f"resuming: {len(files) - len(pending)} of {len(files)} files already tokenized in {parts_dir}",
-              file=sys.stderr)
+        print(
+            f"resuming: {len(files) - len(pending)} of {len(files)} files already tokenized in {parts_dir}",
+            file=sys.stderr,
+        )
 
     # Importing megatron.core takes seconds; do it for the final merge while the workers run.
-    preload = threading.Thread(target=importlib.import_module, args=("megatron.core.datasets.indexed_dataset",), daemon=True)
+    preload = threading.Thread(
+        target=importlib.import_module, args=("megatron.core.datasets.indexed_dataset",), daemon=True
+    )
     preload.start()
     start = time.perf_counter()
     status, new_tokens = tokenize_pending(args, pending, options)
@@ -377,10 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(parts_dir)
     seconds = time.perf_counter() - start
     bad = sum(r["bad_lines"] for r in reports)
-    print(f"wrote {', '.join(outputs.values())} (.bin/.idx): {sum(r['documents'] for r in reports)} documents, "
-          f"{sum(r['tokens'] for r in reports)} tokens from {len(files)} files in {seconds:.1f} s "
-          f"({new_tokens / max(seconds, 1e-9):,.0f} tokens/s this run); "
-          f"{bad} bad lines skipped" + (" (see the manifest)" if bad else ""))
+    print(
+        f"wrote {', '.join(outputs.values())} (.bin/.idx): {sum(r['documents'] for r in reports)} documents, "
+        f"{sum(r['tokens'] for r in reports)} tokens from {len(files)} files in {seconds:.1f} s "
+        f"({new_tokens / max(seconds, 1e-9):,.0f} tokens/s this run); "
+        f"{bad} bad lines skipped" + (" (see the manifest)" if bad else "")
+    )
     return 0
 
 

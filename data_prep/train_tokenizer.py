@@ -44,11 +44,25 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(text.replace("\r", "") + "\n")
         prefix = Path(tmp) / "spm"
         spm.SentencePieceTrainer.train(
-            input=str(text_file), model_prefix=str(prefix), model_type="bpe", vocab_size=args.vocab_size,
-            byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.9995,
-            input_sentence_size=args.max_sentences, shuffle_input_sentence=True, split_digits=True,
-            allow_whitespace_only_pieces=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            max_sentence_length=1 << 16, num_threads=os.cpu_count() or 1, minloglevel=2,
+            input=str(text_file),
+            model_prefix=str(prefix),
+            model_type="bpe",
+            vocab_size=args.vocab_size,
+            byte_fallback=True,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            character_coverage=0.9995,
+            input_sentence_size=args.max_sentences,
+            shuffle_input_sentence=True,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            max_sentence_length=1 << 16,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
         )
         os.replace(f"{prefix}.model", out)
         os.replace(f"{prefix}.vocab", out.with_suffix(".vocab"))

@@ -49,8 +49,13 @@ def git_revision() -> str | None:
     here = Path(__file__).parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=here)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, timeout=30, cwd=here)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=here,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     rev = head.stdout.strip()
@@ -77,10 +82,17 @@ def collect_versions() -> dict:
     """Python, torch, Megatron-Core, DeepSpeed, TE and transformers versions, host, GPU, driver, git."""
     import torch
 
-    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__,
-                                  "host": platform.node()}
-    for key, module in (("megatron_core", "megatron.core"), ("deepspeed", "deepspeed"),
-                        ("transformer_engine", "transformer_engine"), ("transformers", "transformers")):
+    out: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+    for key, module in (
+        ("megatron_core", "megatron.core"),
+        ("deepspeed", "deepspeed"),
+        ("transformer_engine", "transformer_engine"),
+        ("transformers", "transformers"),
+    ):
         version = _version(module)
         if version is not None:
             out[key] = version

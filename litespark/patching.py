@@ -35,7 +35,8 @@ def require_tested_version(package: str, patch: str, tested: tuple[str, ...], hi
         pin = {"megatron.core": "megatron-core"}.get(package, package)
         raise PatchError(
             f"{patch} was checked against {pin} {', '.join(tested)}, found {found}: "
-            f"pin {pin}=={tested[-1]}{hint} or re-check the patch target and extend its TESTED list")
+            f"pin {pin}=={tested[-1]}{hint} or re-check the patch target and extend its TESTED list"
+        )
 
 
 def rebind(name: str, replacement, modules: tuple[str, ...]) -> None:

@@ -51,7 +51,9 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         model.to(device)
         gen = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
-        tokens = torch.randint(0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=gen)
+        tokens = torch.randint(
+            0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=gen
+        )
         tokens = tokens.to(device)
         inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         start = time.perf_counter()
@@ -61,11 +63,16 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         missing = [name for name, p in model.named_parameters() if p.grad is None]
-        nonfinite = [name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        nonfinite = [
+            name for name, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
         grad_norm = math.sqrt(sum(float(p.grad.float().norm()) ** 2 for p in model.parameters() if p.grad is not None))
         return {
-            "loss": float(loss.detach()), "grad_norm": grad_norm, "seconds": time.perf_counter() - start,
-            "params_without_grad": missing, "params_with_nonfinite_grad": nonfinite,
+            "loss": float(loss.detach()),
+            "grad_norm": grad_norm,
+            "seconds": time.perf_counter() - start,
+            "params_without_grad": missing,
+            "params_with_nonfinite_grad": nonfinite,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         }
@@ -91,10 +98,12 @@ def preflight(cfg, world_size: int) -> str:
     if not os.access(probe, os.W_OK):
         raise ConfigError(f"run.run_dir: {run_dir} is not writable (checked {probe})")
     tp = cfg.parallel.tensor_parallel
-    return (f"preflight ok: {cfg.preset}, world {world_size} = TP {tp} x DP {world_size // tp}, ZeRO-{cfg.parallel.zero_stage}, "
-            f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
-            f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
-            f"{' ' + ','.join(cfg.data.prefixes) if cfg.data.source == 'indexed' else ''}, run dir {run_dir}")
+    return (
+        f"preflight ok: {cfg.preset}, world {world_size} = TP {tp} x DP {world_size // tp}, ZeRO-{cfg.parallel.zero_stage}, "
+        f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
+        f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
+        f"{' ' + ','.join(cfg.data.prefixes) if cfg.data.source == 'indexed' else ''}, run dir {run_dir}"
+    )
 
 
 @user_errors_exit_2("litespark.train")
@@ -104,18 +113,27 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--smoke", action="store_true", help="one forward/backward on random tokens, then exit")
-    parser.add_argument("--data", metavar="mock|PREFIX[,PREFIX...]",
-                        help="shortcut: 'mock' for synthetic tokens, else indexed dataset prefixes")
+    parser.add_argument(
+        "--data",
+        metavar="mock|PREFIX[,PREFIX...]",
+        help="shortcut: 'mock' for synthetic tokens, else indexed dataset prefixes",
+    )
     parser.add_argument("--train-iters", type=int, help="shortcut for --set run.train_iters=N")
     parser.add_argument("--run-dir", help="shortcut for --set run.run_dir=DIR")
-    parser.add_argument("--preflight", type=int, metavar="WORLD_SIZE",
-                        help="check, without a GPU or process group, that the config is valid for WORLD_SIZE "
-                             "processes (TP x DP), the data prefixes exist and the run directory is writable; "
-                             "print one line and exit (job scripts run this before queueing work)")
+    parser.add_argument(
+        "--preflight",
+        type=int,
+        metavar="WORLD_SIZE",
+        help="check, without a GPU or process group, that the config is valid for WORLD_SIZE "
+        "processes (TP x DP), the data prefixes exist and the run directory is writable; "
+        "print one line and exit (job scripts run this before queueing work)",
+    )
     args = parser.parse_args(argv)
     shortcuts = []
     if args.data:
-        shortcuts += ["data.source=mock"] if args.data == "mock" else ["data.source=indexed", f"data.prefixes={args.data}"]
+        shortcuts += (
+            ["data.source=mock"] if args.data == "mock" else ["data.source=indexed", f"data.prefixes={args.data}"]
+        )
     if args.train_iters is not None:
         shortcuts.append(f"run.train_iters={args.train_iters}")
     if args.run_dir:
@@ -138,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         result = smoke_step(cfg)
         print(yaml.safe_dump({"smoke": result}, sort_keys=False).rstrip())
-        ok = math.isfinite(result["loss"]) and not result["params_without_grad"] and not result["params_with_nonfinite_grad"]
+        ok = (
+            math.isfinite(result["loss"])
+            and not result["params_without_grad"]
+            and not result["params_with_nonfinite_grad"]
+        )
         return 0 if ok else 1
     # Before CUDA initialises: ZeRO's large flat buffers fragment the default allocator, leaving
     # reserved memory that no allocation can use.

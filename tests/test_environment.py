@@ -34,8 +34,12 @@ def test_source_digest_follows_the_code_not_the_git_metadata(tmp_path):
             (root / rel).write_text(text)
         return environment.source_digest(root)
 
-    files = {"litespark/a.py": "x = 1\n", "megatron_patches/b.py": "y = 2\n", "deepspeed_patches/c.py": "z = 3\n",
-             "data_prep/d.py": "w = 4\n"}
+    files = {
+        "litespark/a.py": "x = 1\n",
+        "megatron_patches/b.py": "y = 2\n",
+        "deepspeed_patches/c.py": "z = 3\n",
+        "data_prep/d.py": "w = 4\n",
+    }
     first = tree(tmp_path / "one", files)
     assert first and len(first) == 64 and tree(tmp_path / "two", files) == first
     assert tree(tmp_path / "three", {**files, "docs/notes.py": "ignored\n", "litespark/d.txt": "ignored"}) == first

@@ -36,4 +36,6 @@ def test_a_process_without_the_slow_marker_fails(pytester):
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, errors=1)  # the unmarked test runs, then its teardown fails
-    result.stdout.fnmatch_lines(["*ERROR at teardown of test_unmarked*", "*this test starts a process*mark it @pytest.mark.slow*"])
+    result.stdout.fnmatch_lines(
+        ["*ERROR at teardown of test_unmarked*", "*this test starts a process*mark it @pytest.mark.slow*"]
+    )

@@ -48,14 +48,31 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def run_attempt(stack: str, cfg, data: str, warmup: int, steps: int, workdir: Path, timeout: float) -> tuple[str, dict | None]:
+def run_attempt(
+    stack: str, cfg, data: str, warmup: int, steps: int, workdir: Path, timeout: float
+) -> tuple[str, dict | None]:
     """One worker process; returns (status, result) with status 'ok', 'out of memory' or 'failed: ...'
     (for 'out of memory' the result holds the worker's error line and where it was raised)."""
     tag = f"{stack}-mb{cfg.data.micro_batch_size}"
     cfg_path, out_path = workdir / f"{tag}.config.json", workdir / f"{tag}.result.json"
     cfg_path.write_text(json.dumps(to_dict(cfg)))
-    cmd = [sys.executable, "-m", "litespark.bench.worker", "--stack", stack, "--config-json", str(cfg_path),
-           "--data", data, "--warmup", str(warmup), "--steps", str(steps), "--out", str(out_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "litespark.bench.worker",
+        "--stack",
+        stack,
+        "--config-json",
+        str(cfg_path),
+        "--data",
+        data,
+        "--warmup",
+        str(warmup),
+        "--steps",
+        str(steps),
+        "--out",
+        str(out_path),
+    ]
     log.info("%s: micro-batch %d ...", stack, cfg.data.micro_batch_size)
     t0 = time.perf_counter()
     try:
@@ -65,8 +82,14 @@ def run_attempt(stack: str, cfg, data: str, warmup: int, steps: int, workdir: Pa
     wall = time.perf_counter() - t0
     if proc.returncode == EXIT_OOM:
         oom = json.loads(out_path.read_text()) if out_path.is_file() else {}
-        log.info("%s: micro-batch %d does not fit (%.0f s) at %s: %s", stack, cfg.data.micro_batch_size, wall,
-                 oom.get("where", "?"), oom.get("error", "?"))
+        log.info(
+            "%s: micro-batch %d does not fit (%.0f s) at %s: %s",
+            stack,
+            cfg.data.micro_batch_size,
+            wall,
+            oom.get("where", "?"),
+            oom.get("error", "?"),
+        )
         return "out of memory", oom
     if proc.returncode != 0 or not out_path.is_file():
         tail = "\n".join(proc.stdout.strip().splitlines()[-25:])
@@ -75,9 +98,15 @@ def run_attempt(stack: str, cfg, data: str, warmup: int, steps: int, workdir: Pa
         return f"failed: exit {proc.returncode}: {last[:200]}", None
     result = json.loads(out_path.read_text())
     result["worker_wall_seconds"] = wall
-    log.info("%s: micro-batch %d: %.0f tokens/s%s, loss %.4f (%.0f s incl. build)", stack, result["micro_batch"],
-             result["tokens_per_s"], f", MFU {100 * result['mfu']:.1f}%" if "mfu" in result else "",
-             result["final_loss"], wall)
+    log.info(
+        "%s: micro-batch %d: %.0f tokens/s%s, loss %.4f (%.0f s incl. build)",
+        stack,
+        result["micro_batch"],
+        result["tokens_per_s"],
+        f", MFU {100 * result['mfu']:.1f}%" if "mfu" in result else "",
+        result["final_loss"],
+        wall,
+    )
     return "ok", result
 
 
@@ -93,8 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(preset="llama-3b")
     p.add_argument("--stacks", default=",".join(STACKS), help=f"comma-separated, from {', '.join(STACKS)}")
     p.add_argument("--micro-batches", default="8,4,2,1", help="candidates, tried largest first (default 8,4,2,1)")
-    p.add_argument("--pin", action="append", default=[], metavar="STACK=MB", help="measure STACK at this micro-batch only")
-    p.add_argument("--data", default="random", help="'random' (default) or an indexed-dataset prefix, e.g. data/sample_text_document")
+    p.add_argument(
+        "--pin", action="append", default=[], metavar="STACK=MB", help="measure STACK at this micro-batch only"
+    )
+    p.add_argument(
+        "--data",
+        default="random",
+        help="'random' (default) or an indexed-dataset prefix, e.g. data/sample_text_document",
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps (default 3)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps (default 10)")
     p.add_argument("--out-dir", default="benchmarks/results", help="where NAME.{json,md,png} go")
@@ -132,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
 
     versions = collect_versions()
     gb = base.data.global_batch_size
-    data_description = ("uniform random token ids (seeded; a speed test, the loss cannot fall far)" if args.data == "random"
-                        else f"token windows read in order from the indexed dataset `{args.data}`")
+    data_description = (
+        "uniform random token ids (seeded; a speed test, the loss cannot fall far)"
+        if args.data == "random"
+        else f"token windows read in order from the indexed dataset `{args.data}`"
+    )
     if corpus_size is not None:
         reps = (args.warmup + args.steps) * gb * (base.model.seq_length + 1) / corpus_size
         if reps > 1:
@@ -148,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 attempts[stack].append({"micro_batch": None, "status": "skipped: needs CUDA and Transformer Engine"})
                 log.warning("%s: skipped (needs CUDA and Transformer Engine)", stack)
                 continue
-            for mb in ([pins[stack]] if stack in pins else candidates):
+            for mb in [pins[stack]] if stack in pins else candidates:
                 if gb % mb:
                     continue
                 cfg = copy.deepcopy(base)
@@ -170,15 +208,30 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.date.today().isoformat()
     gpu = versions.get("gpu", "cpu")
     name = args.name or f"bench_{base.preset}_{_slug(gpu.replace('NVIDIA', ''))}_{date.replace('-', '')}"
-    command = "python -m litespark.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m litespark.bench " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     report = {
-        "date": date, "command": command, "versions": versions, "stacks": stacks, "wall_seconds": total,
-        "setup": {"preset": base.preset, "seq_length": base.model.seq_length, "global_batch": gb,
-                  "warmup": args.warmup, "steps": args.steps, "data": args.data, "data_description": data_description,
-                  "flops_per_token": flops_per_token(base.model),
-                  "peak_tflops": peak_bf16_tflops(gpu) if torch.cuda.is_available() else None,
-                  "litespark_config": to_dict(base)},
-        "results": results, "attempts": attempts, "comparison": compare(results),
+        "date": date,
+        "command": command,
+        "versions": versions,
+        "stacks": stacks,
+        "wall_seconds": total,
+        "setup": {
+            "preset": base.preset,
+            "seq_length": base.model.seq_length,
+            "global_batch": gb,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "data": args.data,
+            "data_description": data_description,
+            "flops_per_token": flops_per_token(base.model),
+            "peak_tflops": peak_bf16_tflops(gpu) if torch.cuda.is_available() else None,
+            "litespark_config": to_dict(base),
+        },
+        "results": results,
+        "attempts": attempts,
+        "comparison": compare(results),
     }
     paths = write_report(report, Path(args.out_dir) / name)
     print(to_markdown(report))

@@ -46,7 +46,11 @@ def _config_for(recipe_name: str, cfg):
 
     from litespark.config import apply_overrides
 
-    fp8 = ["precision.fp8=false"] if recipe_name == "bf16" else ["precision.fp8=true", f"precision.fp8_recipe={recipe_name}"]
+    fp8 = (
+        ["precision.fp8=false"]
+        if recipe_name == "bf16"
+        else ["precision.fp8=true", f"precision.fp8_recipe={recipe_name}"]
+    )
     return apply_overrides(copy.deepcopy(cfg), fp8)
 
 
@@ -91,15 +95,23 @@ def build_mlps(cfg) -> dict:
     megatron = build_module(get_litespark_layer_spec("te", te_swiglu=False).submodules.mlp, config=tc).cuda()
     swiglu_cfg = copy.deepcopy(cfg)
     swiglu_cfg.kernels.te_swiglu = True
-    te_swiglu = build_module(get_litespark_layer_spec("te", te_swiglu=True).submodules.mlp,
-                             config=to_transformer_config(swiglu_cfg)).cuda()
+    te_swiglu = build_module(
+        get_litespark_layer_spec("te", te_swiglu=True).submodules.mlp, config=to_transformer_config(swiglu_cfg)
+    ).cuda()
     te_swiglu.load_state_dict(megatron.state_dict(), strict=False)  # TE's SwiGLU adds an _extra_state
     fused = build_module(get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp, config=tc).cuda()
     fused.load_state_dict(megatron.state_dict())
     m = cfg.model
-    monolithic = te.LayerNormMLP(m.hidden_size, m.ffn_hidden_size, eps=m.norm_epsilon, bias=False,
-                                 normalization="RMSNorm", activation="swiglu", params_dtype=torch.bfloat16,
-                                 device="cuda")
+    monolithic = te.LayerNormMLP(
+        m.hidden_size,
+        m.ffn_hidden_size,
+        eps=m.norm_epsilon,
+        bias=False,
+        normalization="RMSNorm",
+        activation="swiglu",
+        params_dtype=torch.bfloat16,
+        device="cuda",
+    )
     with torch.no_grad():
         monolithic.layer_norm_weight.copy_(megatron.linear_fc1.layer_norm_weight)
         monolithic.fc1_weight.copy_(megatron.linear_fc1.weight)
@@ -121,7 +133,9 @@ def measure_mlps(cfg, micro_batch: int, warmup: int, iters: int) -> list[dict]:
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(m.seq_length, micro_batch, m.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
     x.requires_grad_()
-    dy = 1e-2 * torch.randn(m.seq_length, micro_batch, m.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen)
+    dy = 1e-2 * torch.randn(
+        m.seq_length, micro_batch, m.hidden_size, device="cuda", dtype=torch.bfloat16, generator=gen
+    )
     mlps = build_mlps(cfg)
     rows, reference = [], None
     for recipe_name in RECIPES:
@@ -155,7 +169,9 @@ def measure_mlps(cfg, micro_batch: int, warmup: int, iters: int) -> list[dict]:
                 if name == "megatron-mlp" and recipe_name == "bf16":
                     reference = result
                 if reference is not None:
-                    row["rel_out"], row["rel_dgrad"], row["rel_fc1_wgrad"] = (_rel(a, b) for a, b in zip(result, reference))
+                    row["rel_out"], row["rel_dgrad"], row["rel_fc1_wgrad"] = (
+                        _rel(a, b) for a, b in zip(result, reference)
+                    )
                 row["ms"] = ms
             except Exception as exc:
                 row["error"] = _error_text(exc)
@@ -171,7 +187,12 @@ def measure_attention(cfg, micro_batch: int, warmup: int, iters: int) -> list[di
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     m = cfg.model
-    s, heads, groups, d = m.seq_length, m.num_attention_heads, m.num_query_groups, m.hidden_size // m.num_attention_heads
+    s, heads, groups, d = (
+        m.seq_length,
+        m.num_attention_heads,
+        m.num_query_groups,
+        m.hidden_size // m.num_attention_heads,
+    )
     gen = torch.Generator(device="cuda").manual_seed(1)
 
     def rand(*shape):
@@ -192,12 +213,16 @@ def measure_attention(cfg, micro_batch: int, warmup: int, iters: int) -> list[di
         def run():
             with sdpa_kernel([backend]):
                 F.scaled_dot_product_attention(tq, tk, tv, is_causal=True, enable_gqa=True).backward(tdy)
+
         return run
 
     rows = []
-    for name, fn in (("te-dot-product-attention", te_dpa), ("sdpa-flash", sdpa(SDPBackend.FLASH_ATTENTION)),
-                     ("sdpa-cudnn", sdpa(SDPBackend.CUDNN_ATTENTION)),
-                     ("sdpa-efficient", sdpa(SDPBackend.EFFICIENT_ATTENTION))):
+    for name, fn in (
+        ("te-dot-product-attention", te_dpa),
+        ("sdpa-flash", sdpa(SDPBackend.FLASH_ATTENTION)),
+        ("sdpa-cudnn", sdpa(SDPBackend.CUDNN_ATTENTION)),
+        ("sdpa-efficient", sdpa(SDPBackend.EFFICIENT_ATTENTION)),
+    ):
         row: dict[str, Any] = {"slot": "attention", "variant": name, "recipe": "bf16"}
         try:
             row["ms"] = time_cuda_ms(fn, warmup, iters)
@@ -210,15 +235,23 @@ def measure_attention(cfg, micro_batch: int, warmup: int, iters: int) -> list[di
 
 def to_markdown(report: dict) -> str:
     layers, mb = report["num_layers"], report["micro_batch"]
-    lines = [f"# One layer's MLP and attention implementations, {report['preset']}, micro-batch {mb}, on {report['gpu']}",
-             "", f"`{report['command']}`", "",
-             f"Forward + backward of one layer's slot on [{report['seq_length']}, {mb}, {report['hidden_size']}] "
-             f"inputs; 'per step' is that x {layers} layers (one micro-batch).  Relative differences are against "
-             "Megatron's MLP (`megatron-mlp`) in BF16 on the same weights and inputs.", "",
-             "| slot | variant | recipe | ms per layer | ms per step | vs reference | peak extra GiB | finite | rel. out | rel. dgrad | rel. FC1 wgrad |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    reference = {(r["slot"], r["recipe"]): r.get("ms") for r in report["rows"]
-               if r["variant"] in ("megatron-mlp", "te-dot-product-attention")}
+    lines = [
+        f"# One layer's MLP and attention implementations, {report['preset']}, micro-batch {mb}, on {report['gpu']}",
+        "",
+        f"`{report['command']}`",
+        "",
+        f"Forward + backward of one layer's slot on [{report['seq_length']}, {mb}, {report['hidden_size']}] "
+        f"inputs; 'per step' is that x {layers} layers (one micro-batch).  Relative differences are against "
+        "Megatron's MLP (`megatron-mlp`) in BF16 on the same weights and inputs.",
+        "",
+        "| slot | variant | recipe | ms per layer | ms per step | vs reference | peak extra GiB | finite | rel. out | rel. dgrad | rel. FC1 wgrad |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    reference = {
+        (r["slot"], r["recipe"]): r.get("ms")
+        for r in report["rows"]
+        if r["variant"] in ("megatron-mlp", "te-dot-product-attention")
+    }
 
     def f(v, spec):
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
@@ -229,9 +262,11 @@ def to_markdown(report: dict) -> str:
             continue
         base = reference.get((r["slot"], r["recipe"]))
         delta = f"{100 * (r['ms'] / base - 1):+.1f}%" if base else ""
-        lines.append(f"| {r['slot']} | {r['variant']} | {r['recipe']} | {r['ms']:.2f} | {r['ms'] * layers:.0f} | {delta} | "
-                     f"{f(r.get('peak_extra_gib'), '.2f')} | {'' if 'finite' not in r else ('yes' if r['finite'] else 'NO')} | "
-                     f"{f(r.get('rel_out'), '.3g')} | {f(r.get('rel_dgrad'), '.3g')} | {f(r.get('rel_fc1_wgrad'), '.3g')} |")
+        lines.append(
+            f"| {r['slot']} | {r['variant']} | {r['recipe']} | {r['ms']:.2f} | {r['ms'] * layers:.0f} | {delta} | "
+            f"{f(r.get('peak_extra_gib'), '.2f')} | {'' if 'finite' not in r else ('yes' if r['finite'] else 'NO')} | "
+            f"{f(r.get('rel_out'), '.3g')} | {f(r.get('rel_dgrad'), '.3g')} | {f(r.get('rel_fc1_wgrad'), '.3g')} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -276,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = resolve_backend(load_config(args, ["kernels.cuda_graphs=false"]))
     if cfg.kernels.backend != "te":
-        print("layer_variants.py: error: needs Transformer Engine (kernels.backend resolved to "
-              f"{cfg.kernels.backend!r})", file=sys.stderr)
+        print(
+            f"layer_variants.py: error: needs Transformer Engine (kernels.backend resolved to {cfg.kernels.backend!r})",
+            file=sys.stderr,
+        )
         return 2
     init_distributed(1, cfg.run.seed)
     select_te_norm_kernels(cfg.kernels.norm_kernel)  # as build_model does: the shipped norm kernels
@@ -285,10 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.empty_cache()
     rows += measure_attention(cfg, args.micro_batch, args.warmup, max(args.iters // 3, 3))
     m = cfg.model
-    report = {"preset": cfg.preset, "micro_batch": args.micro_batch, "seq_length": m.seq_length,
-              "hidden_size": m.hidden_size, "num_layers": m.num_layers, "rows": rows,
-              "gpu": torch.cuda.get_device_name(), "versions": collect_versions(),
-              "command": "python -m litespark.bench.layer_variants " + " ".join(sys.argv[1:] if argv is None else argv)}
+    report = {
+        "preset": cfg.preset,
+        "micro_batch": args.micro_batch,
+        "seq_length": m.seq_length,
+        "hidden_size": m.hidden_size,
+        "num_layers": m.num_layers,
+        "rows": rows,
+        "gpu": torch.cuda.get_device_name(),
+        "versions": collect_versions(),
+        "command": "python -m litespark.bench.layer_variants " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -54,8 +54,12 @@ def family(name: str) -> str:
     return "other"
 
 
-GAP_BUCKETS_US: tuple[tuple[str, float], ...] = (("< 10 us", 10.0), ("10-100 us", 100.0), ("0.1-1 ms", 1000.0),
-                                                 (">= 1 ms", float("inf")))
+GAP_BUCKETS_US: tuple[tuple[str, float], ...] = (
+    ("< 10 us", 10.0),
+    ("10-100 us", 100.0),
+    ("0.1-1 ms", 1000.0),
+    (">= 1 ms", float("inf")),
+)
 
 
 def idle_gaps(kernels: list[tuple[float, float, str]]) -> list[tuple[float, float, str, str]]:
@@ -161,8 +165,9 @@ def launch_sites(events, kernels: set[str], frames: int = 3, ancestors: int = 3)
                 chain.append(parent.name)
             parent = getattr(parent, "cpu_parent", None)
         where = [entry for entry in (getattr(evt, "stack", None) or ()) if not _STACK_NOISE.search(entry)][:frames]
-        site = " < ".join(chain) + ("" if not where else " @ " + " < ".join(
-            "/".join(Path(entry).parts[-2:]) for entry in where))
+        site = " < ".join(chain) + (
+            "" if not where else " @ " + " < ".join("/".join(Path(entry).parts[-2:]) for entry in where)
+        )
         for k in launched:
             by_site[k.name][_LAYER_NUMBER.sub(r"\1", site)] += k.duration / 1e3
     return {name: _ranked(sites) for name, sites in by_site.items()}
@@ -180,8 +185,9 @@ def merge_layer_sites(sites: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return merged
 
 
-def costliest_outside(kernels_ms: dict[str, float], skip: tuple[str, ...] = ("gemm", "attention"),
-                      top: int = 12) -> list[str]:
+def costliest_outside(
+    kernels_ms: dict[str, float], skip: tuple[str, ...] = ("gemm", "attention"), top: int = 12
+) -> list[str]:
     """The ``top`` kernels by time whose family is not in ``skip``: the ones worth attributing."""
     names = [name for name, _ in sorted(kernels_ms.items(), key=lambda kv: -kv[1]) if family(name) not in skip]
     return names[:top]
@@ -194,6 +200,7 @@ def time_host_calls(engine, names: tuple[str, ...] = ("forward", "backward", "st
     device (a sync); one far shorter only queued kernels."""
     times: dict[str, list[float]] = {name: [] for name in names}
     for name in names:
+
         def timed(*args, _fn=getattr(engine, name), _name=name, **kwargs):  # noqa: B008 - bind this method now
             t0 = time.perf_counter()
             try:
@@ -208,28 +215,40 @@ def time_host_calls(engine, names: tuple[str, ...] = ("forward", "backward", "st
 def to_markdown(r: dict, top: int = 40) -> str:
     """The report as markdown: families, the ``top`` kernels, idle time, host calls, sync sites."""
     busy = r["gpu_busy_ms_per_step"]
-    lines = [f"# One optimizer step of `{r['stack']}` (micro-batch {r['micro_batch']}) on {r['gpu']}", "",
-             f"`{r['command']}`", "", r["description"], "",
-             f"Step wall time {r['step_wall_ms']:.1f} ms, kernels busy {busy:.1f} ms "
-             f"({100 * r['gpu_busy_fraction']:.1f}% of the wall time; the sum of all kernel times), "
-             f"{r['tokens_per_s']:,.0f} tokens/s, {r['tflops']:.0f} TFLOP/s; "
-             f"{r['kernel_launches_per_step']:,.0f} kernels per step.", "",
-             "| kernel family | ms per step | share of busy |", "|---|---|---|"]
+    lines = [
+        f"# One optimizer step of `{r['stack']}` (micro-batch {r['micro_batch']}) on {r['gpu']}",
+        "",
+        f"`{r['command']}`",
+        "",
+        r["description"],
+        "",
+        f"Step wall time {r['step_wall_ms']:.1f} ms, kernels busy {busy:.1f} ms "
+        f"({100 * r['gpu_busy_fraction']:.1f}% of the wall time; the sum of all kernel times), "
+        f"{r['tokens_per_s']:,.0f} tokens/s, {r['tflops']:.0f} TFLOP/s; "
+        f"{r['kernel_launches_per_step']:,.0f} kernels per step.",
+        "",
+        "| kernel family | ms per step | share of busy |",
+        "|---|---|---|",
+    ]
     for fam, ms in r["families_ms_per_step"].items():
         lines.append(f"| {fam} | {ms:.1f} | {100 * ms / busy:.1f}% |")
     lines += ["", f"| kernel (top {top}) | family | ms per step |", "|---|---|---|"]
     for name, ms in list(r["kernels_ms_per_step"].items())[:top]:
         lines.append(f"| `{name[:110]}` | {family(name)} | {ms:.2f} |")
-    lines += ["", f"## Idle GPU: {r['idle_ms_per_step']:.1f} ms per step with no kernel on any stream", "",
-              "| idle stretch | per step | ms per step |", "|---|---|---|"]
+    lines += [
+        "",
+        f"## Idle GPU: {r['idle_ms_per_step']:.1f} ms per step with no kernel on any stream",
+        "",
+        "| idle stretch | per step | ms per step |",
+        "|---|---|---|",
+    ]
     for label, v in r["idle_by_length"].items():
         lines.append(f"| {label} | {v['count']:.0f} | {v['ms']:.1f} |")
     lines += ["", "| at (ms into the profile) | idle ms | after kernel | before kernel |", "|---|---|---|---|"]
     for gap in r["longest_idle"]:
         lines.append(f"| {gap['at_ms']:.1f} | {gap['ms']:.2f} | `{gap['after'][:60]}` | `{gap['before'][:60]}` |")
     if r["host_ms_per_step"]:
-        lines += ["", "## Host time of the engine's calls (ms per step)", "",
-                  "| call | host ms |", "|---|---|"]
+        lines += ["", "## Host time of the engine's calls (ms per step)", "", "| call | host ms |", "|---|---|"]
         lines += [f"| {name} | {ms:.1f} |" for name, ms in r["host_ms_per_step"].items()]
     lines += ["", "## Where the host waited for the device (one more step, sync debug mode)", ""]
     if r["device_syncs_in_one_step"]:
@@ -238,10 +257,16 @@ def to_markdown(r: dict, top: int = 40) -> str:
     else:
         lines.append("none")
     if r.get("launch_sites"):
-        lines += ["", "## Who launched the costliest kernels outside GEMMs and attention (one more step, CPU ops "
-                  "and stacks recorded)", "",
-                  "Site: the op < its enclosing ops @ the Python frames above it, innermost first.", "",
-                  "| kernel | ms per step | launched by |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Who launched the costliest kernels outside GEMMs and attention (one more step, CPU ops "
+            "and stacks recorded)",
+            "",
+            "Site: the op < its enclosing ops @ the Python frames above it, innermost first.",
+            "",
+            "| kernel | ms per step | launched by |",
+            "|---|---|---|",
+        ]
         for name, sites in r["launch_sites"].items():
             for i, s in enumerate(sites[:3]):
                 lines.append(f"| {'`' + name[:70] + '`' if i == 0 else ''} | {s['ms']:.2f} | `{s['site'][:200]}` |")
@@ -300,13 +325,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--data", default="random")
-    p.add_argument("--launch-sites", type=int, default=12, metavar="N",
-                   help="attribute the N costliest kernels outside GEMMs and attention to their launching ops "
-                        "and Python lines (one more step, profiled with stacks; 0: skip)")
+    p.add_argument(
+        "--launch-sites",
+        type=int,
+        default=12,
+        metavar="N",
+        help="attribute the N costliest kernels outside GEMMs and attention to their launching ops "
+        "and Python lines (one more step, profiled with stacks; 0: skip)",
+    )
     p.add_argument("--out", required=True, help="output stem (OUT.json, OUT.md)")
-    p.add_argument("--rerender", action="store_true",
-                   help="only re-sum the families (and merge the per-layer launch sites) of the saved OUT.json "
-                        "and rewrite OUT.md")
+    p.add_argument(
+        "--rerender",
+        action="store_true",
+        help="only re-sum the families (and merge the per-layer launch sites) of the saved OUT.json and rewrite OUT.md",
+    )
     args = p.parse_args(argv)
     if args.rerender:
         return rerender(Path(args.out).with_suffix(".json"))
@@ -321,9 +353,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # + the step run in sync debug mode and the one profiled with stacks
     n_steps = args.warmup + args.steps + 1 + (args.launch_sites > 0)
-    cfg = resolve_backend(load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false",
-                                             f"data.micro_batch_size={args.micro_batch}",
-                                             f"run.train_iters={n_steps}"]))
+    cfg = resolve_backend(
+        load_config(
+            args,
+            [
+                "checkpoint.enabled=false",
+                "checkpoint.resume=false",
+                f"data.micro_batch_size={args.micro_batch}",
+                f"run.train_iters={n_steps}",
+            ],
+        )
+    )
     init_distributed(1, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
     g = cfg.data.global_batch_size
     tokens = load_windows(args.data, n_steps * g, cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
@@ -332,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     def batches(k):
         # As the bench's worker copies them: a blocking copy would make the host wait for the previous
         # step at every step boundary, and the profile would show idle time the bench does not have.
-        return list(tokens[k * g:(k + 1) * g].to("cuda", non_blocking=True).split(cfg.data.micro_batch_size))
+        return list(tokens[k * g : (k + 1) * g].to("cuda", non_blocking=True).split(cfg.data.micro_batch_size))
 
     for k in range(args.warmup):
         built.step(batches(k))
@@ -359,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
         from torch._C._profiler import _ExperimentalConfig
 
         # verbose: without it the ops' Python stacks stay empty
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
-                     experimental_config=_ExperimentalConfig(verbose=True)) as traced:
+        with profile(
+            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+            with_stack=True,
+            experimental_config=_ExperimentalConfig(verbose=True),
+        ) as traced:
             built.step(batches(args.warmup + args.steps + 1))
             torch.cuda.synchronize()
         cpu_ops = [evt for evt in traced.events() if evt.device_type == torch.autograd.DeviceType.CPU]
@@ -372,21 +415,31 @@ def main(argv: list[str] | None = None) -> int:
     wall_ms = 1e3 * wall / steps
     tok_s = g * cfg.model.seq_length * steps / wall
     report = {
-        "stack": args.stack, "description": built.description, "micro_batch": args.micro_batch,
-        "step_wall_ms": wall_ms, "gpu_busy_ms_per_step": busy / steps, "gpu_busy_fraction": busy / 1e3 / wall,
-        "tokens_per_s": tok_s, "tflops": tok_s * flops_per_token(cfg.model) / 1e12,
+        "stack": args.stack,
+        "description": built.description,
+        "micro_batch": args.micro_batch,
+        "step_wall_ms": wall_ms,
+        "gpu_busy_ms_per_step": busy / steps,
+        "gpu_busy_fraction": busy / 1e3 / wall,
+        "tokens_per_s": tok_s,
+        "tflops": tok_s * flops_per_token(cfg.model) / 1e12,
         "families_ms_per_step": {k: v / steps for k, v in families_of(per_kernel).items()},
         "kernels_ms_per_step": {k: v / steps for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])},
         "kernel_launches_per_step": len(timeline) / steps,
         "idle_ms_per_step": sum(length for _, length, _, _ in gaps) / 1e3 / steps,
-        "idle_by_length": {k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()},
-        "longest_idle": [{"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
-                         for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:20]],
+        "idle_by_length": {
+            k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()
+        },
+        "longest_idle": [
+            {"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
+            for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:20]
+        ],
         "host_ms_per_step": host_ms,
         "device_syncs_in_one_step": syncs,
         # ms summed over the one step profiled with stacks, per kernel and launching site
         "launch_sites": {name: sites[name] for name in attributed if name in sites},
-        "gpu": torch.cuda.get_device_name(), "command": "python -m litespark.bench.profile_step " + " ".join(sys.argv[1:]),
+        "gpu": torch.cuda.get_device_name(),
+        "command": "python -m litespark.bench.profile_step " + " ".join(sys.argv[1:]),
     }
     print(write_report(Path(args.out), report))
     return 0

@@ -30,8 +30,9 @@ def measure(seq: int, batch: int, groups: int, heads_per_group: int, head_dim: i
 
     freqs = RotaryEmbedding(kv_channels=head_dim, rotary_percent=1.0, rotary_base=rotary_base)(seq)
     g = torch.Generator(device="cuda").manual_seed(0)
-    qkv = torch.randn(seq, batch, groups, (heads_per_group + 2) * head_dim, device="cuda", generator=g,
-                      dtype=torch.bfloat16).requires_grad_()
+    qkv = torch.randn(
+        seq, batch, groups, (heads_per_group + 2) * head_dim, device="cuda", generator=g, dtype=torch.bfloat16
+    ).requires_grad_()
     split = [heads_per_group * head_dim, head_dim, head_dim]
     moved_bytes = qkv.numel() * qkv.element_size() * 2
     grads = None
@@ -51,12 +52,23 @@ def measure(seq: int, batch: int, groups: int, heads_per_group: int, head_dim: i
             torch.autograd.backward(fn(qkv, freqs, freqs, split), grads)
 
         fwd = time_cuda_ms(forward, 3, 20)
-        results[name] = {"fwd_ms": fwd, "fwd_bwd_ms": time_cuda_ms(forward_backward, 3, 20), "fwd_TBps": moved_bytes / fwd / 1e9}
+        results[name] = {
+            "fwd_ms": fwd,
+            "fwd_bwd_ms": time_cuda_ms(forward_backward, 3, 20),
+            "fwd_TBps": moved_bytes / fwd / 1e9,
+        }
     results["triton_vs_te_max_abs"] = {
         what: float((a.float() - b.float()).abs().max())
-        for what, a, b in zip(("q", "k", "v", "qkv_grad"), outputs["triton"], outputs["te"])}
-    results["shape"] = {"seq": seq, "batch": batch, "groups": groups, "heads_per_group": heads_per_group,
-                        "head_dim": head_dim, "rotary_base": rotary_base}
+        for what, a, b in zip(("q", "k", "v", "qkv_grad"), outputs["triton"], outputs["te"])
+    }
+    results["shape"] = {
+        "seq": seq,
+        "batch": batch,
+        "groups": groups,
+        "heads_per_group": heads_per_group,
+        "head_dim": head_dim,
+        "rotary_base": rotary_base,
+    }
     return results
 
 
@@ -78,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(args.seq, args.micro_batch, args.groups, args.heads_per_group, args.head_dim, args.rotary_base)
     for name in ("te", "triton"):
         r = results[name]
-        print(f"{name:7s} forward {r['fwd_ms']:.3f} ms ({r['fwd_TBps']:.2f} TB/s), forward + backward {r['fwd_bwd_ms']:.3f} ms")
+        print(
+            f"{name:7s} forward {r['fwd_ms']:.3f} ms ({r['fwd_TBps']:.2f} TB/s), forward + backward {r['fwd_bwd_ms']:.3f} ms"
+        )
     print("triton vs te, largest absolute difference:", results["triton_vs_te_max_abs"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")

@@ -43,29 +43,40 @@ def compare(results: dict[str, dict]) -> dict:
     for name, ref in (("litespark", "litespark-bf16"), ("mcore-fp8", "mcore-bf16")):
         a, b = results.get(name), results.get(ref)
         if a and b:
-            numerics[name] = {"reference": ref, "mean_timed_loss": mean_timed_loss(a),
-                              "reference_mean_timed_loss": mean_timed_loss(b),
-                              "rel_diff_mean_timed_loss": abs(mean_timed_loss(a) - mean_timed_loss(b)) / mean_timed_loss(b),
-                              "rel_diff_final_loss": abs(a["final_loss"] - b["final_loss"]) / b["final_loss"]}
+            numerics[name] = {
+                "reference": ref,
+                "mean_timed_loss": mean_timed_loss(a),
+                "reference_mean_timed_loss": mean_timed_loss(b),
+                "rel_diff_mean_timed_loss": abs(mean_timed_loss(a) - mean_timed_loss(b)) / mean_timed_loss(b),
+                "rel_diff_final_loss": abs(a["final_loss"] - b["final_loss"]) / b["final_loss"],
+            }
     out["fp8_numerics"] = numerics
 
     def verdict(value: float | None, ok) -> bool | None:
         return None if value is None else bool(ok(value))
 
     out["targets"] = {
-        f"litespark >= {TARGET_SPEEDUP_VS_HF}x HF tokens/s": verdict(out["speedup_vs_hf"], lambda v: v >= TARGET_SPEEDUP_VS_HF),
+        f"litespark >= {TARGET_SPEEDUP_VS_HF}x HF tokens/s": verdict(
+            out["speedup_vs_hf"], lambda v: v >= TARGET_SPEEDUP_VS_HF
+        ),
         f"litespark >= {TARGET_SPEEDUP_VS_MCORE_FP8}x Megatron-Core TE FP8 + DeepSpeed": verdict(
-            out["speedup_vs_mcore_fp8"], lambda v: v >= TARGET_SPEEDUP_VS_MCORE_FP8),
-        f"litespark J/token <= {TARGET_ENERGY_VS_HF}x HF": verdict(out["energy_vs_hf"], lambda v: v <= TARGET_ENERGY_VS_HF),
+            out["speedup_vs_mcore_fp8"], lambda v: v >= TARGET_SPEEDUP_VS_MCORE_FP8
+        ),
+        f"litespark J/token <= {TARGET_ENERGY_VS_HF}x HF": verdict(
+            out["energy_vs_hf"], lambda v: v <= TARGET_ENERGY_VS_HF
+        ),
         f"FP8 mean loss over the timed steps within {FP8_LOSS_TOLERANCE:.0%} of BF16 (same stack)": (
-            None if not numerics else all(v["rel_diff_mean_timed_loss"] <= FP8_LOSS_TOLERANCE for v in numerics.values())),
+            None
+            if not numerics
+            else all(v["rel_diff_mean_timed_loss"] <= FP8_LOSS_TOLERANCE for v in numerics.values())
+        ),
     }
     return out
 
 
 def mean_timed_loss(result: dict) -> float:
     """Mean of the per-step losses after the warm-up steps."""
-    timed = result["losses"][result["warmup_steps"]:]
+    timed = result["losses"][result["warmup_steps"] :]
     return sum(timed) / len(timed)
 
 
@@ -86,7 +97,9 @@ def to_markdown(report: dict) -> str:
         "With CUDA graphs the captured layers' activations sit in the graphs' private memory pool, which counts "
         "as reserved, not allocated: compare the reserved figure.",
         "",
-        "```bash", report["command"], "```",
+        "```bash",
+        report["command"],
+        "```",
         "",
         "| stack | micro-batch | tokens/s | TFLOP/s | MFU | J/token | avg W | peak GiB allocated (reserved) | final loss | mean timed loss | vs HF |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -102,21 +115,32 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {name} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | {_fmt(r.get('mfu'), '.1f', 100, '%')} | "
             f"{_fmt(r.get('joules_per_token'), '.4f')} | {_fmt(r.get('avg_watts'), '.0f')} | "
-            f"{_fmt(r.get('peak_memory_gib'), '.1f')} ({_fmt(r.get('peak_reserved_gib'), '.1f')}) | {r['final_loss']:.4f} | {mean_timed_loss(r):.4f} | {speed} |")
+            f"{_fmt(r.get('peak_memory_gib'), '.1f')} ({_fmt(r.get('peak_reserved_gib'), '.1f')}) | {r['final_loss']:.4f} | {mean_timed_loss(r):.4f} | {speed} |"
+        )
     c = report["comparison"]
     lines += ["", "Stacks:", ""]
     for name in report["stacks"]:
         r = report["results"].get(name)
-        tried = ", ".join(f"{a['micro_batch']}: {a['status']}" + (f" in `{a['where']}`" if a.get("where") else "")
-                          for a in report["attempts"].get(name, []))
+        tried = ", ".join(
+            f"{a['micro_batch']}: {a['status']}" + (f" in `{a['where']}`" if a.get("where") else "")
+            for a in report["attempts"].get(name, [])
+        )
         lines.append(f"- `{name}`: {r['description'] if r else 'did not run'} (micro-batches tried: {tried})")
     lines += ["", "| ratio | value |", "|---|---|"]
-    for key in ("speedup_vs_hf", "speedup_vs_mcore_fp8", "speedup_vs_mcore_bf16", "energy_vs_hf", "energy_vs_mcore_fp8"):
+    for key in (
+        "speedup_vs_hf",
+        "speedup_vs_mcore_fp8",
+        "speedup_vs_mcore_bf16",
+        "energy_vs_hf",
+        "energy_vs_mcore_fp8",
+    ):
         lines.append(f"| {key} | {_fmt(c[key], '.3f')} |")
     for name, n in c["fp8_numerics"].items():
-        lines.append(f"| {name} vs {n['reference']}: mean loss over the timed steps {n['mean_timed_loss']:.4f} vs "
-                     f"{n['reference_mean_timed_loss']:.4f} | {n['rel_diff_mean_timed_loss']:.2%} (final step: "
-                     f"{n['rel_diff_final_loss']:.2%}) |")
+        lines.append(
+            f"| {name} vs {n['reference']}: mean loss over the timed steps {n['mean_timed_loss']:.4f} vs "
+            f"{n['reference_mean_timed_loss']:.4f} | {n['rel_diff_mean_timed_loss']:.2%} (final step: "
+            f"{n['rel_diff_final_loss']:.2%}) |"
+        )
     lines += ["", "| target | met |", "|---|---|"]
     for target, ok in c["targets"].items():
         lines.append(f"| {target} | {'n/a' if ok is None else ('yes' if ok else 'NO')} |")
@@ -142,7 +166,9 @@ def plot(report: dict, path: Path) -> None:
     b.set_xlabel("joules per token" + ("" if any(r.get("joules_per_token") for r in rs) else " (no NVML counter)"))
     b.invert_yaxis()
     b.set_yticks([])
-    fig.suptitle(f"{report['setup']['preset']}, seq {report['setup']['seq_length']}, {report['versions'].get('gpu', 'CPU')}")
+    fig.suptitle(
+        f"{report['setup']['preset']}, seq {report['setup']['seq_length']}, {report['versions'].get('gpu', 'CPU')}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -69,15 +69,26 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     m, o = cfg.model, cfg.optim
     device = _device()
     conf = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 takes rope_theta and attn_implementation as **kwargs
-        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_query_groups, max_position_embeddings=m.seq_length, rope_theta=m.rotary_base,
-        rms_norm_eps=m.norm_epsilon, tie_word_embeddings=m.tie_embeddings, initializer_range=m.init_method_std,
-        use_cache=False, attn_implementation="sdpa")
+        vocab_size=m.vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.ffn_hidden_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_query_groups,
+        max_position_embeddings=m.seq_length,
+        rope_theta=m.rotary_base,
+        rms_norm_eps=m.norm_epsilon,
+        tie_word_embeddings=m.tie_embeddings,
+        initializer_range=m.init_method_std,
+        use_cache=False,
+        attn_implementation="sdpa",
+    )
     with device:
         model = LlamaForCausalLM(conf)
     model.train()
-    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda"
+    )
     sched = WarmupCosineLR(opt, **_scheduler_params(cfg))
     dtype = torch.bfloat16 if cfg.precision.bf16 else torch.float32
 
@@ -97,8 +108,9 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
         opt.zero_grad(set_to_none=True)
         return total / len(micro_batches)
 
-    return BuiltStack(step, "transformers.LlamaForCausalLM (sdpa), fp32 params + bf16 autocast, "
-                            "torch AdamW fused, clip 1.0")
+    return BuiltStack(
+        step, "transformers.LlamaForCausalLM (sdpa), fp32 params + bf16 autocast, torch AdamW fused, clip 1.0"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,15 +125,32 @@ def naive_transformer_config(cfg: LitesparkConfig, fp8: bool):
     m = cfg.model
     kwargs = {}
     if fp8:
-        kwargs = {"fp8": "hybrid", "fp8_recipe": "delayed", "fp8_amax_history_len": 1024, "fp8_amax_compute_algo": "max"}
+        kwargs = {
+            "fp8": "hybrid",
+            "fp8_recipe": "delayed",
+            "fp8_amax_history_len": 1024,
+            "fp8_amax_compute_algo": "max",
+        }
     return TransformerConfig(
-        num_layers=m.num_layers, hidden_size=m.hidden_size, num_attention_heads=m.num_attention_heads,
-        num_query_groups=m.num_query_groups, ffn_hidden_size=m.ffn_hidden_size,
-        kv_channels=m.hidden_size // m.num_attention_heads, normalization="RMSNorm", layernorm_epsilon=m.norm_epsilon,
-        gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False, hidden_dropout=0.0,
-        attention_dropout=0.0, init_method_std=m.init_method_std, bf16=cfg.precision.bf16,
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_hidden_size,
+        kv_channels=m.hidden_size // m.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=m.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=m.init_method_std,
+        bf16=cfg.precision.bf16,
         params_dtype=torch.bfloat16 if cfg.precision.bf16 else torch.float32,
-        use_cpu_initialization=not torch.cuda.is_available(), **kwargs)
+        use_cpu_initialization=not torch.cuda.is_available(),
+        **kwargs,
+    )
 
 
 def naive_deepspeed_config(cfg: LitesparkConfig, micro_batch: int) -> dict:
@@ -134,8 +163,16 @@ def naive_deepspeed_config(cfg: LitesparkConfig, micro_batch: int) -> dict:
         "gradient_clipping": o.clip_grad,
         "bf16": {"enabled": cfg.precision.bf16},
         "zero_optimization": {"stage": 1},
-        "optimizer": {"type": "AdamW", "params": {"lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps,
-                                                  "weight_decay": o.weight_decay, "torch_adam": True}},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": o.lr,
+                "betas": [o.beta1, o.beta2],
+                "eps": o.eps,
+                "weight_decay": o.weight_decay,
+                "torch_adam": True,
+            },
+        },
         "scheduler": {"type": "WarmupCosineLR", "params": _scheduler_params(cfg)},
         "steps_per_print": 10**9,
     }
@@ -170,23 +207,35 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
         spec.submodules.self_attention.submodules.core_attention = SDPAttention
     m = cfg.model
-    model = GPTModel(config=naive_transformer_config(cfg, fp8), transformer_layer_spec=spec,
-                     vocab_size=padded_vocab_size(cfg), max_sequence_length=m.seq_length,
-                     position_embedding_type="rope", rotary_base=m.rotary_base,
-                     share_embeddings_and_output_weights=m.tie_embeddings)
+    model = GPTModel(
+        config=naive_transformer_config(cfg, fp8),
+        transformer_layer_spec=spec,
+        vocab_size=padded_vocab_size(cfg),
+        max_sequence_length=m.seq_length,
+        position_embedding_type="rope",
+        rotary_base=m.rotary_base,
+        share_embeddings_and_output_weights=m.tie_embeddings,
+    )
     init_deepspeed_comm()
     device = _device()
-    engine, _, _, _ = deepspeed.initialize(model=model.to(device), model_parameters=param_groups(model, cfg.optim.weight_decay),
-                                           config=naive_deepspeed_config(cfg, cfg.data.micro_batch_size),
-                                           mpu=MegatronMPU(), dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model.to(device),
+        model_parameters=param_groups(model, cfg.optim.weight_decay),
+        config=naive_deepspeed_config(cfg, cfg.data.micro_batch_size),
+        mpu=MegatronMPU(),
+        dist_init_required=False,
+    )
 
     def step(micro_batches: list[torch.Tensor]) -> torch.Tensor:
         engine.module.set_is_first_microbatch()  # new weights: re-quantise (Megatron's schedule does this)
         total = torch.zeros((), device=device)
         for tokens in micro_batches:
             inputs, labels = tokens[:, :-1], tokens[:, 1:]
-            loss = engine(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None,
-                          labels=labels).float().mean()
+            loss = (
+                engine(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels)
+                .float()
+                .mean()
+            )
             engine.backward(loss)
             engine.step()
             total += loss.detach()
@@ -194,8 +243,11 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
 
     what = "Megatron-Core TE spec" if use_te else "Megatron-Core local spec (torch SDPA core attention)"
     numerics = "FP8 delayed" if fp8 else ("BF16" if cfg.precision.bf16 else "FP32")
-    return BuiltStack(step, f"{what}, {numerics}, Megatron defaults, DeepSpeed ZeRO-1 "
-                            "fp32 master, torch AdamW (foreach), clip 1.0", engine)
+    return BuiltStack(
+        step,
+        f"{what}, {numerics}, Megatron defaults, DeepSpeed ZeRO-1 fp32 master, torch AdamW (foreach), clip 1.0",
+        engine,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +278,12 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
         numerics += " (output layer too)"
     graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
     # The engine's own reduction dtype: what ran, not what the config meant.
-    reduced = str(engine.communication_data_type).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
+    reduced = (
+        str(engine.communication_data_type)
+        .removeprefix("torch.")
+        .replace("float32", "fp32")
+        .replace("bfloat16", "bf16")
+    )
     grads = f", fp32 gradients written by TE (BF16_Optimizer), reduced in {reduced}" if p.fp32_grad_accumulation else ""
     group = zero_sub_group_size(cfg)
     groups = f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
@@ -235,14 +292,21 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     from megatron_patches import qkv_rope as qkv_rope_patch
 
     rope = "fused QKV RoPE" + (" (Triton)" if qkv_rope_patch.is_applied() else " (TE)")
-    fused = [name for name, on in (("TE SwiGLU", tc.use_te_activation_func),
-                                   (rope, tc.fused_single_qkv_rope),
-                                   ("TE cross-entropy", tc.cross_entropy_loss_fusion and tc.cross_entropy_fusion_impl == "te"))
-             if on]
+    fused = [
+        name
+        for name, on in (
+            ("TE SwiGLU", tc.use_te_activation_func),
+            (rope, tc.fused_single_qkv_rope),
+            ("TE cross-entropy", tc.cross_entropy_loss_fusion and tc.cross_entropy_fusion_impl == "te"),
+        )
+        if on
+    ]
     kernels = f" ({', '.join(fused)})" if fused else ""
-    what = (f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
-            f"fp32 master, torch AdamW fused{graphs}{grads}{groups}"
-            f"{', DeepSpeed step patches' if cfg.optim.deepspeed_step_patches else ''}")
+    what = (
+        f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
+        f"fp32 master, torch AdamW fused{graphs}{grads}{groups}"
+        f"{', DeepSpeed step patches' if cfg.optim.deepspeed_step_patches else ''}"
+    )
     return BuiltStack(step, what, engine)
 
 

@@ -81,33 +81,86 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         for workers in args.workers:
             ours_prefix, theirs_prefix = tmp / f"ours{workers}", tmp / f"mlm{workers}"
-            ours = timed([sys.executable, str(TOKENIZE_SCRIPT), "--input", str(tmp / "in"),
-                          "--tokenizer", args.tokenizer, "--output-prefix", str(ours_prefix), "--workers", str(workers),
-                          "--threads", str(args.threads), "--no-progress"], env)
-            theirs = timed([sys.executable, str(mlm / "tools" / "preprocess_data.py"), "--input", str(plain),
-                            "--output-prefix", str(theirs_prefix), "--tokenizer-type", "Llama2Tokenizer",
-                            "--tokenizer-model", args.tokenizer, "--legacy-tokenizer", "--append-eod",
-                            "--workers", str(workers), "--json-keys", "text"], dict(env, PYTHONPATH=str(mlm)))
+            ours = timed(
+                [
+                    sys.executable,
+                    str(TOKENIZE_SCRIPT),
+                    "--input",
+                    str(tmp / "in"),
+                    "--tokenizer",
+                    args.tokenizer,
+                    "--output-prefix",
+                    str(ours_prefix),
+                    "--workers",
+                    str(workers),
+                    "--threads",
+                    str(args.threads),
+                    "--no-progress",
+                ],
+                env,
+            )
+            theirs = timed(
+                [
+                    sys.executable,
+                    str(mlm / "tools" / "preprocess_data.py"),
+                    "--input",
+                    str(plain),
+                    "--output-prefix",
+                    str(theirs_prefix),
+                    "--tokenizer-type",
+                    "Llama2Tokenizer",
+                    "--tokenizer-model",
+                    args.tokenizer,
+                    "--legacy-tokenizer",
+                    "--append-eod",
+                    "--workers",
+                    str(workers),
+                    "--json-keys",
+                    "text",
+                ],
+                dict(env, PYTHONPATH=str(mlm)),
+            )
             tokens = json.loads(Path(f"{ours_prefix}.manifest.json").read_text())
             n_tokens = sum(f["tokens"] for f in tokens["files"])
-            identical = all(Path(f"{ours_prefix}{s}").read_bytes() == Path(f"{theirs_prefix}_text_document{s}").read_bytes()
-                            for s in (".bin", ".idx"))
-            rows.append({"workers": workers, "threads": args.threads, "tokens": n_tokens, "litespark_s": ours, "megatron_lm_s": theirs,
-                         "litespark_tok_s_per_worker": n_tokens / ours / workers,
-                         "megatron_lm_tok_s_per_worker": n_tokens / theirs / workers,
-                         "ratio": theirs / ours, "byte_identical": identical})
-    lines = ["| workers | Litespark threads/worker | tokens | Litespark s | Megatron-LM s | Litespark tok/s/worker | Megatron-LM tok/s/worker | ratio | identical |",
-             "|---|---|---|---|---|---|---|---|---|"]
+            identical = all(
+                Path(f"{ours_prefix}{s}").read_bytes() == Path(f"{theirs_prefix}_text_document{s}").read_bytes()
+                for s in (".bin", ".idx")
+            )
+            rows.append(
+                {
+                    "workers": workers,
+                    "threads": args.threads,
+                    "tokens": n_tokens,
+                    "litespark_s": ours,
+                    "megatron_lm_s": theirs,
+                    "litespark_tok_s_per_worker": n_tokens / ours / workers,
+                    "megatron_lm_tok_s_per_worker": n_tokens / theirs / workers,
+                    "ratio": theirs / ours,
+                    "byte_identical": identical,
+                }
+            )
+    lines = [
+        "| workers | Litespark threads/worker | tokens | Litespark s | Megatron-LM s | Litespark tok/s/worker | Megatron-LM tok/s/worker | ratio | identical |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['workers']} | {r['threads']} | {r['tokens']:,} | {r['litespark_s']:.1f} | {r['megatron_lm_s']:.1f} | "
-                     f"{r['litespark_tok_s_per_worker']:,.0f} | {r['megatron_lm_tok_s_per_worker']:,.0f} | "
-                     f"{r['ratio']:.2f}x | {'yes' if r['byte_identical'] else 'NO'} |")
+        lines.append(
+            f"| {r['workers']} | {r['threads']} | {r['tokens']:,} | {r['litespark_s']:.1f} | {r['megatron_lm_s']:.1f} | "
+            f"{r['litespark_tok_s_per_worker']:,.0f} | {r['megatron_lm_tok_s_per_worker']:,.0f} | "
+            f"{r['ratio']:.2f}x | {'yes' if r['byte_identical'] else 'NO'} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:
-        meta = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "python": platform.python_version(),
-                "cpu_count": os.cpu_count(), "input_files": len(files), "input_text_bytes": text_bytes,
-                "vocab_size": vocab_size, "rows": rows}
+        meta = {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "input_files": len(files),
+            "input_text_bytes": text_bytes,
+            "vocab_size": vocab_size,
+            "rows": rows,
+        }
         Path(args.out + ".json").write_text(json.dumps(meta, indent=1) + "\n")
         Path(args.out + ".md").write_text(table + "\n")
     return 0 if all(r["byte_identical"] for r in rows) else 1

@@ -68,7 +68,7 @@ def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> d
     build_s = time.perf_counter() - t0
 
     def batches(k: int) -> list[torch.Tensor]:
-        rows = tokens[k * d.global_batch_size:(k + 1) * d.global_batch_size].to(device, non_blocking=True)
+        rows = tokens[k * d.global_batch_size : (k + 1) * d.global_batch_size].to(device, non_blocking=True)
         return list(rows.split(d.micro_batch_size))
 
     losses = []
@@ -91,11 +91,19 @@ def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> d
     n_tokens = steps * d.global_batch_size * cfg.model.seq_length
     tok_s = n_tokens / seconds
     out = {
-        "stack": stack, "description": built.description, "micro_batch": d.micro_batch_size,
-        "global_batch": d.global_batch_size, "seq_length": cfg.model.seq_length,
-        "warmup_steps": warmup, "timed_steps": steps, "build_seconds": build_s, "timed_seconds": seconds,
-        "tokens_per_s": tok_s, "tflops": tok_s * flops_per_token(cfg.model) / 1e12,
-        "losses": losses, "final_loss": losses[-1],
+        "stack": stack,
+        "description": built.description,
+        "micro_batch": d.micro_batch_size,
+        "global_batch": d.global_batch_size,
+        "seq_length": cfg.model.seq_length,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "build_seconds": build_s,
+        "timed_seconds": seconds,
+        "tokens_per_s": tok_s,
+        "tflops": tok_s * flops_per_token(cfg.model) / 1e12,
+        "losses": losses,
+        "final_loss": losses[-1],
     }
     peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     if peak:
@@ -128,13 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     init_distributed(1, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
     try:
-        tokens = load_windows(args.data, (args.warmup + args.steps) * cfg.data.global_batch_size,
-                              cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
+        tokens = load_windows(
+            args.data,
+            (args.warmup + args.steps) * cfg.data.global_batch_size,
+            cfg.model.seq_length + 1,
+            cfg.model.vocab_size,
+            cfg.run.seed,
+        )
         result = measure(args.stack, cfg, tokens, args.warmup, args.steps)
     except Exception as exc:
         if is_oom(exc):
-            out.write_text(json.dumps({"stack": args.stack, "micro_batch": cfg.data.micro_batch_size, "oom": True,
-                                       "error": str(exc).splitlines()[0][:400], "where": oom_site(exc)}))
+            out.write_text(
+                json.dumps(
+                    {
+                        "stack": args.stack,
+                        "micro_batch": cfg.data.micro_batch_size,
+                        "oom": True,
+                        "error": str(exc).splitlines()[0][:400],
+                        "where": oom_site(exc),
+                    }
+                )
+            )
             print(f"{args.stack} micro-batch {cfg.data.micro_batch_size}: out of memory", file=sys.stderr)
             return EXIT_OOM
         raise

@@ -23,7 +23,21 @@ from litespark.config.schema import (
 from litespark.config.validate import gradient_accumulation_steps, validate
 
 __all__ = [
-    "CheckpointConfig", "ConfigError", "DataConfig", "KernelConfig", "LitesparkConfig", "ModelConfig",
-    "OptimConfig", "ParallelConfig", "PrecisionConfig", "RunConfig", "apply_overrides", "from_dict",
-    "gradient_accumulation_steps", "load_yaml", "resolve_backend", "to_dict", "validate",
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "KernelConfig",
+    "LitesparkConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "PrecisionConfig",
+    "RunConfig",
+    "apply_overrides",
+    "from_dict",
+    "gradient_accumulation_steps",
+    "load_yaml",
+    "resolve_backend",
+    "to_dict",
+    "validate",
 ]

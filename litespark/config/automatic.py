@@ -23,11 +23,15 @@ def cuda_graphs_refusal(cfg: LitesparkConfig) -> str | None:
     if cfg.kernels.backend == "torch":
         return "kernels.cuda_graphs=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)"
     if cfg.parallel.tensor_parallel != 1:
-        return ("kernels.cuda_graphs=true needs parallel.tensor_parallel=1 "
-                "(TP collectives inside captured layers are not supported)")
+        return (
+            "kernels.cuda_graphs=true needs parallel.tensor_parallel=1 "
+            "(TP collectives inside captured layers are not supported)"
+        )
     if cfg.parallel.zero_stage == 3:
-        return ("kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
-                "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)")
+        return (
+            "kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2 "
+            "(ZeRO-3 gathers weights into new buffers each forward; a graph needs fixed addresses)"
+        )
     if cfg.precision.fp32_grad_accumulation:
         return "kernels.cuda_graphs=true cannot be combined with precision.fp32_grad_accumulation=true (not supported together)"
     return None
@@ -61,13 +65,19 @@ def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> str | None:
     """Why ``precision.fp32_grad_accumulation=true`` cannot be used with ``cfg`` (validate's error), or
     None."""
     if not cfg.precision.bf16:
-        return "precision.fp32_grad_accumulation=true needs precision.bf16=true (fp32 training has fp32 gradients already)"
+        return (
+            "precision.fp32_grad_accumulation=true needs precision.bf16=true (fp32 training has fp32 gradients already)"
+        )
     if cfg.parallel.zero_stage != 1:
-        return (f"precision.fp32_grad_accumulation=true needs parallel.zero_stage=1, not {cfg.parallel.zero_stage} "
-                "(DeepSpeed's BF16 optimizer, which owns the fp32 buffers, is ZeRO-1 only)")
+        return (
+            f"precision.fp32_grad_accumulation=true needs parallel.zero_stage=1, not {cfg.parallel.zero_stage} "
+            "(DeepSpeed's BF16 optimizer, which owns the fp32 buffers, is ZeRO-1 only)"
+        )
     if cfg.kernels.cuda_graphs:
-        return ("precision.fp32_grad_accumulation=true cannot be combined with kernels.cuda_graphs=true "
-                "(not supported together; the graphs are for memory-bound micro-batches)")
+        return (
+            "precision.fp32_grad_accumulation=true cannot be combined with kernels.cuda_graphs=true "
+            "(not supported together; the graphs are for memory-bound micro-batches)"
+        )
     return None
 
 
@@ -83,8 +93,7 @@ def fp32_grad_accumulation(cfg: LitesparkConfig) -> bool:
     if cfg.precision.fp32_grad_accumulation is not None:
         return cfg.precision.fp32_grad_accumulation
     graphs = _cuda_graphs_as_resolved(cfg)
-    return (cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16
-            and cfg.parallel.zero_stage == 1)
+    return cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16 and cfg.parallel.zero_stage == 1
 
 
 # parallel.zero_sub_group_size=None splits the optimizer step into groups of this many parameters,
@@ -112,8 +121,10 @@ def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> str | None:
     k, m = cfg.kernels, cfg.model
     head_dim = m.hidden_size // m.num_attention_heads
     if k.rope_fusion and k.fused_qkv_rope and k.qkv_rope_kernel == "triton" and head_dim & (head_dim - 1):
-        return (f"kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got {head_dim}: "
-                "set kernels.qkv_rope_kernel=te")
+        return (
+            f"kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got {head_dim}: "
+            "set kernels.qkv_rope_kernel=te"
+        )
     return None
 
 
@@ -131,11 +142,17 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
         raise ConfigError(refusal)
     if cfg.kernels.backend != "te":
         if cfg.precision.fp8:
-            raise ConfigError("precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+            raise ConfigError(
+                "precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
+            )
         if cfg.parallel.sequence_parallel:
-            raise ConfigError("parallel.sequence_parallel=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+            raise ConfigError(
+                "parallel.sequence_parallel=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
+            )
         if cfg.kernels.cuda_graphs:
-            raise ConfigError("kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')")
+            raise ConfigError(
+                "kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
+            )
     if cfg.kernels.cuda_graphs is None:
         cfg.kernels.cuda_graphs = _cuda_graphs_automatic(cfg)
     if cfg.precision.fp32_grad_accumulation is None:

@@ -19,8 +19,14 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--preset, --config and --set, in that order of application."""
     parser.add_argument("--preset", default="tiny", help=f"starting point: {', '.join(PRESETS)} (default: tiny)")
     parser.add_argument("--config", metavar="YAML", help="YAML file of overrides, applied after the preset")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override one field, e.g. --set optim.lr=3e-4 (repeatable, applied last)")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one field, e.g. --set optim.lr=3e-4 (repeatable, applied last)",
+    )
 
 
 def load_config(args: argparse.Namespace, extra_overrides: list[str] | None = None) -> LitesparkConfig:
@@ -34,9 +40,13 @@ def load_config(args: argparse.Namespace, extra_overrides: list[str] | None = No
 
 def quiet_optional_dependency_warnings() -> None:
     """Megatron warns at import about Apex/TE being absent; on CPU hosts that is expected."""
-    for pattern in (".*Transformer Engine and Apex are not installed.*", ".*Apex is not installed.*",
-                    ".*full scope is deprecated.*", r".*barrier\(\): using the device under current context.*",
-                    r".*all_gather_into_tensor. is deprecated.*"):
+    for pattern in (
+        ".*Transformer Engine and Apex are not installed.*",
+        ".*Apex is not installed.*",
+        ".*full scope is deprecated.*",
+        r".*barrier\(\): using the device under current context.*",
+        r".*all_gather_into_tensor. is deprecated.*",
+    ):
         warnings.filterwarnings("ignore", message=pattern)
 
 

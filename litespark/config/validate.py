@@ -46,20 +46,31 @@ def _check_sizes(cfg: LitesparkConfig) -> None:
     """Counts and sizes are positive."""
     m, par, d, r = cfg.model, cfg.parallel, cfg.data, cfg.run
     positive: dict[str, int | None] = {
-        "model.num_layers": m.num_layers, "model.hidden_size": m.hidden_size,
-        "model.num_attention_heads": m.num_attention_heads, "model.num_query_groups": m.num_query_groups,
-        "model.ffn_hidden_size": m.ffn_hidden_size, "model.vocab_size": m.vocab_size,
-        "model.seq_length": m.seq_length, "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
-        "parallel.tensor_parallel": par.tensor_parallel, "data.micro_batch_size": d.micro_batch_size,
-        "data.global_batch_size": d.global_batch_size, "run.train_iters": r.train_iters,
-        "run.log_interval": r.log_interval, "checkpoint.keep_last": cfg.checkpoint.keep_last,
+        "model.num_layers": m.num_layers,
+        "model.hidden_size": m.hidden_size,
+        "model.num_attention_heads": m.num_attention_heads,
+        "model.num_query_groups": m.num_query_groups,
+        "model.ffn_hidden_size": m.ffn_hidden_size,
+        "model.vocab_size": m.vocab_size,
+        "model.seq_length": m.seq_length,
+        "model.make_vocab_size_divisible_by": m.make_vocab_size_divisible_by,
+        "parallel.tensor_parallel": par.tensor_parallel,
+        "data.micro_batch_size": d.micro_batch_size,
+        "data.global_batch_size": d.global_batch_size,
+        "run.train_iters": r.train_iters,
+        "run.log_interval": r.log_interval,
+        "checkpoint.keep_last": cfg.checkpoint.keep_last,
         "parallel.zero_sub_group_size": par.zero_sub_group_size,
     }
     for name, value in positive.items():
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
-    for name, number in {"model.rotary_base": m.rotary_base, "model.norm_epsilon": m.norm_epsilon,
-                         "model.init_method_std": m.init_method_std, "optim.lr": cfg.optim.lr}.items():
+    for name, number in {
+        "model.rotary_base": m.rotary_base,
+        "model.norm_epsilon": m.norm_epsilon,
+        "model.init_method_std": m.init_method_std,
+        "optim.lr": cfg.optim.lr,
+    }.items():
         if not number > 0:
             raise ConfigError(f"{name} must be positive, got {number}")
 
@@ -69,10 +80,12 @@ def _check_model_shape(cfg: LitesparkConfig) -> None:
     m = cfg.model
     if m.hidden_size % m.num_attention_heads:
         raise ConfigError(
-            f"model.hidden_size ({m.hidden_size}) is not divisible by model.num_attention_heads ({m.num_attention_heads})")
+            f"model.hidden_size ({m.hidden_size}) is not divisible by model.num_attention_heads ({m.num_attention_heads})"
+        )
     if m.num_attention_heads % m.num_query_groups:
         raise ConfigError(
-            f"model.num_query_groups ({m.num_query_groups}) does not divide model.num_attention_heads ({m.num_attention_heads})")
+            f"model.num_query_groups ({m.num_query_groups}) does not divide model.num_attention_heads ({m.num_attention_heads})"
+        )
     if (m.hidden_size // m.num_attention_heads) % 2:
         raise ConfigError(f"model head dimension {m.hidden_size // m.num_attention_heads} must be even for RoPE")
 
@@ -81,15 +94,19 @@ def _check_parallel(cfg: LitesparkConfig) -> None:
     """TP splits the heads, groups and FFN evenly; the ZeRO stage and sequence parallelism fit TP."""
     m, par = cfg.model, cfg.parallel
     tp = par.tensor_parallel
-    for name, value in (("model.num_attention_heads", m.num_attention_heads),
-                        ("model.num_query_groups", m.num_query_groups),
-                        ("model.ffn_hidden_size", m.ffn_hidden_size)):
+    for name, value in (
+        ("model.num_attention_heads", m.num_attention_heads),
+        ("model.num_query_groups", m.num_query_groups),
+        ("model.ffn_hidden_size", m.ffn_hidden_size),
+    ):
         if value % tp:
             raise ConfigError(f"parallel.tensor_parallel ({tp}) does not divide {name} ({value})")
     if par.zero_stage not in (1, 2, 3):
         raise ConfigError(f"parallel.zero_stage must be 1, 2 or 3, got {par.zero_stage}")
     if par.zero_stage == 3 and tp > 1:
-        raise ConfigError("parallel.zero_stage=3 needs parallel.tensor_parallel=1 (ZeRO-3 does not shard TP-split weights)")
+        raise ConfigError(
+            "parallel.zero_stage=3 needs parallel.tensor_parallel=1 (ZeRO-3 does not shard TP-split weights)"
+        )
     if par.sequence_parallel and tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tensor_parallel > 1")
     if par.sequence_parallel and cfg.kernels.backend == "torch":
@@ -100,12 +117,16 @@ def _check_precision(cfg: LitesparkConfig) -> None:
     """FP8 needs the TE backend and BF16; the FP8 output layer needs untied embeddings."""
     prec = cfg.precision
     if prec.fp8 and cfg.kernels.backend == "torch":
-        raise ConfigError("precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)")
+        raise ConfigError(
+            "precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)"
+        )
     if prec.fp8 and not prec.bf16:
         raise ConfigError("precision.fp8=true needs precision.bf16=true (non-FP8 ops run in BF16)")
     if prec.fp8 and prec.fp8_output_layer is True and cfg.model.tie_embeddings:
-        raise ConfigError("precision.fp8_output_layer=true does not support model.tie_embeddings=true "
-                          "(the tied weight is the embedding's)")
+        raise ConfigError(
+            "precision.fp8_output_layer=true does not support model.tie_embeddings=true "
+            "(the tied weight is the embedding's)"
+        )
     if prec.fp8_amax_history_len <= 0:
         raise ConfigError(f"precision.fp8_amax_history_len must be positive, got {prec.fp8_amax_history_len}")
 
@@ -116,7 +137,8 @@ def _check_kernels(cfg: LitesparkConfig) -> None:
     if k.fused_mlp and prec.fp8 and prec.fp8_recipe != "tensorwise":
         raise ConfigError(
             f"kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not {prec.fp8_recipe} "
-            "(TE's op fuser: NaN gradients with delayed, no blockwise support)")
+            "(TE's op fuser: NaN gradients with delayed, no blockwise support)"
+        )
     refusal = qkv_rope_kernel_refusal(cfg)
     if k.backend == "te" and refusal:
         raise ConfigError(refusal)
@@ -134,8 +156,10 @@ def _check_kernels(cfg: LitesparkConfig) -> None:
         if k.cuda_graphs is not True:
             raise ConfigError("kernels.cuda_graph_layers needs kernels.cuda_graphs=true")
         if not 1 <= n_graphed <= cfg.model.num_layers:
-            raise ConfigError(f"kernels.cuda_graph_layers must lie between 1 and model.num_layers "
-                              f"({cfg.model.num_layers}), got {n_graphed}")
+            raise ConfigError(
+                f"kernels.cuda_graph_layers must lie between 1 and model.num_layers "
+                f"({cfg.model.num_layers}), got {n_graphed}"
+            )
 
 
 def _check_optim(cfg: LitesparkConfig) -> None:
@@ -156,7 +180,8 @@ def _check_data(cfg: LitesparkConfig) -> None:
     d = cfg.data
     if d.global_batch_size % d.micro_batch_size:
         raise ConfigError(
-            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of data.micro_batch_size ({d.micro_batch_size})")
+            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of data.micro_batch_size ({d.micro_batch_size})"
+        )
     if d.source == "indexed" and not d.prefixes:
         raise ConfigError("data.prefixes is empty; give dataset prefixes or set data.source=mock")
     if d.weights and len(d.weights) != len(d.prefixes):
@@ -180,4 +205,5 @@ def _check_world_size(cfg: LitesparkConfig, world_size: int) -> None:
     if d.global_batch_size % (d.micro_batch_size * dp):
         raise ConfigError(
             f"data.global_batch_size ({d.global_batch_size}) is not a multiple of "
-            f"data.micro_batch_size x data-parallel size ({d.micro_batch_size} x {dp})")
+            f"data.micro_batch_size x data-parallel size ({d.micro_batch_size} x {dp})"
+        )

@@ -53,8 +53,10 @@ def to_hf(args: argparse.Namespace) -> int:
     dtype_name = args.dtype or ("fp32" if stored == torch.float32 else "bf16")
     if dtype_name == "fp32" and stored != torch.float32 and cfg.parallel.zero_stage != 3:
         if tp > 1:
-            raise ConfigError("--dtype fp32: the fp32 master weights of a tensor-parallel checkpoint cannot be "
-                              "consolidated (DeepSpeed's zero_to_fp32 is TP=1 only); use --dtype bf16")
+            raise ConfigError(
+                "--dtype fp32: the fp32 master weights of a tensor-parallel checkpoint cannot be "
+                "consolidated (DeepSpeed's zero_to_fp32 is TP=1 only); use --dtype bf16"
+            )
         log.info("reading the fp32 master weights from the ZeRO partitions")
         shards = [fp32_master_weights(step)]
     expected = expected_shapes(m, _padded(cfg))
@@ -81,10 +83,17 @@ def to_hf(args: argparse.Namespace) -> int:
             if (i + 1) % 8 == 0 or i + 1 == m.num_layers:
                 log.info("converted %d/%d layers", i + 1, m.num_layers)
 
-    files = write_hf_dir(Path(args.out), tensors(), to_hf_config_kwargs(m), DTYPES[dtype_name], tokenizer,
-                         max_shard_bytes=args.max_shard_bytes)
-    log.info("wrote %s (%s, TP %d -> 1, step %s): %s", args.out, dtype_name, tp, step.name,
-             ", ".join(f.name for f in files))
+    files = write_hf_dir(
+        Path(args.out),
+        tensors(),
+        to_hf_config_kwargs(m),
+        DTYPES[dtype_name],
+        tokenizer,
+        max_shard_bytes=args.max_shard_bytes,
+    )
+    log.info(
+        "wrote %s (%s, TP %d -> 1, step %s): %s", args.out, dtype_name, tp, step.name, ", ".join(f.name for f in files)
+    )
     return 0
 
 
@@ -132,9 +141,15 @@ def from_hf(args: argparse.Namespace) -> int:
         shutil.copy(hf_dir / "tokenizer.model", out_tok)
         cfg.data.tokenizer = str(out_tok)
     path = write_checkpoint(Path(args.out), cfg, shards, source=str(hf_dir))
-    log.info("wrote %s: %d layers x %d, TP %d; start a run from it with --set checkpoint.load=%s "
-             "(and the same model shape: --set model.*, printed by --print-config of this checkpoint's config)",
-             path, m.num_layers, m.hidden_size, args.tp, args.out)
+    log.info(
+        "wrote %s: %d layers x %d, TP %d; start a run from it with --set checkpoint.load=%s "
+        "(and the same model shape: --set model.*, printed by --print-config of this checkpoint's config)",
+        path,
+        m.num_layers,
+        m.hidden_size,
+        args.tp,
+        args.out,
+    )
     return 0
 
 
@@ -143,17 +158,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m litespark.convert", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("to-hf", help="Litespark checkpoint -> Hugging Face LlamaForCausalLM directory")
-    a.add_argument("--checkpoint", required=True, help="run directory, its checkpoints/ directory, or one step_N directory")
+    a.add_argument(
+        "--checkpoint", required=True, help="run directory, its checkpoints/ directory, or one step_N directory"
+    )
     a.add_argument("--out", required=True, help="new directory for the HF checkpoint")
     a.add_argument("--tokenizer", help="SentencePiece model (default: the run's data.tokenizer, if it exists)")
-    a.add_argument("--dtype", choices=sorted(DTYPES), help="default: the dtype the weights are stored in (bf16 for BF16/FP8 runs)")
+    a.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="default: the dtype the weights are stored in (bf16 for BF16/FP8 runs)"
+    )
     a.add_argument("--max-shard-bytes", type=int, default=5 * 10**9, help="safetensors shard size limit (default 5 GB)")
     b = sub.add_parser("from-hf", help="Hugging Face Llama directory -> Litespark checkpoint for any TP size")
     b.add_argument("--hf", required=True, help="HF directory (config.json + safetensors)")
     b.add_argument("--out", required=True, help="new Litespark run directory (checkpoint under OUT/checkpoints)")
     b.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the runs that will load it")
     b.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep the HF dtype)")
-    b.add_argument("--seq-length", type=int, help="training sequence length to record (default min(max_position_embeddings, 4096))")
+    b.add_argument(
+        "--seq-length", type=int, help="training sequence length to record (default min(max_position_embeddings, 4096))"
+    )
     args = p.parse_args(argv)
     quiet_optional_dependency_warnings()
     setup_logging()

@@ -37,7 +37,9 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     if c.get("model_type") != "llama":
         raise ConfigError(f"--hf {hf_dir}: model_type is {c.get('model_type')!r}, only 'llama' is supported")
     rope_params = c.get("rope_parameters") or {}
-    scaling = c.get("rope_scaling") or ({k: v for k, v in rope_params.items() if k == "rope_type" and v != "default"} or None)
+    scaling = c.get("rope_scaling") or (
+        {k: v for k, v in rope_params.items() if k == "rope_type" and v != "default"} or None
+    )
     if scaling:
         raise ConfigError(f"--hf {hf_dir}: RoPE scaling {scaling} is not implemented by Litespark's Llama")
     for key in ("attention_bias", "mlp_bias"):
@@ -51,11 +53,18 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     theta = c.get("rope_theta", rope_params.get("rope_theta", 10000.0))
     max_pos = c.get("max_position_embeddings", 4096)
     return ModelConfig(
-        num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"], num_attention_heads=heads,
-        num_query_groups=c.get("num_key_value_heads") or heads, ffn_hidden_size=c["intermediate_size"],
-        vocab_size=c["vocab_size"], seq_length=seq_length or min(max_pos, 4096), rotary_base=float(theta),
-        norm_epsilon=c.get("rms_norm_eps", 1e-6), tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-        init_method_std=c.get("initializer_range", 0.02))
+        num_layers=c["num_hidden_layers"],
+        hidden_size=c["hidden_size"],
+        num_attention_heads=heads,
+        num_query_groups=c.get("num_key_value_heads") or heads,
+        ffn_hidden_size=c["intermediate_size"],
+        vocab_size=c["vocab_size"],
+        seq_length=seq_length or min(max_pos, 4096),
+        rotary_base=float(theta),
+        norm_epsilon=c.get("rms_norm_eps", 1e-6),
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        init_method_std=c.get("initializer_range", 0.02),
+    )
 
 
 class HFTensors:
@@ -101,8 +110,14 @@ class HFTensors:
         return name in self._map
 
 
-def write_hf_dir(out: Path, tensors: Iterable[tuple[str, torch.Tensor]], config_kwargs: dict, dtype: torch.dtype,
-                 tokenizer: str | None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[Path]:
+def write_hf_dir(
+    out: Path,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    config_kwargs: dict,
+    dtype: torch.dtype,
+    tokenizer: str | None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> list[Path]:
     """Write an HF Llama directory at ``out`` (which must not exist or be empty); returns its files."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig
@@ -142,7 +157,9 @@ def write_hf_dir(out: Path, tensors: Iterable[tuple[str, torch.Tensor]], config_
                 final = f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
                 os.replace(tmp / name, tmp / final)
                 weight_map.update(dict.fromkeys(names, final))
-            (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            (tmp / INDEX).write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+            )
         conf = LlamaConfig(**config_kwargs)
         conf.architectures = ["LlamaForCausalLM"]
         setattr(conf, "dtype" if hasattr(conf, "dtype") else "torch_dtype", dtype)  # transformers 5 / 4
@@ -172,15 +189,24 @@ def export_tokenizer(model_file: Path, out: Path, vocab_size: int) -> None:
     except Exception:
         raise ConfigError(f"--tokenizer {model_file}: not a SentencePiece model") from None
     if sp.get_piece_size() != vocab_size:
-        raise ConfigError(f"--tokenizer {model_file}: vocabulary of {sp.get_piece_size()} does not match the "
-                          f"model's embedding ({vocab_size} rows)")
+        raise ConfigError(
+            f"--tokenizer {model_file}: vocabulary of {sp.get_piece_size()} does not match the "
+            f"model's embedding ({vocab_size} rows)"
+        )
     with tempfile.TemporaryDirectory() as stage:
         shutil.copy(model_file, Path(stage) / "tokenizer.model")
-        (Path(stage) / "tokenizer_config.json").write_text(json.dumps({
-            "tokenizer_class": "LlamaTokenizer", "bos_token": sp.id_to_piece(sp.bos_id()),
-            "eos_token": sp.id_to_piece(sp.eos_id()), "unk_token": sp.id_to_piece(sp.unk_id()),
-            "add_bos_token": True, "add_eos_token": False}))
+        (Path(stage) / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "LlamaTokenizer",
+                    "bos_token": sp.id_to_piece(sp.bos_id()),
+                    "eos_token": sp.id_to_piece(sp.eos_id()),
+                    "unk_token": sp.id_to_piece(sp.unk_id()),
+                    "add_bos_token": True,
+                    "add_eos_token": False,
+                }
+            )
+        )
         tok = AutoTokenizer.from_pretrained(stage)
         tok.save_pretrained(str(out))
     shutil.copy(model_file, out / "tokenizer.model")
-

@@ -67,9 +67,13 @@ def outer_to_hf(sd: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.
     """HF embedding, final norm and LM head (vocabulary padding removed; the head is the embedding
     tensor itself when tied, as HF lists it)."""
     v = m.vocab_size
-    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:v].contiguous(),
-           "model.norm.weight": sd["decoder.final_layernorm.weight"]}
-    out["lm_head.weight"] = out["model.embed_tokens.weight"] if m.tie_embeddings else sd["output_layer.weight"][:v].contiguous()
+    out = {
+        "model.embed_tokens.weight": sd["embedding.word_embeddings.weight"][:v].contiguous(),
+        "model.norm.weight": sd["decoder.final_layernorm.weight"],
+    }
+    out["lm_head.weight"] = (
+        out["model.embed_tokens.weight"] if m.tie_embeddings else sd["output_layer.weight"][:v].contiguous()
+    )
     return out
 
 
@@ -87,8 +91,11 @@ def layer_from_hf(hf: TensorSource, m: ModelConfig, i: int) -> dict[str, torch.T
     out = {
         dst + "self_attention.linear_qkv.layer_norm_weight": hf[src + "input_layernorm.weight"],
         dst + "self_attention.linear_qkv.weight": _join_qkv(
-            hf[src + "self_attn.q_proj.weight"], hf[src + "self_attn.k_proj.weight"],
-            hf[src + "self_attn.v_proj.weight"], m),
+            hf[src + "self_attn.q_proj.weight"],
+            hf[src + "self_attn.k_proj.weight"],
+            hf[src + "self_attn.v_proj.weight"],
+            m,
+        ),
         dst + "self_attention.linear_proj.weight": hf[src + "self_attn.o_proj.weight"],
         dst + "mlp.linear_fc1.layer_norm_weight": hf[src + "post_attention_layernorm.weight"],
         dst + "mlp.linear_fc1.weight": torch.cat([hf[src + "mlp.gate_proj.weight"], hf[src + "mlp.up_proj.weight"]]),
@@ -104,8 +111,10 @@ def outer_from_hf(hf: TensorSource, m: ModelConfig, padded_vocab: int) -> dict[s
         extra = padded_vocab - t.shape[0]
         return torch.cat([t, t.new_zeros(extra, t.shape[1])]) if extra else t.contiguous()
 
-    out = {"embedding.word_embeddings.weight": pad(hf["model.embed_tokens.weight"]),
-           "decoder.final_layernorm.weight": hf["model.norm.weight"].contiguous()}
+    out = {
+        "embedding.word_embeddings.weight": pad(hf["model.embed_tokens.weight"]),
+        "decoder.final_layernorm.weight": hf["model.norm.weight"].contiguous(),
+    }
     if not m.tie_embeddings:
         out["output_layer.weight"] = pad(hf["lm_head.weight"])
     return out
@@ -122,9 +131,18 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab
 def to_hf_config_kwargs(m: ModelConfig) -> dict:
     """Keyword arguments for ``transformers.LlamaConfig`` describing the same model."""
     return {
-        "vocab_size": m.vocab_size, "hidden_size": m.hidden_size, "intermediate_size": m.ffn_hidden_size,
-        "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
-        "num_key_value_heads": m.num_query_groups, "max_position_embeddings": m.seq_length,
-        "rms_norm_eps": m.norm_epsilon, "rope_theta": m.rotary_base, "tie_word_embeddings": m.tie_embeddings,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "initializer_range": m.init_method_std,
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_query_groups,
+        "max_position_embeddings": m.seq_length,
+        "rms_norm_eps": m.norm_epsilon,
+        "rope_theta": m.rotary_base,
+        "tie_word_embeddings": m.tie_embeddings,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "initializer_range": m.init_method_std,
     }

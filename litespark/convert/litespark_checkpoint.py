@@ -55,7 +55,9 @@ def _load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as exc:
-        raise ConfigError(f"checkpoint: cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}") from None
+        raise ConfigError(
+            f"checkpoint: cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        ) from None
 
 
 def read_checkpoint(step: Path) -> tuple[LitesparkConfig, list[dict[str, torch.Tensor]]]:
@@ -80,7 +82,9 @@ def read_checkpoint(step: Path) -> tuple[LitesparkConfig, list[dict[str, torch.T
     for r in range(1, tp):
         f = step / MODEL_STATES.format(r)
         if not f.is_file():
-            raise ConfigError(f"checkpoint {step}: {f.name} is missing (tensor parallel {tp} needs {tp} model-state files)")
+            raise ConfigError(
+                f"checkpoint {step}: {f.name} is missing (tensor parallel {tp} needs {tp} model-state files)"
+            )
         shards.append({k: v for k, v in _load(f)["module"].items() if is_weight(k)})
     return cfg, shards
 
@@ -94,7 +98,11 @@ def fp32_master_weights(step: Path) -> dict[str, torch.Tensor]:
         return _bf16_optimizer_masters(step, bf16_files)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return {k: v for k, v in get_fp32_state_dict_from_zero_checkpoint(str(step.parent), tag=step.name).items() if is_weight(k)}
+    return {
+        k: v
+        for k, v in get_fp32_state_dict_from_zero_checkpoint(str(step.parent), tag=step.name).items()
+        if is_weight(k)
+    }
 
 
 def _bf16_optimizer_masters(step: Path, files: list[Path]) -> dict[str, torch.Tensor]:
@@ -108,8 +116,10 @@ def _bf16_optimizer_masters(step: Path, files: list[Path]) -> dict[str, torch.Te
 
     files = sorted(files, key=rank_of)
     if [rank_of(f) for f in files] != list(range(len(files))):
-        raise ConfigError(f"checkpoint {step}: BF16 optimizer files of data-parallel ranks {[rank_of(f) for f in files]}, "
-                          f"expected 0..{len(files) - 1}")
+        raise ConfigError(
+            f"checkpoint {step}: BF16 optimizer files of data-parallel ranks {[rank_of(f) for f in files]}, "
+            f"expected 0..{len(files) - 1}"
+        )
     group_shapes = _load(step / MODEL_STATES.format(0))["param_shapes"]
     partitions = [_load(f)[OPTIMIZER_STATE_DICT][SINGLE_PARTITION_OF_FP32_GROUPS] for f in files]
     out = {}
@@ -119,9 +129,11 @@ def _bf16_optimizer_masters(step: Path, files: list[Path]) -> dict[str, torch.Te
         for name, shape in shapes.items():
             n = torch.Size(shape).numel()
             if offset + n > flat.numel():
-                raise ConfigError(f"checkpoint {step}: optimizer group {g} holds {flat.numel()} values, "
-                                  f"fewer than its parameters need ({name} ends at {offset + n})")
-            out[name] = flat[offset:offset + n].view(shape).detach().clone()
+                raise ConfigError(
+                    f"checkpoint {step}: optimizer group {g} holds {flat.numel()} values, "
+                    f"fewer than its parameters need ({name} ends at {offset + n})"
+                )
+            out[name] = flat[offset : offset + n].view(shape).detach().clone()
             offset += n
     return {k: v for k, v in out.items() if is_weight(k)}
 
@@ -135,14 +147,16 @@ def expected_shapes(m: ModelConfig, padded_vocab: int) -> dict[str, tuple[int, .
         out["output_layer.weight"] = (padded_vocab, h)
     for i in range(m.num_layers):
         p = f"decoder.layers.{i}."
-        out.update({
-            p + "self_attention.linear_qkv.layer_norm_weight": (h,),
-            p + "self_attention.linear_qkv.weight": (qkv, h),
-            p + "self_attention.linear_proj.weight": (h, m.num_attention_heads * d),
-            p + "mlp.linear_fc1.layer_norm_weight": (h,),
-            p + "mlp.linear_fc1.weight": (2 * m.ffn_hidden_size, h),
-            p + "mlp.linear_fc2.weight": (h, m.ffn_hidden_size),
-        })
+        out.update(
+            {
+                p + "self_attention.linear_qkv.layer_norm_weight": (h,),
+                p + "self_attention.linear_qkv.weight": (qkv, h),
+                p + "self_attention.linear_proj.weight": (h, m.num_attention_heads * d),
+                p + "mlp.linear_fc1.layer_norm_weight": (h,),
+                p + "mlp.linear_fc1.weight": (2 * m.ffn_hidden_size, h),
+                p + "mlp.linear_fc2.weight": (h, m.ffn_hidden_size),
+            }
+        )
     return out
 
 
@@ -169,9 +183,21 @@ def write_checkpoint(out: Path, cfg: LitesparkConfig, shards: list[dict[str, tor
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for r, sd in enumerate(shards):
-        state = {"module": sd, "config": to_dict(cfg), "step": 0, "consumed_samples": 0, "imported_from": source,
-                 "dp_world_size": 1, "mp_world_size": len(shards), "ds_version": deepspeed.__version__,
-                 "optimizer": None, "lr_scheduler": None, "global_steps": 0, "global_samples": 0, "skipped_steps": 0}
+        state = {
+            "module": sd,
+            "config": to_dict(cfg),
+            "step": 0,
+            "consumed_samples": 0,
+            "imported_from": source,
+            "dp_world_size": 1,
+            "mp_world_size": len(shards),
+            "ds_version": deepspeed.__version__,
+            "optimizer": None,
+            "lr_scheduler": None,
+            "global_steps": 0,
+            "global_samples": 0,
+            "skipped_steps": 0,
+        }
         path = tmp / MODEL_STATES.format(r)
         torch.save(state, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)

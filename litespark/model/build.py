@@ -35,17 +35,22 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
     Weights stay on the CPU in ``params_dtype``; the engine moves them to the device.
     """
     if not parallel_state.model_parallel_is_initialized():
-        raise RuntimeError("build_model needs Megatron's parallel_state: call litespark.runtime.distributed.init_distributed first")
+        raise RuntimeError(
+            "build_model needs Megatron's parallel_state: call litespark.runtime.distributed.init_distributed first"
+        )
     megatron_patches.apply_all()
     backend = cfg.kernels.backend
     if backend == "auto":
-        raise ValueError("build_model needs kernels.backend resolved to 'te' or 'torch' (litespark.config.resolve_backend)")
+        raise ValueError(
+            "build_model needs kernels.backend resolved to 'te' or 'torch' (litespark.config.resolve_backend)"
+        )
     if backend == "te":
         select_te_norm_kernels(cfg.kernels.norm_kernel)
     _select_qkv_rope_kernel(cfg)
     layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
     block = TransformerBlockSubmodules(
-        layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend))
+        layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend)
+    )
     model = GPTModel(
         config=to_transformer_config(cfg),
         transformer_layer_spec=block,
@@ -82,8 +87,9 @@ def select_te_norm_kernels(kernel: str) -> None:
     for name in TE_CUDNN_NORM_SWITCHES:
         found = os.environ.get(name)
         if found is not None and found != value:
-            get_logger(__name__).warning("%s=%s in the environment overridden by kernels.norm_kernel=%s",
-                                         name, found, kernel)
+            get_logger(__name__).warning(
+                "%s=%s in the environment overridden by kernels.norm_kernel=%s", name, found, kernel
+            )
         os.environ[name] = value
 
 
@@ -105,11 +111,16 @@ def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
     if _qkv_rope_choice not in (None, k.qkv_rope_kernel):
         get_logger(__name__).warning(
             "kernels.qkv_rope_kernel=%s replaces %s for every model in this process (it is one binding "
-            "in megatron.core.transformer.attention)", k.qkv_rope_kernel, _qkv_rope_choice)
+            "in megatron.core.transformer.attention)",
+            k.qkv_rope_kernel,
+            _qkv_rope_choice,
+        )
     if k.qkv_rope_kernel == "triton":
         if importlib.util.find_spec("triton") is None:
-            raise ConfigError("kernels.qkv_rope_kernel=triton needs the triton package (it ships with CUDA builds of "
-                              "torch): install it or set kernels.qkv_rope_kernel=te")
+            raise ConfigError(
+                "kernels.qkv_rope_kernel=triton needs the triton package (it ships with CUDA builds of "
+                "torch): install it or set kernels.qkv_rope_kernel=te"
+            )
         qkv_rope_patch.apply()
     else:
         qkv_rope_patch.remove()

@@ -49,7 +49,8 @@ def _te_slots(fused_mlp: bool) -> tuple[type, type, type, type, type, type]:
     if not te_available():
         raise RuntimeError(
             "the 'te' layer-spec backend needs transformer-engine and a CUDA device "
-            "(pip install -r requirements-gpu.txt); use backend='torch' on CPU")
+            "(pip install -r requirements-gpu.txt); use backend='torch' on CPU"
+        )
     from megatron.core.extensions.transformer_engine import (  # mcore 0.16: TE wrappers live here
         TEDotProductAttention,
         TEFusedMLP,
@@ -58,8 +59,14 @@ def _te_slots(fused_mlp: bool) -> tuple[type, type, type, type, type, type]:
     )
 
     mlp = TEFusedMLP if fused_mlp else MLP
-    return (TELayerNormColumnParallelLinear, TEDotProductAttention, TERowParallelLinear, mlp,
-            TELayerNormColumnParallelLinear, TERowParallelLinear)
+    return (
+        TELayerNormColumnParallelLinear,
+        TEDotProductAttention,
+        TERowParallelLinear,
+        mlp,
+        TELayerNormColumnParallelLinear,
+        TERowParallelLinear,
+    )
 
 
 def _te_activation():
@@ -72,8 +79,14 @@ def _te_activation():
 
 def _torch_slots() -> tuple[type, type, type, type, type, type]:
     """(qkv, core_attention, proj, mlp, fc1, fc2) filled by torch modules (CPU and reference)."""
-    return (RMSNormColumnParallelLinear, SDPAttention, RowParallelLinear, MLP,
-            RMSNormColumnParallelLinear, RowParallelLinear)
+    return (
+        RMSNormColumnParallelLinear,
+        SDPAttention,
+        RowParallelLinear,
+        MLP,
+        RMSNormColumnParallelLinear,
+        RowParallelLinear,
+    )
 
 
 def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False, te_swiglu: bool = True) -> ModuleSpec:
@@ -116,8 +129,9 @@ def get_litespark_layer_spec(backend: Backend = "te", *, fused_mlp: bool = False
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=IdentityOp,
-            mlp=ModuleSpec(module=mlp, submodules=MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2,
-                                                                activation_func=activation)),
+            mlp=ModuleSpec(
+                module=mlp, submodules=MLPSubmodules(linear_fc1=fc1, linear_fc2=fc2, activation_func=activation)
+            ),
             mlp_bda=get_bias_dropout_add,
         ),
     )
@@ -132,4 +146,3 @@ def get_final_norm_spec(backend: Backend = "te") -> type:
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
     return WrappedTorchNorm
-

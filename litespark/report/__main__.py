@@ -39,12 +39,15 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
     env, m = run.environment, run.config["model"]
     hw = f"{s['world_size']} x {env.get('gpu', 'CPU')}"
     lines = [
-        f"# Run report: {run.name}", "",
+        f"# Run report: {run.name}",
+        "",
         f"{run.config.get('preset', 'custom')} ({m['num_layers']} x {m['hidden_size']}, sequence {m['seq_length']}), "
         f"{hw}, git {str(env.get('git_revision') or '?')[:10]}; versions: "
-        + ", ".join(f"{k} {env[k]}" for k in ("torch", "megatron_core", "deepspeed", "transformer_engine") if k in env) + ".",
+        + ", ".join(f"{k} {env[k]}" for k in ("torch", "megatron_core", "deepspeed", "transformer_engine") if k in env)
+        + ".",
         "",
-        "| | |", "|---|---|",
+        "| | |",
+        "|---|---|",
         f"| steps | {s['steps']:,} |",
         f"| tokens trained | {s['tokens']:,} ({s['tokens'] / 1e9:.3f} B) |",
         f"| wall time | {_hms(s['wall_seconds'])} (training {_hms(s['train_seconds'])}) |",
@@ -59,12 +62,15 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
     e = s["energy"]
     lines += ["", "## Energy", ""]
     if e is None:
-        lines.append("No energy figures: this run had no NVML energy counter on every GPU (a CPU run, or GPUs "
-                     "without the counter), so energy is not reported rather than guessed.")
+        lines.append(
+            "No energy figures: this run had no NVML energy counter on every GPU (a CPU run, or GPUs "
+            "without the counter), so energy is not reported rather than guessed."
+        )
     else:
         partial = s["energy_intervals_measured"] < s["energy_intervals"]
         lines += [
-            "| | |", "|---|---|",
+            "| | |",
+            "|---|---|",
             f"| energy, all GPUs of all nodes | {e['total_kwh']:.4f} kWh |",
             f"| joules per token (training intervals) | {e['train_joules_per_token']:.4f} |",
             f"| joules per token, all-in (with start-up, pauses and lost work) | {_f(e['all_in_joules_per_token'], '.4f')} |",
@@ -73,11 +79,15 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
             f"| estimated CO2e at {e['grid_gco2_per_kwh']:.0f} g/kWh | {e['co2_kg']:.3f} kg |",
         ]
         if e["grid_gco2_per_kwh"] == DEFAULT_GRID_GCO2_PER_KWH:
-            lines.append(f"\nThe grid intensity is the default ({DEFAULT_GRID_GCO2_PER_KWH:.0f} g CO2e/kWh, roughly "
-                         "the world average); pass `--grid-gco2-per-kwh` for your grid.")
+            lines.append(
+                f"\nThe grid intensity is the default ({DEFAULT_GRID_GCO2_PER_KWH:.0f} g CO2e/kWh, roughly "
+                "the world average); pass `--grid-gco2-per-kwh` for your grid."
+            )
         if partial:
-            lines.append(f"\nOnly {s['energy_intervals_measured']} of {s['energy_intervals']} intervals had a reading "
-                         "from every GPU; the energy figures cover those intervals.")
+            lines.append(
+                f"\nOnly {s['energy_intervals_measured']} of {s['energy_intervals']} intervals had a reading "
+                "from every GPU; the energy figures cover those intervals."
+            )
     lines += ["", "## Where the time went", "", "| phase | time | energy |", "|---|---|---|"]
     kwh = (lambda k: f"{e[k]:.4f} kWh") if e else (lambda k: "-")
     lines += [
@@ -90,8 +100,10 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
         f"{_hms(s['redone_seconds'])} | {kwh('redone_kwh')} |",
     ]
     if s["skipped_lines"]:
-        lines.append(f"\n{s['skipped_lines']} incomplete line(s) at the end of metrics.jsonl ignored "
-                     "(the run is still going or was killed mid-write).")
+        lines.append(
+            f"\n{s['skipped_lines']} incomplete line(s) at the end of metrics.jsonl ignored "
+            "(the run is still going or was killed mid-write)."
+        )
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
     return "\n".join(lines)
 
@@ -99,23 +111,32 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
 def compare_markdown(a: Run, b: Run, c: dict, plots: list[Path]) -> str:
     sa, sb = c["a"], c["b"]
     ea, eb = sa["energy"], sb["energy"]
-    lines = [
-        f"# {b.name} against {a.name}", "",
-        "| | A: " + a.name + " | B: " + b.name + " | B / A |", "|---|---|---|---|",
-        f"| tokens/s per GPU | {_f(sa['tokens_per_s_per_gpu'])} | {_f(sb['tokens_per_s_per_gpu'])} | "
-        f"{_f(c['throughput_ratio'], '.2f', 'x')} |",
-        f"| MFU | {_f(sa['mfu'] and 100 * sa['mfu'], '.1f', '%')} | {_f(sb['mfu'] and 100 * sb['mfu'], '.1f', '%')} | |",
-        f"| joules per token | {_f(ea and ea['train_joules_per_token'], '.4f')} | {_f(eb and eb['train_joules_per_token'], '.4f')} | "
-        f"{_f(c['energy_per_token_ratio'], '.2f', 'x')} |",
-        f"| kWh per billion tokens | {_f(ea and ea['kwh_per_billion_tokens'], ',.1f')} | "
-        f"{_f(eb and eb['kwh_per_billion_tokens'], ',.1f')} | |",
-        f"| training loss at {c['equal_tokens'] / 1e6:,.1f} M tokens | {c['loss_at_equal_tokens']['a']:.4f} | "
-        f"{c['loss_at_equal_tokens']['b']:.4f} | |",
-        "",
-        f"Energy saving of B per token: {_f(c['energy_saving_percent'], '.1f', '%')}"
-        + ("" if c["energy_saving_percent"] is not None else " (a run without energy readings)") + ".",
-        "", "## Plots", "",
-    ] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    lines = (
+        [
+            f"# {b.name} against {a.name}",
+            "",
+            "| | A: " + a.name + " | B: " + b.name + " | B / A |",
+            "|---|---|---|---|",
+            f"| tokens/s per GPU | {_f(sa['tokens_per_s_per_gpu'])} | {_f(sb['tokens_per_s_per_gpu'])} | "
+            f"{_f(c['throughput_ratio'], '.2f', 'x')} |",
+            f"| MFU | {_f(sa['mfu'] and 100 * sa['mfu'], '.1f', '%')} | {_f(sb['mfu'] and 100 * sb['mfu'], '.1f', '%')} | |",
+            f"| joules per token | {_f(ea and ea['train_joules_per_token'], '.4f')} | {_f(eb and eb['train_joules_per_token'], '.4f')} | "
+            f"{_f(c['energy_per_token_ratio'], '.2f', 'x')} |",
+            f"| kWh per billion tokens | {_f(ea and ea['kwh_per_billion_tokens'], ',.1f')} | "
+            f"{_f(eb and eb['kwh_per_billion_tokens'], ',.1f')} | |",
+            f"| training loss at {c['equal_tokens'] / 1e6:,.1f} M tokens | {c['loss_at_equal_tokens']['a']:.4f} | "
+            f"{c['loss_at_equal_tokens']['b']:.4f} | |",
+            "",
+            f"Energy saving of B per token: {_f(c['energy_saving_percent'], '.1f', '%')}"
+            + ("" if c["energy_saving_percent"] is not None else " (a run without energy readings)")
+            + ".",
+            "",
+            "## Plots",
+            "",
+        ]
+        + [f"![{p.stem}]({p.name})" for p in plots]
+        + [""]
+    )
     return "\n".join(lines)
 
 
@@ -125,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", nargs="?", help="run directory")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="B against A")
     p.add_argument("--out", help="output directory for --compare (default: RUN_B)")
-    p.add_argument("--grid-gco2-per-kwh", type=float, default=DEFAULT_GRID_GCO2_PER_KWH,
-                   help=f"grid carbon intensity for the CO2 estimate (default {DEFAULT_GRID_GCO2_PER_KWH:.0f})")
+    p.add_argument(
+        "--grid-gco2-per-kwh",
+        type=float,
+        default=DEFAULT_GRID_GCO2_PER_KWH,
+        help=f"grid carbon intensity for the CO2 estimate (default {DEFAULT_GRID_GCO2_PER_KWH:.0f})",
+    )
     p.add_argument("--price-per-gpu-hour", type=float, help="adds a cost line")
     args = p.parse_args(argv)
     setup_logging()

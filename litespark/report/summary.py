@@ -24,8 +24,9 @@ def _sum(records: list[dict], key: str) -> float:
     return float(sum(r.get(key) or 0.0 for r in records))
 
 
-def summarize(run: Run, grid_gco2_per_kwh: float = DEFAULT_GRID_GCO2_PER_KWH,
-              price_per_gpu_hour: float | None = None) -> dict:
+def summarize(
+    run: Run, grid_gco2_per_kwh: float = DEFAULT_GRID_GCO2_PER_KWH, price_per_gpu_hour: float | None = None
+) -> dict:
     """Totals, rates and the energy account of ``run`` (see the module docstring)."""
     world = run.world_size
     train_s = _sum(run.train, "seconds")
@@ -37,13 +38,22 @@ def summarize(run: Run, grid_gco2_per_kwh: float = DEFAULT_GRID_GCO2_PER_KWH,
     last = run.train[-1]
     tokens = int(last.get("consumed_samples", 0)) * int(run.config["model"]["seq_length"]) or int(train_tokens)
     out = {
-        "run": run.name, "world_size": world, "steps": int(last["step"]), "tokens": tokens,
-        "wall_seconds": wall, "train_seconds": train_s, "gpu_hours": wall * world / 3600.0,
-        "setup_seconds": setup_s, "eval_seconds": pause_s["eval"], "checkpoint_seconds": pause_s["checkpoint"],
-        "redone_seconds": redone_s, "redone_intervals": len(run.redone),
+        "run": run.name,
+        "world_size": world,
+        "steps": int(last["step"]),
+        "tokens": tokens,
+        "wall_seconds": wall,
+        "train_seconds": train_s,
+        "gpu_hours": wall * world / 3600.0,
+        "setup_seconds": setup_s,
+        "eval_seconds": pause_s["eval"],
+        "checkpoint_seconds": pause_s["checkpoint"],
+        "redone_seconds": redone_s,
+        "redone_intervals": len(run.redone),
         "data_wait_seconds": _sum(run.train, "data_wait_s"),
         "tokens_per_s_per_gpu": train_tokens / train_s / world if train_s else None,
-        "final_loss": last["loss"], "final_valid_loss": run.valid[-1]["loss"] if run.valid else None,
+        "final_loss": last["loss"],
+        "final_valid_loss": run.valid[-1]["loss"] if run.valid else None,
         "skipped_lines": run.skipped_lines,
     }
     mfus = [(r["mfu"], r["tokens"]) for r in run.train if r.get("mfu") is not None]
@@ -63,14 +73,18 @@ def summarize(run: Run, grid_gco2_per_kwh: float = DEFAULT_GRID_GCO2_PER_KWH,
     total_j = train_j + sum(pause_j.values()) + setup_j + redone_j
     kwh = total_j / JOULES_PER_KWH
     out["energy"] = {
-        "total_kwh": kwh, "train_kwh": train_j / JOULES_PER_KWH,
-        "eval_kwh": pause_j["eval"] / JOULES_PER_KWH, "checkpoint_kwh": pause_j["checkpoint"] / JOULES_PER_KWH,
-        "setup_kwh": setup_j / JOULES_PER_KWH, "redone_kwh": redone_j / JOULES_PER_KWH,
+        "total_kwh": kwh,
+        "train_kwh": train_j / JOULES_PER_KWH,
+        "eval_kwh": pause_j["eval"] / JOULES_PER_KWH,
+        "checkpoint_kwh": pause_j["checkpoint"] / JOULES_PER_KWH,
+        "setup_kwh": setup_j / JOULES_PER_KWH,
+        "redone_kwh": redone_j / JOULES_PER_KWH,
         "train_joules_per_token": train_j / measured_tokens,
         "all_in_joules_per_token": total_j / tokens if tokens else None,
         "kwh_per_billion_tokens": kwh / (tokens / 1e9) if tokens else None,
         "avg_power_w_per_gpu": train_j / measured_s / world,
-        "grid_gco2_per_kwh": grid_gco2_per_kwh, "co2_kg": kwh * grid_gco2_per_kwh / 1000.0,
+        "grid_gco2_per_kwh": grid_gco2_per_kwh,
+        "co2_kg": kwh * grid_gco2_per_kwh / 1000.0,
     }
     if price_per_gpu_hour is not None:
         out["cost"] = out["gpu_hours"] * price_per_gpu_hour

@@ -43,9 +43,19 @@ log = get_logger(__name__)
 
 # Keyword arguments TransformerBlock passes to every layer that a captured layer requires to be None
 # (the graph was captured without them).
-_MUST_BE_NONE = ("attention_mask", "context", "context_mask", "rotary_pos_cos", "rotary_pos_sin",
-                 "rotary_pos_cos_sin", "attention_bias", "inference_context", "packed_seq_params",
-                 "sequence_len_offset", "padding_mask")
+_MUST_BE_NONE = (
+    "attention_mask",
+    "context",
+    "context_mask",
+    "rotary_pos_cos",
+    "rotary_pos_sin",
+    "rotary_pos_cos_sin",
+    "attention_bias",
+    "inference_context",
+    "packed_seq_params",
+    "sequence_len_offset",
+    "padding_mask",
+)
 
 
 class _CaptureTarget(torch.nn.Module):
@@ -95,8 +105,11 @@ class _ReplayingForward:
         if args or why is not None:
             if self.layer.training and torch.is_grad_enabled():  # a training call the graph should have served
                 if self.fallbacks == 0:
-                    log.warning("layer %d: CUDA graph not used (%s); running eagerly",
-                                getattr(self.layer, "layer_number", -1), why or "positional arguments")
+                    log.warning(
+                        "layer %d: CUDA graph not used (%s); running eagerly",
+                        getattr(self.layer, "layer_number", -1),
+                        why or "positional arguments",
+                    )
                 self.fallbacks += 1
             return self.eager(hidden_states, *args, **kwargs)
         first = any(bool(m.is_first_microbatch) for m in self.flagged)
@@ -114,9 +127,14 @@ def _fp8_arguments(config) -> dict:
     from megatron.core import parallel_state
     from megatron.core.fp8_utils import get_fp8_recipe
 
-    return {"enabled": True, "recipe": get_fp8_recipe(config), "cache_quantized_params": True,
-            "amax_reduction_group": parallel_state.get_amax_reduction_group(
-                with_context_parallel=True, tp_only_amax_red=config.tp_only_amax_red)}
+    return {
+        "enabled": True,
+        "recipe": get_fp8_recipe(config),
+        "cache_quantized_params": True,
+        "amax_reduction_group": parallel_state.get_amax_reduction_group(
+            with_context_parallel=True, tp_only_amax_red=config.tp_only_amax_red
+        ),
+    }
 
 
 def _own_first_gradient(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -140,6 +158,7 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
     slice shares the same storage, so DeepSpeed reads and writes the same numbers.  Raises
     RuntimeError, naming a parameter, if some other holder still keeps a node alive.
     """
+
     def grad_node(p: torch.Tensor) -> Any:
         view: Any = p.expand_as(p)  # a view's grad_fn leads to the parameter's AccumulateGrad node
         return view.grad_fn.next_functions[0][0]
@@ -154,11 +173,16 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
     for p in params:
         grad_node(p).metadata["litespark_probe"] = mark
     gc.collect()
-    held = [name for name, p in model.named_parameters()
-            if p.requires_grad and grad_node(p).metadata.get("litespark_probe") is mark]
+    held = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and grad_node(p).metadata.get("litespark_probe") is mark
+    ]
     if held:
-        raise RuntimeError(f"kernels.cuda_graphs: the gradient node of {len(held)} parameters (e.g. {held[0]}) is kept "
-                           "alive outside autograd; capturing would fail (cudaErrorStreamCaptureInvalidated)")
+        raise RuntimeError(
+            f"kernels.cuda_graphs: the gradient node of {len(held)} parameters (e.g. {held[0]}) is kept "
+            "alive outside autograd; capturing would fail (cudaErrorStreamCaptureInvalidated)"
+        )
 
 
 def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3) -> list[_ReplayingForward]:
@@ -173,7 +197,7 @@ def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3
     if not torch.cuda.is_available():
         raise ConfigError("kernels.cuda_graphs=true needs a CUDA device")
     release_retained_grad_nodes(model)
-    layers = list(model.decoder.layers)[:cfg.kernels.cuda_graph_layers]
+    layers = list(model.decoder.layers)[: cfg.kernels.cuda_graph_layers]
     config = layers[0].config
     device = torch.device("cuda", torch.cuda.current_device())
     seq, mb = cfg.model.seq_length, cfg.data.micro_batch_size
@@ -182,8 +206,9 @@ def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3
     t0 = time.perf_counter()
     eagers = [layer.forward for layer in layers]
     targets = [_CaptureTarget(layer, eager) for layer, eager in zip(layers, eagers)]
-    sample_args = [(torch.zeros(seq, mb, config.hidden_size, dtype=dtype, device=device, requires_grad=True), rope)
-                   for _ in layers]
+    sample_args = [
+        (torch.zeros(seq, mb, config.hidden_size, dtype=dtype, device=device, requires_grad=True), rope) for _ in layers
+    ]
     was_training = model.training
     model.train()
     # As Megatron's capture does: start from a clean cache, and hand back what the warm-up passes
@@ -192,10 +217,16 @@ def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3
     torch.cuda.empty_cache()
     # One model chunk, one micro-batch: all forwards, then all backwards.  The schedule form is what
     # lets TE reuse output, output-gradient and weight-gradient buffers across layers.
-    graphed = make_graphed_callables(tuple(targets), sample_args, num_warmup_iters=warmup_iters,
-                                     allow_unused_input=True, sample_kwargs=[{} for _ in layers],
-                                     _order=[1, -1], _reuse_graph_input_output_buffers=True,
-                                     **_fp8_arguments(config))
+    graphed = make_graphed_callables(
+        tuple(targets),
+        sample_args,
+        num_warmup_iters=warmup_iters,
+        allow_unused_input=True,
+        sample_kwargs=[{} for _ in layers],
+        _order=[1, -1],
+        _reuse_graph_input_output_buffers=True,
+        **_fp8_arguments(config),
+    )
     model.train(was_training)
     gc.collect()
     torch.cuda.empty_cache()
@@ -208,8 +239,15 @@ def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3
         layer.forward = _ReplayingForward(layer, fn, eager, sample_args[0][0].shape, rope.shape)
         installed.append(layer.forward)
     torch.cuda.synchronize()
-    log.info("captured CUDA graphs for %d of %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now "
-             "%.1f GiB allocated, %.1f GiB reserved", len(layers), len(model.decoder.layers), mb, seq,
-             time.perf_counter() - t0,
-             torch.cuda.memory_allocated() / 2**30, torch.cuda.memory_reserved() / 2**30)
+    log.info(
+        "captured CUDA graphs for %d of %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now "
+        "%.1f GiB allocated, %.1f GiB reserved",
+        len(layers),
+        len(model.decoder.layers),
+        mb,
+        seq,
+        time.perf_counter() - t0,
+        torch.cuda.memory_allocated() / 2**30,
+        torch.cuda.memory_reserved() / 2**30,
+    )
     return installed

@@ -33,13 +33,15 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
         zero["allgather_partitions"] = True
         zero["allgather_bucket_size"] = _BUCKET
     else:
-        zero.update({
-            "stage3_prefetch_bucket_size": 50_000_000,
-            "stage3_param_persistence_threshold": 100_000,
-            "stage3_max_live_parameters": 1_000_000_000,
-            "stage3_gather_16bit_weights_on_model_save": False,
-            "sub_group_size": zero_sub_group_size(cfg),
-        })
+        zero.update(
+            {
+                "stage3_prefetch_bucket_size": 50_000_000,
+                "stage3_param_persistence_threshold": 100_000,
+                "stage3_max_live_parameters": 1_000_000_000,
+                "stage3_gather_16bit_weights_on_model_save": False,
+                "sub_group_size": zero_sub_group_size(cfg),
+            }
+        )
     bf16: dict = {"enabled": prec.bf16}
     extra: dict = {}
     if fp32_grad_accumulation(cfg):

@@ -28,8 +28,10 @@ def launcher_env(environ: dict[str, str] | None = None) -> dict[str, str]:
         env.setdefault("LOCAL_RANK", "0")
         if "MASTER_PORT" not in env:
             if env["WORLD_SIZE"] != "1":
-                raise RuntimeError("RANK and WORLD_SIZE are set but MASTER_PORT is not: launch with torchrun or srun, "
-                                   "or set MASTER_ADDR and MASTER_PORT")
+                raise RuntimeError(
+                    "RANK and WORLD_SIZE are set but MASTER_PORT is not: launch with torchrun or srun, "
+                    "or set MASTER_ADDR and MASTER_PORT"
+                )
             env["MASTER_PORT"] = str(free_port())
     elif "SLURM_PROCID" in env:
         env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env.get("SLURM_NTASKS", "1")
@@ -56,7 +58,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
         prefix = nodelist[i:j]
         if j < n and nodelist[j] == "[":
             close = nodelist.index("]", j)
-            for part in nodelist[j + 1:close].split(","):
+            for part in nodelist[j + 1 : close].split(","):
                 lo, _, hi = part.partition("-")
                 if hi:
                     hosts += [f"{prefix}{k:0{len(lo)}d}" for k in range(int(lo), int(hi) + 1)]
@@ -81,7 +83,8 @@ def init_distributed(tensor_parallel: int, seed: int, timeout_minutes: int = 30,
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(
-            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+            backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel)
     seed_everything(seed, graph_safe_rng)

@@ -49,8 +49,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float, max_group_numel: i
             size = 0
         decay[-1].append(p)
         size += p.numel()
-    return ([{"params": group, "weight_decay": weight_decay} for group in decay if group]
-            + [{"params": no_decay, "weight_decay": 0.0}])
+    return [{"params": group, "weight_decay": weight_decay} for group in decay if group] + [
+        {"params": no_decay, "weight_decay": 0.0}
+    ]
 
 
 def init_deepspeed_comm() -> None:
@@ -83,9 +84,12 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
     with contextlib.redirect_stdout(printed):
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model,
-            model_parameters=param_groups(model, cfg.optim.weight_decay,
-                                          # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
-                                          None if cfg.parallel.zero_stage == 3 else zero_sub_group_size(cfg)),
+            model_parameters=param_groups(
+                model,
+                cfg.optim.weight_decay,
+                # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
+                None if cfg.parallel.zero_stage == 3 else zero_sub_group_size(cfg),
+            ),
             config=to_deepspeed_config(cfg, world_size),
             mpu=MegatronMPU(),
             dist_init_required=False,

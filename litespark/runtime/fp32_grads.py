@@ -71,8 +71,9 @@ class Fp32GradLink:
         """Record which of ``modules`` (the linked weights' modules, in ``slots`` order) run forward
         until the first :meth:`mark`, which checks that all of them did."""
         self._ran.clear()
-        self._watch = [m.register_forward_pre_hook(lambda module, args, i=i: self._ran.add(i))
-                       for i, m in enumerate(modules)]
+        self._watch = [
+            m.register_forward_pre_hook(lambda module, args, i=i: self._ran.add(i)) for i, m in enumerate(modules)
+        ]
 
     def mark(self) -> None:
         """Record that the linked weights' gradients are in the fp32 buffers (after a backward); the
@@ -94,7 +95,8 @@ class Fp32GradLink:
                 f"precision.fp32_grad_accumulation: {len(idle)} linked TE weight(s) took no part in the first "
                 f"micro-batch ({', '.join(idle[:3])}{', ...' if len(idle) > 3 else ''}); the first backward of "
                 "each step overwrites the linked gradients, so theirs would go stale: set "
-                "precision.fp32_grad_accumulation=false for this model")
+                "precision.fp32_grad_accumulation=false for this model"
+            )
 
     def clear_hp_grads(self) -> None:
         """DeepSpeed's ``clear_hp_grads`` minus the zeroing of the linked gradients: the next
@@ -129,9 +131,15 @@ def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
     fp32 gradients (``data_types.grad_accum_dtype: fp32``)."""
     groups = getattr(optimizer, "bf16_groups", None)
     grads = getattr(optimizer, "fp32_groups_gradients", None)
-    if (groups is None or grads is None or not hasattr(optimizer, "fp32_groups_has_gradients")
-            or not callable(getattr(optimizer, "clear_hp_grads", None))):
-        raise RuntimeError(f"precision.fp32_grad_accumulation needs DeepSpeed's BF16_Optimizer, got {type(optimizer).__name__}")
+    if (
+        groups is None
+        or grads is None
+        or not hasattr(optimizer, "fp32_groups_has_gradients")
+        or not callable(getattr(optimizer, "clear_hp_grads", None))
+    ):
+        raise RuntimeError(
+            f"precision.fp32_grad_accumulation needs DeepSpeed's BF16_Optimizer, got {type(optimizer).__name__}"
+        )
     where = {id(p): (i, j) for i, group in enumerate(groups) for j, p in enumerate(group)}
     link = Fp32GradLink(optimizer)
     modules = []
@@ -158,11 +166,15 @@ def link_fp32_main_grads(model: torch.nn.Module, optimizer) -> Fp32GradLink:
     link.clear_hp_grads()
     link.watch(modules)
     if not link.slots and not skipped:
-        log.info("fp32 gradient accumulation: no TE linears (torch backend); DeepSpeed adds the bf16 gradients "
-                 "into its fp32 buffers")
+        log.info(
+            "fp32 gradient accumulation: no TE linears (torch backend); DeepSpeed adds the bf16 gradients "
+            "into its fp32 buffers"
+        )
         return link
-    log.info("fp32 gradient accumulation: %d TE weights (%.2fB parameters) accumulate into DeepSpeed's fp32 "
-             "buffers%s", len(link.slots), link.numel / 1e9,
-             f"; {len(skipped)} unaligned left on the bf16 path (e.g. {skipped[0]})" if skipped else "")
+    log.info(
+        "fp32 gradient accumulation: %d TE weights (%.2fB parameters) accumulate into DeepSpeed's fp32 buffers%s",
+        len(link.slots),
+        link.numel / 1e9,
+        f"; {len(skipped)} unaligned left on the bf16 path (e.g. {skipped[0]})" if skipped else "",
+    )
     return link
-

@@ -82,10 +82,14 @@ def save_checkpoint(engine, run_dir: str | Path, step: int, client_state: dict, 
     final = root / tag
     if rank == 0:
         files = {p.name: p.stat().st_size for p in sorted((root / tmp_tag).iterdir()) if p.is_file()}
-        manifest = {"step": step, "world_size": dist.get_world_size(), "files": files,
-                    "optimizer_param_groups": len(engine.optimizer.param_groups),
-                    "optimizer": type(engine.optimizer).__name__,
-                    **{k: v for k, v in client_state.items() if k != "config"}}
+        manifest = {
+            "step": step,
+            "world_size": dist.get_world_size(),
+            "files": files,
+            "optimizer_param_groups": len(engine.optimizer.param_groups),
+            "optimizer": type(engine.optimizer).__name__,
+            **{k: v for k, v in client_state.items() if k != "config"},
+        }
         atomic_write_text(root / tmp_tag / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         if final.exists():  # re-saving a step (e.g. after a resume): replace only once complete
             stale = root / (_INCOMPLETE + "old-" + tag)
@@ -164,8 +168,11 @@ def _weights_mismatch(engine, path: Path) -> str | None:
     f = path / f"mp_rank_{ps.get_tensor_model_parallel_rank():02d}_model_states.pt"
     if not f.is_file():
         return None  # ZeRO-3 layout: DeepSpeed consolidates and checks
-    theirs = {k: tuple(v.shape) for k, v in torch.load(f, map_location="cpu", mmap=True, weights_only=False)["module"].items()
-              if not k.endswith("_extra_state")}
+    theirs = {
+        k: tuple(v.shape)
+        for k, v in torch.load(f, map_location="cpu", mmap=True, weights_only=False)["module"].items()
+        if not k.endswith("_extra_state")
+    }
     ours = {k: tuple(v.shape) for k, v in engine.module.state_dict().items() if not k.endswith("_extra_state")}
     reason = shape_mismatch(theirs, ours)
     return f"{path}: {reason} (another model shape or TP size?)" if reason else None
@@ -179,14 +186,18 @@ def _optimizer_mismatch(engine, path: Path) -> str | None:
     manifest = json.loads((path / MANIFEST).read_text())
     saved_class, our_class = manifest.get("optimizer"), type(engine.optimizer).__name__
     if saved_class is not None and saved_class != our_class:
-        return (f"{path}: its optimizer state is {saved_class}'s, this run uses {our_class} "
-                "(precision.fp32_grad_accumulation differs from the run that saved it)")
+        return (
+            f"{path}: its optimizer state is {saved_class}'s, this run uses {our_class} "
+            "(precision.fp32_grad_accumulation differs from the run that saved it)"
+        )
     saved = manifest.get("optimizer_param_groups")
     ours = len(engine.optimizer.param_groups)
     if saved is None or saved == ours:
         return None
-    return (f"{path}: its optimizer state has {saved} parameter groups, this run's optimizer {ours} "
-            "(parallel.zero_sub_group_size differs from the run that saved it)")
+    return (
+        f"{path}: its optimizer state has {saved} parameter groups, this run's optimizer {ours} "
+        "(parallel.zero_sub_group_size differs from the run that saved it)"
+    )
 
 
 def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = False) -> dict | None:
@@ -213,9 +224,13 @@ def load_latest_checkpoint(engine, run_dir: str | Path, weights_only: bool = Fal
                 raise ConfigError(f"checkpoint.resume: {mismatch or 'incompatible optimizer state on another rank'}")
         try:
             load_path, client_state = engine.load_checkpoint(
-                str(path.parent), tag=path.name, load_module_only=weights_only,
-                load_optimizer_states=not weights_only, load_lr_scheduler_states=not weights_only,
-                load_module_strict=not weights_only)
+                str(path.parent),
+                tag=path.name,
+                load_module_only=weights_only,
+                load_optimizer_states=not weights_only,
+                load_lr_scheduler_states=not weights_only,
+                load_module_strict=not weights_only,
+            )
             error = None if load_path is not None else "DeepSpeed found nothing to load"
         except Exception as exc:
             client_state, error = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -55,13 +55,18 @@ def check_indexed_prefixes(cfg: LitesparkConfig) -> None:
             vocab = json.loads(manifest.read_text()).get("vocab_size")
             if vocab is not None and vocab > cfg.model.vocab_size:
                 raise ConfigError(
-                    f"data.prefixes: {prefix} was tokenized with a vocabulary of {vocab}, larger than model.vocab_size ({cfg.model.vocab_size})")
+                    f"data.prefixes: {prefix} was tokenized with a vocabulary of {vocab}, larger than model.vocab_size ({cfg.model.vocab_size})"
+                )
         try:
             ds = IndexedDataset(prefix, mmap=True)
         except Exception as exc:
-            raise ConfigError(f"data.prefixes: {prefix}.idx/.bin cannot be read as a Megatron indexed dataset ({exc})") from None
+            raise ConfigError(
+                f"data.prefixes: {prefix}.idx/.bin cannot be read as a Megatron indexed dataset ({exc})"
+            ) from None
         if ds.index.dtype not in (np.uint16, np.int32, np.int64, np.uint32):
-            raise ConfigError(f"data.prefixes: {prefix} holds {np.dtype(ds.index.dtype).name} tokens, not integer token ids")
+            raise ConfigError(
+                f"data.prefixes: {prefix} holds {np.dtype(ds.index.dtype).name} tokens, not integer token ids"
+            )
         if len(ds) == 0:
             raise ConfigError(f"data.prefixes: {prefix} has no documents")
         bins = np.memmap(prefix + ".bin", dtype=ds.index.dtype, mode="r")
@@ -69,7 +74,8 @@ def check_indexed_prefixes(cfg: LitesparkConfig) -> None:
         top = int(sample.max()) if sample.size else 0
         if top >= cfg.model.vocab_size:
             raise ConfigError(
-                f"data.prefixes: {prefix} contains token id {top}, outside model.vocab_size ({cfg.model.vocab_size})")
+                f"data.prefixes: {prefix} contains token id {top}, outside model.vocab_size ({cfg.model.vocab_size})"
+            )
 
 
 def build_datasets(cfg: LitesparkConfig, eval_samples: int) -> Datasets:
@@ -115,7 +121,8 @@ def _eod_id(cfg: LitesparkConfig) -> int:
         sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
         if sp.get_piece_size() > cfg.model.vocab_size:
             raise ConfigError(
-                f"data.tokenizer: {path} has {sp.get_piece_size()} pieces, more than model.vocab_size ({cfg.model.vocab_size})")
+                f"data.tokenizer: {path} has {sp.get_piece_size()} pieces, more than model.vocab_size ({cfg.model.vocab_size})"
+            )
         return sp.eos_id()
     return 2
 
@@ -127,8 +134,9 @@ def micro_batch_indices(step: int, micro: int, global_batch: int, dp_size: int, 
     return [[base + (j * dp_size + dp_rank) * micro + i for i in range(micro)] for j in range(accumulation)]
 
 
-def iterate_micro_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, start_step: int,
-                          device: torch.device) -> Iterator[tuple[int, list[dict]]]:
+def iterate_micro_batches(
+    dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, start_step: int, device: torch.device
+) -> Iterator[tuple[int, list[dict]]]:
     """Yield ``(step, [micro-batch dicts])`` from ``start_step`` to the end of training."""
     for step in range(start_step, cfg.run.train_iters):
         indices = micro_batch_indices(step, cfg.data.micro_batch_size, cfg.data.global_batch_size, dp_size, dp_rank)
@@ -145,5 +153,7 @@ def eval_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, devi
 
 def _collate(samples: list[dict], device: torch.device) -> dict:
     """Stack GPTDataset samples into a [micro, seq] batch on ``device``."""
-    return {key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(device)
-            for key in ("tokens", "labels", "loss_mask")}
+    return {
+        key: torch.stack([torch.as_tensor(s[key]) for s in samples]).to(device)
+        for key in ("tokens", "labels", "loss_mask")
+    }

@@ -85,8 +85,10 @@ def _refuse_unsupported(cfg: LitesparkConfig) -> None:
     if cfg.parallel.sequence_parallel:
         # Megatron's optimizer all-reduces sequence-parallel norm-weight gradients over the TP group;
         # DeepSpeed does not, and training would silently diverge across TP ranks.
-        raise ConfigError("parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
-                          "(norm-weight gradients would not be reduced over the TP group)")
+        raise ConfigError(
+            "parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
+            "(norm-weight gradients would not be reduced over the TP group)"
+        )
 
 
 def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> Path:
@@ -97,9 +99,18 @@ def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> Path:
     if dist.get_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        atomic_write_text(run_dir / "environment.json", json.dumps({
-            **collect_versions(), "world_size": world, "tensor_parallel": cfg.parallel.tensor_parallel,
-            "data_parallel": ps.get_data_parallel_world_size()}, indent=1))
+        atomic_write_text(
+            run_dir / "environment.json",
+            json.dumps(
+                {
+                    **collect_versions(),
+                    "world_size": world,
+                    "tensor_parallel": cfg.parallel.tensor_parallel,
+                    "data_parallel": ps.get_data_parallel_world_size(),
+                },
+                indent=1,
+            ),
+        )
     return run_dir
 
 
@@ -111,10 +122,19 @@ def _log_summary(cfg: LitesparkConfig, world: int) -> None:
     size = f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.3f} M"
     p = cfg.precision
     numerics = f", FP8 {p.fp8_recipe}" if p.fp8 else (", BF16" if p.bf16 else ", FP32")
-    log.info("llama %d x %d, %s parameters (no input embedding), %.3g GFLOP/token; world %d = TP %d x DP %d, "
-             "ZeRO-%d, %s%s", cfg.model.num_layers, cfg.model.hidden_size, size, flops_per_token(cfg.model) / 1e9,
-             world, cfg.parallel.tensor_parallel, ps.get_data_parallel_world_size(), cfg.parallel.zero_stage,
-             cfg.kernels.backend, numerics)
+    log.info(
+        "llama %d x %d, %s parameters (no input embedding), %.3g GFLOP/token; world %d = TP %d x DP %d, ZeRO-%d, %s%s",
+        cfg.model.num_layers,
+        cfg.model.hidden_size,
+        size,
+        flops_per_token(cfg.model) / 1e9,
+        world,
+        cfg.parallel.tensor_parallel,
+        ps.get_data_parallel_world_size(),
+        cfg.parallel.zero_stage,
+        cfg.kernels.backend,
+        numerics,
+    )
 
 
 def _build(cfg: LitesparkConfig):
@@ -143,8 +163,11 @@ def _restore(cfg: LitesparkConfig, engine, run_dir: Path) -> int:
         state = load_latest_checkpoint(engine, cfg.checkpoint.load, weights_only=True)
         if state is None:
             raise ConfigError(f"checkpoint.load: no usable checkpoint under {cfg.checkpoint.load}/checkpoints")
-        log.info("initialised weights from %s (its step %d); this run starts at step 0 with a fresh optimizer",
-                 cfg.checkpoint.load, state["step"])
+        log.info(
+            "initialised weights from %s (its step %d); this run starts at step 0 with a fresh optimizer",
+            cfg.checkpoint.load,
+            state["step"],
+        )
     return start_step
 
 
@@ -176,8 +199,17 @@ class TrainingRun:
     handlers, opens the metrics log, records the set-up phase and starts the first interval.
     """
 
-    def __init__(self, cfg: LitesparkConfig, engine, scheduler, datasets, run_dir: Path, energy: EnergyMeter,
-                 start_step: int, t_setup: float):
+    def __init__(
+        self,
+        cfg: LitesparkConfig,
+        engine,
+        scheduler,
+        datasets,
+        run_dir: Path,
+        energy: EnergyMeter,
+        start_step: int,
+        t_setup: float,
+    ):
         from megatron.core import parallel_state as ps
         from tqdm import tqdm
 
@@ -192,9 +224,14 @@ class TrainingRun:
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
         self.tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_length
         # A live bar on a terminal; in logs (batch jobs, CI) the interval lines already say where we are.
-        self.progress = tqdm(total=cfg.run.train_iters, initial=start_step,
-                             disable=self.rank != 0 or not sys.stderr.isatty(), unit="step", dynamic_ncols=True,
-                             mininterval=2.0)
+        self.progress = tqdm(
+            total=cfg.run.train_iters,
+            initial=start_step,
+            disable=self.rank != 0 or not sys.stderr.isatty(),
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=2.0,
+        )
         self._write_phase("setup", time.perf_counter() - t_setup, energy.interval_joules())
         self.phases = PhaseMeter(energy)  # the first training interval starts now
 
@@ -208,8 +245,9 @@ class TrainingRun:
         interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
         with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
             fetch_start = time.perf_counter()
-            for step, micro_batches in iterate_micro_batches(self.datasets.train, cfg, self.dp_size, self.dp_rank,
-                                                             self.start_step, device):
+            for step, micro_batches in iterate_micro_batches(
+                self.datasets.train, cfg, self.dp_size, self.dp_rank, self.start_step, device
+            ):
                 data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
                 loss_sum += train_step(self.engine, micro_batches)
                 self.step_done, interval_steps = step + 1, interval_steps + 1
@@ -220,15 +258,20 @@ class TrainingRun:
                         log.error("loss is %s at step %d; stopping", loss, self.step_done)
                         return EXIT_NONFINITE_LOSS
                     interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
-                if cfg.run.eval_interval and self.step_done % cfg.run.eval_interval == 0 and self.datasets.valid is not None:
+                if (
+                    cfg.run.eval_interval
+                    and self.step_done % cfg.run.eval_interval == 0
+                    and self.datasets.valid is not None
+                ):
                     self._evaluate()
                 if cfg.checkpoint.save_interval and self.step_done % cfg.checkpoint.save_interval == 0:
                     self._save("interval")
                 if self.stop.agreed(device):
                     if self.last_saved != self.step_done:
                         self._save("preemption signal")
-                    log.warning("stopping at step %d on a preemption signal; resume by running the same command",
-                                self.step_done)
+                    log.warning(
+                        "stopping at step %d on a preemption signal; resume by running the same command", self.step_done
+                    )
                     self.progress.close()
                     return EXIT_PREEMPTED
                 fetch_start = time.perf_counter()
@@ -248,25 +291,43 @@ class TrainingRun:
         grad_norm = self.engine.get_global_grad_norm()
         tokens = interval_steps * self.tokens_per_step
         record = {
-            "step": self.step_done, "split": "train", "loss": dp_mean(loss_sum / interval_steps),
+            "step": self.step_done,
+            "split": "train",
+            "loss": dp_mean(loss_sum / interval_steps),
             "lr": float(self.scheduler.get_last_lr()[0]),
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "seconds": seconds, "data_wait_s": data_wait, "tokens": tokens,
+            "seconds": seconds,
+            "data_wait_s": data_wait,
+            "tokens": tokens,
             "consumed_samples": self.step_done * cfg.data.global_batch_size,
-            **interval_metrics(tokens=tokens, seconds=seconds, world_size=self.world, m=cfg.model,
-                               peak_tflops=self.peak, energy_joules_all_gpus=interval_j, gpus_reporting=reporting),
+            **interval_metrics(
+                tokens=tokens,
+                seconds=seconds,
+                world_size=self.world,
+                m=cfg.model,
+                peak_tflops=self.peak,
+                energy_joules_all_gpus=interval_j,
+                gpus_reporting=reporting,
+            ),
             **_peak_memory_gib(),
         }
         self.metrics.write(record)
         if self.rank == 0:
             self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s",
-                     self.step_done, cfg.run.train_iters, record["loss"], record["lr"],
-                     f"{record['grad_norm']:.3f}" if record["grad_norm"] is not None else "-",
-                     record["tokens_per_s_per_gpu"], record["tflops_per_gpu"],
-                     f" MFU {100 * record['mfu']:.1f}% (of BF16 peak)" if "mfu" in record else "",
-                     f" {record['power_w_per_gpu']:.0f} W/gpu {record['joules_per_token']:.4f} J/token"
-                     if "energy_j" in record else "")
+            log.info(
+                "step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s",
+                self.step_done,
+                cfg.run.train_iters,
+                record["loss"],
+                record["lr"],
+                f"{record['grad_norm']:.3f}" if record["grad_norm"] is not None else "-",
+                record["tokens_per_s_per_gpu"],
+                record["tflops_per_gpu"],
+                f" MFU {100 * record['mfu']:.1f}% (of BF16 peak)" if "mfu" in record else "",
+                f" {record['power_w_per_gpu']:.0f} W/gpu {record['joules_per_token']:.4f} J/token"
+                if "energy_j" in record
+                else "",
+            )
         return record["loss"]
 
     def _evaluate(self) -> None:
@@ -281,8 +342,9 @@ class TrainingRun:
         t = time.perf_counter()
         step = self.step_done
         client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
-        path = self._side_phase("checkpoint", lambda: save_checkpoint(self.engine, self.run_dir, step, client,
-                                                                      cfg.checkpoint.keep_last))
+        path = self._side_phase(
+            "checkpoint", lambda: save_checkpoint(self.engine, self.run_dir, step, client, cfg.checkpoint.keep_last)
+        )
         self.last_saved = step
         log.info("saved checkpoint %s (%s, %.1f s)", path, reason, time.perf_counter() - t)
 
@@ -308,8 +370,9 @@ class TrainingRun:
 
     def _all_gpus_joules(self, joules: float | None) -> tuple[float, int]:
         """Sum of every rank's joules and how many ranks had a reading (collective)."""
-        reported = torch.tensor([joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64,
-                                device=self.device)
+        reported = torch.tensor(
+            [joules or 0.0, 1.0 if joules is not None else 0.0], dtype=torch.float64, device=self.device
+        )
         dist.all_reduce(reported)
         return float(reported[0]), int(reported[1])
 

@@ -96,13 +96,19 @@ def mfu(tokens_per_second_per_device: float, m: ModelConfig, peak_tflops: float)
     return tokens_per_second_per_device * flops_per_token(m) / (peak_tflops * 1e12)
 
 
-
-def interval_metrics(*, tokens: int, seconds: float, world_size: int, m: ModelConfig, peak_tflops: float | None,
-                     energy_joules_all_gpus: float | None, gpus_reporting: int) -> dict:
+def interval_metrics(
+    *,
+    tokens: int,
+    seconds: float,
+    world_size: int,
+    m: ModelConfig,
+    peak_tflops: float | None,
+    energy_joules_all_gpus: float | None,
+    gpus_reporting: int,
+) -> dict:
     """Throughput and energy of one logging interval, per device and in all (see module docstring)."""
     per_device = tokens / seconds / world_size
-    out = {"tokens_per_s_per_gpu": per_device,
-           "tflops_per_gpu": per_device * flops_per_token(m) / 1e12}
+    out = {"tokens_per_s_per_gpu": per_device, "tflops_per_gpu": per_device * flops_per_token(m) / 1e12}
     if peak_tflops:
         out["mfu"] = mfu(per_device, m, peak_tflops)
     if energy_joules_all_gpus is not None and gpus_reporting == world_size:

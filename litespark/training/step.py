@@ -18,8 +18,12 @@ def forward_loss(engine, batch: dict) -> torch.Tensor:
     """Mean loss of one micro-batch over the positions its ``loss_mask`` counts."""
     from litespark.model.build import position_ids_for
 
-    losses = engine(input_ids=batch["tokens"], position_ids=position_ids_for(batch["tokens"]),
-                    attention_mask=None, labels=batch["labels"])
+    losses = engine(
+        input_ids=batch["tokens"],
+        position_ids=position_ids_for(batch["tokens"]),
+        attention_mask=None,
+        labels=batch["labels"],
+    )
     mask = batch["loss_mask"].float()
     return (losses.float() * mask).sum() / mask.sum().clamp(min=1.0)
 

@@ -39,8 +39,15 @@ def test_presets_are_fresh_objects():
 
 def test_llama_3b_shape_and_parameter_count():
     m = get_preset("llama-3b").model
-    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
-            m.vocab_size, m.seq_length) == (28, 3072, 24, 8, 8192, 32000, 4096)
+    assert (
+        m.num_layers,
+        m.hidden_size,
+        m.num_attention_heads,
+        m.num_query_groups,
+        m.ffn_hidden_size,
+        m.vocab_size,
+        m.seq_length,
+    ) == (28, 3072, 24, 8, 8192, 32000, 4096)
     n = count_parameters(m)
     assert n.without_input_embedding == 2_917_051_392  # "~2.92 B counting the LM head, not the input embedding"
     assert n.embedding == 32000 * 3072
@@ -48,15 +55,31 @@ def test_llama_3b_shape_and_parameter_count():
 
 def test_llama_30b_shape():
     m = get_preset("llama-30b").model
-    assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
-            m.vocab_size, m.seq_length) == (60, 6656, 52, 52, 17920, 32000, 4096)
+    assert (
+        m.num_layers,
+        m.hidden_size,
+        m.num_attention_heads,
+        m.num_query_groups,
+        m.ffn_hidden_size,
+        m.vocab_size,
+        m.seq_length,
+    ) == (60, 6656, 52, 52, 17920, 32000, 4096)
     assert 32.0e9 < count_parameters(m).without_input_embedding < 32.6e9
 
 
 def test_overrides_are_typed():
-    cfg = apply_overrides(get_preset("tiny"), [
-        "optim.lr=3e-4", "model.num_layers=4", "precision.bf16=true", "data.prefixes=a,b",
-        "data.weights=0.3,0.7", "optim.decay_iters=none", "parallel.zero_stage=2"])
+    cfg = apply_overrides(
+        get_preset("tiny"),
+        [
+            "optim.lr=3e-4",
+            "model.num_layers=4",
+            "precision.bf16=true",
+            "data.prefixes=a,b",
+            "data.weights=0.3,0.7",
+            "optim.decay_iters=none",
+            "parallel.zero_stage=2",
+        ],
+    )
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.model.num_layers == 4 and isinstance(cfg.model.num_layers, int)
     assert cfg.precision.bf16 is True
@@ -64,54 +87,92 @@ def test_overrides_are_typed():
     assert cfg.optim.decay_iters is None and cfg.parallel.zero_stage == 2
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.bogus=1", "unknown config key 'model.bogus'"),
-    ("nosection.x=1", "unknown config key 'nosection'"),
-    ("model.num_layers=two", "model.num_layers: expected an integer"),
-    ("model.num_layers=2.5", "model.num_layers: expected an integer"),
-    ("precision.bf16=maybe", "precision.bf16: expected true or false"),
-    ("precision.fp8_recipe=mxfp9", "precision.fp8_recipe: 'mxfp9' is not one of delayed, tensorwise, blockwise"),
-    ("kernels.norm_kernel=apex", "kernels.norm_kernel: 'apex' is not one of te, cudnn"),
-    ("optim.lr", "not of the form section.field=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.bogus=1", "unknown config key 'model.bogus'"),
+        ("nosection.x=1", "unknown config key 'nosection'"),
+        ("model.num_layers=two", "model.num_layers: expected an integer"),
+        ("model.num_layers=2.5", "model.num_layers: expected an integer"),
+        ("precision.bf16=maybe", "precision.bf16: expected true or false"),
+        ("precision.fp8_recipe=mxfp9", "precision.fp8_recipe: 'mxfp9' is not one of delayed, tensorwise, blockwise"),
+        ("kernels.norm_kernel=apex", "kernels.norm_kernel: 'apex' is not one of te, cudnn"),
+        ("optim.lr", "not of the form section.field=value"),
+    ],
+)
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         apply_overrides(get_preset("tiny"), [override])
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (["parallel.tensor_parallel=3"], "parallel.tensor_parallel (3) does not divide model.num_attention_heads (4)"),
-    (["model.num_query_groups=3"], "model.num_query_groups (3) does not divide model.num_attention_heads (4)"),
-    (["parallel.tensor_parallel=4"], "parallel.tensor_parallel (4) does not divide model.num_query_groups (2)"),
-    (["parallel.zero_stage=3", "parallel.tensor_parallel=2"], "parallel.zero_stage=3 needs parallel.tensor_parallel=1"),
-    (["parallel.zero_stage=4"], "parallel.zero_stage must be 1, 2 or 3"),
-    (["data.global_batch_size=6", "data.micro_batch_size=4"], "data.global_batch_size (6) is not a multiple of data.micro_batch_size (4)"),
-    (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor_parallel > 1"),
-    (["precision.fp8=true"], "precision.fp8=true needs kernels.backend 'te'"),
-    (["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"], "parallel.sequence_parallel needs kernels.backend 'te'"),
-    (["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
-     "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed"),
-    (["kernels.cuda_graphs=true", "kernels.backend=torch"], "kernels.cuda_graphs=true needs kernels.backend 'te'"),
-    (["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.tensor_parallel=2"],
-     "kernels.cuda_graphs=true needs parallel.tensor_parallel=1"),
-    (["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.zero_stage=3"],
-     "kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2"),
-    (["kernels.cuda_graph_layers=1"], "kernels.cuda_graph_layers needs kernels.cuda_graphs=true"),
-    (["kernels.cuda_graph_layers=1", "kernels.cuda_graphs=false"], "kernels.cuda_graph_layers needs kernels.cuda_graphs=true"),
-    (["kernels.cuda_graphs=true", "kernels.backend=te", "kernels.cuda_graph_layers=0"],
-     "kernels.cuda_graph_layers must lie between 1 and model.num_layers (2), got 0"),
-    (["kernels.cuda_graphs=true", "kernels.backend=te", "kernels.cuda_graph_layers=3"],
-     "kernels.cuda_graph_layers must lie between 1 and model.num_layers (2), got 3"),
-    (["optim.min_lr=1"], "optim.min_lr (1.0) must lie between 0 and optim.lr"),
-    (["data.source=indexed"], "data.prefixes is empty"),
-    (["data.prefixes=a,b", "data.weights=1"], "data.weights has 1 entries for 2 data.prefixes"),
-    (["data.split=98,2"], "data.split '98,2' must be three non-negative numbers"),
-    (["model.hidden_size=66"], "model.hidden_size (66) is not divisible by model.num_attention_heads (4)"),
-    (["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "precision.fp8_output_layer=true",
-      "model.tie_embeddings=true"], "precision.fp8_output_layer=true does not support model.tie_embeddings=true"),
-    (["kernels.backend=te", "model.hidden_size=96"],
-     "kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got 24: set kernels.qkv_rope_kernel=te"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["parallel.tensor_parallel=3"], "parallel.tensor_parallel (3) does not divide model.num_attention_heads (4)"),
+        (["model.num_query_groups=3"], "model.num_query_groups (3) does not divide model.num_attention_heads (4)"),
+        (["parallel.tensor_parallel=4"], "parallel.tensor_parallel (4) does not divide model.num_query_groups (2)"),
+        (
+            ["parallel.zero_stage=3", "parallel.tensor_parallel=2"],
+            "parallel.zero_stage=3 needs parallel.tensor_parallel=1",
+        ),
+        (["parallel.zero_stage=4"], "parallel.zero_stage must be 1, 2 or 3"),
+        (
+            ["data.global_batch_size=6", "data.micro_batch_size=4"],
+            "data.global_batch_size (6) is not a multiple of data.micro_batch_size (4)",
+        ),
+        (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor_parallel > 1"),
+        (["precision.fp8=true"], "precision.fp8=true needs kernels.backend 'te'"),
+        (
+            ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
+            "parallel.sequence_parallel needs kernels.backend 'te'",
+        ),
+        (
+            ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
+            "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed",
+        ),
+        (["kernels.cuda_graphs=true", "kernels.backend=torch"], "kernels.cuda_graphs=true needs kernels.backend 'te'"),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.tensor_parallel=2"],
+            "kernels.cuda_graphs=true needs parallel.tensor_parallel=1",
+        ),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.zero_stage=3"],
+            "kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2",
+        ),
+        (["kernels.cuda_graph_layers=1"], "kernels.cuda_graph_layers needs kernels.cuda_graphs=true"),
+        (
+            ["kernels.cuda_graph_layers=1", "kernels.cuda_graphs=false"],
+            "kernels.cuda_graph_layers needs kernels.cuda_graphs=true",
+        ),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=te", "kernels.cuda_graph_layers=0"],
+            "kernels.cuda_graph_layers must lie between 1 and model.num_layers (2), got 0",
+        ),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=te", "kernels.cuda_graph_layers=3"],
+            "kernels.cuda_graph_layers must lie between 1 and model.num_layers (2), got 3",
+        ),
+        (["optim.min_lr=1"], "optim.min_lr (1.0) must lie between 0 and optim.lr"),
+        (["data.source=indexed"], "data.prefixes is empty"),
+        (["data.prefixes=a,b", "data.weights=1"], "data.weights has 1 entries for 2 data.prefixes"),
+        (["data.split=98,2"], "data.split '98,2' must be three non-negative numbers"),
+        (["model.hidden_size=66"], "model.hidden_size (66) is not divisible by model.num_attention_heads (4)"),
+        (
+            [
+                "kernels.backend=te",
+                "precision.bf16=true",
+                "precision.fp8=true",
+                "precision.fp8_output_layer=true",
+                "model.tie_embeddings=true",
+            ],
+            "precision.fp8_output_layer=true does not support model.tie_embeddings=true",
+        ),
+        (
+            ["kernels.backend=te", "model.hidden_size=96"],
+            "kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got 24: set kernels.qkv_rope_kernel=te",
+        ),
+    ],
+)
 def test_invalid_combinations_are_rejected(overrides, field):
     cfg = apply_overrides(get_preset("tiny"), overrides)
     with pytest.raises(ConfigError) as info:
@@ -121,8 +182,9 @@ def test_invalid_combinations_are_rejected(overrides, field):
 
 
 def test_batch_arithmetic_needs_world_size():
-    cfg = apply_overrides(get_preset("tiny"), ["data.micro_batch_size=2", "data.global_batch_size=12",
-                                                "parallel.tensor_parallel=2"])
+    cfg = apply_overrides(
+        get_preset("tiny"), ["data.micro_batch_size=2", "data.global_batch_size=12", "parallel.tensor_parallel=2"]
+    )
     assert gradient_accumulation_steps(cfg, world_size=4) == 3  # DP=2: 12 = 2 x 2 x 3
     with pytest.raises(ConfigError, match=r"not a multiple of data.micro_batch_size x data-parallel size \(2 x 4\)"):
         validate(cfg, world_size=8)
@@ -152,17 +214,21 @@ def test_yaml_errors(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "litespark.train", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "litespark.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["--set", "parallel.tensor_parallel=3"], "parallel.tensor_parallel (3) does not divide"),
-    (["--set", "model.bogus=1"], "unknown config key 'model.bogus'"),
-    (["--preset", "llama-7b"], "unknown preset 'llama-7b'"),
-    (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "parallel.tensor_parallel=3"], "parallel.tensor_parallel (3) does not divide"),
+        (["--set", "model.bogus=1"], "unknown config key 'model.bogus'"),
+        (["--preset", "llama-7b"], "unknown preset 'llama-7b'"),
+        (["--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
+    ],
+)
 def test_cli_config_errors_are_one_line_and_exit_2(args, message):
     proc = _cli(*args, "--print-config")
     assert proc.returncode == 2, proc.stderr
@@ -191,24 +257,28 @@ def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
     cfg = get_preset("llama-3b")  # fp8 with backend auto
     with pytest.raises(ConfigError, match="precision.fp8=true needs Transformer Engine on a CUDA host"):
         resolve_backend(cfg)
-    cfg = apply_overrides(get_preset("llama-3b"), ["precision.fp8=false", "parallel.tensor_parallel=2",
-                                                   "parallel.sequence_parallel=true"])
+    cfg = apply_overrides(
+        get_preset("llama-3b"), ["precision.fp8=false", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"]
+    )
     with pytest.raises(ConfigError, match="parallel.sequence_parallel=true needs Transformer Engine"):
         resolve_backend(cfg)
     monkeypatch.setattr(litespark.environment, "te_available", lambda: True)
     assert resolve_backend(get_preset("llama-3b")).kernels.backend == "te"
 
 
-@pytest.mark.parametrize("overrides, graphs", [
-    (["kernels.backend=te", "data.micro_batch_size=2"], True),
-    (["kernels.backend=te", "data.micro_batch_size=1", "data.global_batch_size=1"], True),
-    (["kernels.backend=te", "data.micro_batch_size=4"], False),  # kernel-bound: no gain measured
-    (["kernels.backend=te", "data.micro_batch_size=2", "parallel.tensor_parallel=2"], False),
-    (["kernels.backend=te", "data.micro_batch_size=2", "parallel.zero_stage=3"], False),
-    (["kernels.backend=torch", "data.micro_batch_size=2"], False),
-    (["kernels.backend=te", "data.micro_batch_size=2", "kernels.cuda_graphs=false"], False),
-    (["kernels.backend=te", "data.micro_batch_size=4", "kernels.cuda_graphs=true"], True),
-])
+@pytest.mark.parametrize(
+    "overrides, graphs",
+    [
+        (["kernels.backend=te", "data.micro_batch_size=2"], True),
+        (["kernels.backend=te", "data.micro_batch_size=1", "data.global_batch_size=1"], True),
+        (["kernels.backend=te", "data.micro_batch_size=4"], False),  # kernel-bound: no gain measured
+        (["kernels.backend=te", "data.micro_batch_size=2", "parallel.tensor_parallel=2"], False),
+        (["kernels.backend=te", "data.micro_batch_size=2", "parallel.zero_stage=3"], False),
+        (["kernels.backend=torch", "data.micro_batch_size=2"], False),
+        (["kernels.backend=te", "data.micro_batch_size=2", "kernels.cuda_graphs=false"], False),
+        (["kernels.backend=te", "data.micro_batch_size=4", "kernels.cuda_graphs=true"], True),
+    ],
+)
 def test_cuda_graphs_auto_resolves_where_they_pay_and_run(overrides, graphs):
     from litespark.config import resolve_backend
 
@@ -217,9 +287,15 @@ def test_cuda_graphs_auto_resolves_where_they_pay_and_run(overrides, graphs):
     assert resolve_backend(cfg).kernels.cuda_graphs is graphs
 
 
-@pytest.mark.parametrize("overrides", [["kernels.backend=torch"], ["kernels.backend=te", "kernels.qkv_rope_kernel=te"],
-                                       ["kernels.backend=te", "kernels.fused_qkv_rope=false"]],
-                         ids=["torch-backend", "te-kernel", "split-rope"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["kernels.backend=torch"],
+        ["kernels.backend=te", "kernels.qkv_rope_kernel=te"],
+        ["kernels.backend=te", "kernels.fused_qkv_rope=false"],
+    ],
+    ids=["torch-backend", "te-kernel", "split-rope"],
+)
 def test_a_head_dimension_the_triton_rope_cannot_take_is_fine_where_it_does_not_run(overrides):
     validate(apply_overrides(get_preset("tiny"), ["model.hidden_size=96", *overrides]))
 
@@ -244,15 +320,32 @@ def test_the_fp8_output_layer_switch_is_ignored_without_fp8():
     assert fp8_output_layer(cfg) is False
 
 
-@pytest.mark.parametrize("setting, tied, micro_batch, expected", [
-    ("none", False, 8, True), ("none", True, 8, False), ("false", False, 8, False), ("true", False, 8, True),
-    # micro-batch 2 resolves to CUDA graphs (the H100's llama-3b run), where it is on as well
-    ("none", False, 2, True), ("none", True, 2, False), ("false", False, 2, False)])
+@pytest.mark.parametrize(
+    "setting, tied, micro_batch, expected",
+    [
+        ("none", False, 8, True),
+        ("none", True, 8, False),
+        ("false", False, 8, False),
+        ("true", False, 8, True),
+        # micro-batch 2 resolves to CUDA graphs (the H100's llama-3b run), where it is on as well
+        ("none", False, 2, True),
+        ("none", True, 2, False),
+        ("false", False, 2, False),
+    ],
+)
 def test_the_automatic_fp8_output_layer_is_on_with_fp8_unless_tied(setting, tied, micro_batch, expected):
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true",
-                                               f"precision.fp8_output_layer={setting}",
-                                               f"model.tie_embeddings={str(tied).lower()}",
-                                               f"data.micro_batch_size={micro_batch}", "data.global_batch_size=8"])
+    cfg = apply_overrides(
+        get_preset("tiny"),
+        [
+            "kernels.backend=te",
+            "precision.bf16=true",
+            "precision.fp8=true",
+            f"precision.fp8_output_layer={setting}",
+            f"model.tie_embeddings={str(tied).lower()}",
+            f"data.micro_batch_size={micro_batch}",
+            "data.global_batch_size=8",
+        ],
+    )
     validate(cfg)
     assert _cuda_graphs_as_resolved(cfg) is (micro_batch == 2)  # the case covers the path it names
     assert fp8_output_layer(cfg) is expected

@@ -30,7 +30,13 @@ def test_transformer_config_is_llama():
     assert tc.normalization == "RMSNorm" and tc.layernorm_epsilon == 1e-6
     assert tc.gated_linear_unit and tc.activation_func is F.silu
     assert not tc.add_bias_linear and tc.hidden_dropout == 0 and tc.attention_dropout == 0
-    assert (tc.num_layers, tc.hidden_size, tc.num_attention_heads, tc.num_query_groups, tc.ffn_hidden_size) == (2, 64, 4, 2, 176)
+    assert (tc.num_layers, tc.hidden_size, tc.num_attention_heads, tc.num_query_groups, tc.ffn_hidden_size) == (
+        2,
+        64,
+        4,
+        2,
+        176,
+    )
     assert tc.kv_channels == 16
     assert tc.use_cpu_initialization and not tc.gradient_accumulation_fusion
     assert not tc.apply_rope_fusion and not tc.bias_activation_fusion  # torch backend: no CUDA fusions
@@ -64,13 +70,18 @@ def test_transformer_config_fp8_fields():
     assert captured["fused_single_qkv_rope"] and captured["cross_entropy_fusion_impl"] == "te"
 
 
-@pytest.mark.parametrize("overrides, qkv_rope, ce_impl", [
-    (["kernels.fused_qkv_rope=false"], False, "te"),
-    (["kernels.rope_fusion=false"], False, "te"),          # the single-QKV kernel is a fused RoPE
-    (["kernels.te_cross_entropy=false"], True, "native"),
-])
+@pytest.mark.parametrize(
+    "overrides, qkv_rope, ce_impl",
+    [
+        (["kernels.fused_qkv_rope=false"], False, "te"),
+        (["kernels.rope_fusion=false"], False, "te"),  # the single-QKV kernel is a fused RoPE
+        (["kernels.te_cross_entropy=false"], True, "native"),
+    ],
+)
 def test_transformer_config_kernel_switches(overrides, qkv_rope, ce_impl):
-    captured = _te_transformer_config_fields(apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", *overrides]))
+    captured = _te_transformer_config_fields(
+        apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", *overrides])
+    )
     assert captured["fused_single_qkv_rope"] is qkv_rope
     assert captured["cross_entropy_loss_fusion"] and captured["cross_entropy_fusion_impl"] == ce_impl
 
@@ -86,20 +97,33 @@ def test_unresolved_backend_is_refused():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeed_config_is_concrete(name, stage):
-    cfg = apply_overrides(get_preset(name), [f"parallel.zero_stage={stage}", "parallel.tensor_parallel=1",
-                                             "parallel.sequence_parallel=false"])
+    cfg = apply_overrides(
+        get_preset(name),
+        [f"parallel.zero_stage={stage}", "parallel.tensor_parallel=1", "parallel.sequence_parallel=false"],
+    )
     ds = to_deepspeed_config(cfg, world_size=cfg.data.global_batch_size // cfg.data.micro_batch_size)
     assert "auto" not in [v for v in _walk(ds) if isinstance(v, str)]
     json.dumps(ds)  # plain data only
     assert ds["zero_optimization"]["stage"] == stage
     assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * (
-        cfg.data.global_batch_size // cfg.data.micro_batch_size)
+        cfg.data.global_batch_size // cfg.data.micro_batch_size
+    )
 
 
 def test_deepspeed_batch_and_schedule_follow_config():
-    cfg = apply_overrides(get_preset("tiny"), [
-        "data.micro_batch_size=2", "data.global_batch_size=16", "parallel.tensor_parallel=2",
-        "optim.lr=1e-3", "optim.min_lr=1e-4", "optim.warmup_iters=5", "run.train_iters=50", "optim.clip_grad=0.5"])
+    cfg = apply_overrides(
+        get_preset("tiny"),
+        [
+            "data.micro_batch_size=2",
+            "data.global_batch_size=16",
+            "parallel.tensor_parallel=2",
+            "optim.lr=1e-3",
+            "optim.min_lr=1e-4",
+            "optim.warmup_iters=5",
+            "run.train_iters=50",
+            "optim.clip_grad=0.5",
+        ],
+    )
     ds = to_deepspeed_config(cfg, world_size=4)  # DP = 2
     assert ds["gradient_accumulation_steps"] == 4
     assert ds["gradient_clipping"] == 0.5

@@ -18,23 +18,45 @@ from tests.helpers.processes import ROOT
 
 
 def _run(script: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, f"data_prep/{script}", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, f"data_prep/{script}", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
 
 def _tokenize(inputs, tok, prefix, *extra, expect: int = 0) -> subprocess.CompletedProcess:
-    return _run("tokenize_slimpajama.py", "--input", *map(str, inputs), "--tokenizer", str(tok), "--output-prefix",
-                str(prefix), "--no-progress", "--workers", "1", "--threads", "1", *extra, expect=expect)
+    return _run(
+        "tokenize_slimpajama.py",
+        "--input",
+        *map(str, inputs),
+        "--tokenizer",
+        str(tok),
+        "--output-prefix",
+        str(prefix),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+        expect=expect,
+    )
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     _run("make_sample.py", "--out", str(root / "sample"), "--max-mb", "1")
-    _run("train_tokenizer.py", "--input", str(root / "sample" / "train"), "--vocab-size", "400",
-         "--out", str(root / "tok.model"))
+    _run(
+        "train_tokenizer.py",
+        "--input",
+        str(root / "sample" / "train"),
+        "--vocab-size",
+        "400",
+        "--out",
+        str(root / "tok.model"),
+    )
     return root
 
 
@@ -47,8 +69,9 @@ def many_files(corpus):
     out = corpus / "many"
     out.mkdir()
     for k in range(12):
-        lines = "".join(json.dumps({"text": d.text, "meta": {"redpajama_set_name": d.set_name}}) + "\n"
-                        for d in docs[k::12]).encode()
+        lines = "".join(
+            json.dumps({"text": d.text, "meta": {"redpajama_set_name": d.set_name}}) + "\n" for d in docs[k::12]
+        ).encode()
         name = out / f"part_{k:02d}.jsonl"
         if k % 3 == 1:
             Path(f"{name}.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
@@ -117,9 +140,23 @@ def test_workers_and_batch_bound_do_not_change_the_output(many_files, corpus, tm
 def test_resume_after_sigkill_is_byte_identical(many_files, corpus, tmp_path):
     _tokenize([many_files], corpus / "tok.model", tmp_path / "clean")
     prefix = tmp_path / "killed"
-    cmd = [sys.executable, "data_prep/tokenize_slimpajama.py", "--input", str(many_files), "--tokenizer",
-           str(corpus / "tok.model"), "--output-prefix", str(prefix), "--no-progress", "--workers", "1",
-           "--threads", "1", "--batch-bytes", "2048"]
+    cmd = [
+        sys.executable,
+        "data_prep/tokenize_slimpajama.py",
+        "--input",
+        str(many_files),
+        "--tokenizer",
+        str(corpus / "tok.model"),
+        "--output-prefix",
+        str(prefix),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--batch-bytes",
+        "2048",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     parts = Path(f"{prefix}.parts")
     deadline = time.time() + 120
@@ -139,18 +176,26 @@ def test_resume_after_sigkill_is_byte_identical(many_files, corpus, tmp_path):
 @pytest.mark.slow
 def test_bad_input_is_counted_not_lost(corpus, tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_bytes(b'{"text": "good one"}\n{"text": broken json\n{"meta": {}}\n\xff\xfe not utf8\n{"text": 5}\n'
-                    b'{"text": "good two"}\n{"text": "lone \\ud83d surrogate"}\n{"text": "pair \\ud83d\\ude00 ok"}\n')
+    bad.write_bytes(
+        b'{"text": "good one"}\n{"text": broken json\n{"meta": {}}\n\xff\xfe not utf8\n{"text": 5}\n'
+        b'{"text": "good two"}\n{"text": "lone \\ud83d surrogate"}\n{"text": "pair \\ud83d\\ude00 ok"}\n'
+    )
     good = zstandard.ZstdCompressor().compress(b"".join(b'{"text": "doc %d"}\n' % i for i in range(50)))
     (tmp_path / "cut.jsonl.zst").write_bytes(good[: len(good) // 2])
     (tmp_path / "empty.jsonl").write_bytes(b"")
-    proc = _tokenize([bad, tmp_path / "cut.jsonl.zst", tmp_path / "empty.jsonl"], corpus / "tok.model", tmp_path / "out")
+    proc = _tokenize(
+        [bad, tmp_path / "cut.jsonl.zst", tmp_path / "empty.jsonl"], corpus / "tok.model", tmp_path / "out"
+    )
     assert "bad lines skipped" in proc.stdout
     files = {Path(f["path"]).name: f for f in json.loads((tmp_path / "out.manifest.json").read_text())["files"]}
     assert files["bad.jsonl"]["documents"] == 3 and files["bad.jsonl"]["bad_lines"] == 5
     assert [(b["line"], b["reason"].split(" at")[0]) for b in files["bad.jsonl"]["bad"]] == [
-        (2, "invalid JSON"), (3, "no string field 'text'"), (4, "invalid UTF-8"), (5, "no string field 'text'"),
-        (7, "invalid Unicode: a lone surrogate escape")]
+        (2, "invalid JSON"),
+        (3, "no string field 'text'"),
+        (4, "invalid UTF-8"),
+        (5, "no string field 'text'"),
+        (7, "invalid Unicode: a lone surrogate escape"),
+    ]
     cut = files["cut.jsonl.zst"]
     assert cut["bad_lines"] == 1 and "truncated" in cut["bad"][0]["reason"]
     assert 0 <= cut["documents"] < 50
@@ -165,7 +210,9 @@ def test_set_filters_and_split_by_set(corpus, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     docs = _documents(corpus / "sample" / "train")
-    _tokenize([corpus / "sample" / "train"], corpus / "tok.model", tmp_path / "code", "--include-sets", "RedPajamaGithub")
+    _tokenize(
+        [corpus / "sample" / "train"], corpus / "tok.model", tmp_path / "code", "--include-sets", "RedPajamaGithub"
+    )
     assert len(IndexedDataset(str(tmp_path / "code"))) == sum(1 for _, n in docs if n == "RedPajamaGithub")
     manifest = json.loads((tmp_path / "code.manifest.json").read_text())
     assert set(manifest["sets"]) == {"RedPajamaGithub"}
@@ -187,23 +234,46 @@ def test_shards_cover_every_file_once_and_merge_equals_one_run(many_files, corpu
     # Shards as an array job would make them, merged in order, equal a run over files in shard order.
     for i in range(3):
         _tokenize([many_files], corpus / "tok.model", tmp_path / f"s{i}", "--shard", f"{i}/3")
-    _run("merge_indexed.py", "--inputs", *[str(tmp_path / f"s{i}") for i in range(3)], "--output-prefix", str(tmp_path / "merged"))
+    _run(
+        "merge_indexed.py",
+        "--inputs",
+        *[str(tmp_path / f"s{i}") for i in range(3)],
+        "--output-prefix",
+        str(tmp_path / "merged"),
+    )
     ordered = [str(f) for i in range(3) for f in shard(files, i, 3)]
     _tokenize(ordered, corpus / "tok.model", tmp_path / "single")
     for suffix in (".bin", ".idx"):
         assert (tmp_path / f"merged{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
     merged = json.loads((tmp_path / "merged.manifest.json").read_text())
     assert len(merged["files"]) == 12
-    _tokenize([many_files], corpus / "tok.model", tmp_path / "empty_shard", "--shard", "12/13")  # no files: empty output
-    mismatch = _run("merge_indexed.py", "--inputs", str(tmp_path / "s0"), str(tmp_path / "nope"), "--output-prefix",
-                    str(tmp_path / "x"), expect=2)
+    _tokenize(
+        [many_files], corpus / "tok.model", tmp_path / "empty_shard", "--shard", "12/13"
+    )  # no files: empty output
+    mismatch = _run(
+        "merge_indexed.py",
+        "--inputs",
+        str(tmp_path / "s0"),
+        str(tmp_path / "nope"),
+        "--output-prefix",
+        str(tmp_path / "x"),
+        expect=2,
+    )
     assert "nope.bin does not exist" in mismatch.stderr
 
 
 @pytest.mark.slow
 def test_missing_inputs_exit_2(tmp_path):
-    proc = _run("tokenize_slimpajama.py", "--input", str(tmp_path / "none"), "--tokenizer", str(tmp_path / "x.model"),
-                "--output-prefix", str(tmp_path / "out"), expect=2)
+    proc = _run(
+        "tokenize_slimpajama.py",
+        "--input",
+        str(tmp_path / "none"),
+        "--tokenizer",
+        str(tmp_path / "x.model"),
+        "--output-prefix",
+        str(tmp_path / "out"),
+        expect=2,
+    )
     assert "does not exist" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -217,25 +287,63 @@ def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
     local.mkdir()
     texts = [f"document {k} of shard {s}: " + "words " * (k + 1) for s in range(3) for k in range(5)]
     for s in range(3):
-        (local / f"part{s}.jsonl").write_text("".join(
-            json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}}) + "\n" for t in texts[s * 5:(s + 1) * 5]))
+        (local / f"part{s}.jsonl").write_text(
+            "".join(
+                json.dumps({"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}}) + "\n"
+                for t in texts[s * 5 : (s + 1) * 5]
+            )
+        )
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = ["--hf-dataset", str(local), "--split", "train", "--tokenizer", str(corpus / "tok.model"),
-            "--output-prefix", str(tmp_path / "hf"), "--no-progress", "--workers", "2", "--keep-parts"]
+    args = [
+        "--hf-dataset",
+        str(local),
+        "--split",
+        "train",
+        "--tokenizer",
+        str(corpus / "tok.model"),
+        "--output-prefix",
+        str(tmp_path / "hf"),
+        "--no-progress",
+        "--workers",
+        "2",
+        "--keep-parts",
+    ]
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "data_prep/tokenize_slimpajama.py", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "data_prep/tokenize_slimpajama.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sp = spm.SentencePieceProcessor(model_file=str(corpus / "tok.model"))
     ds = IndexedDataset(str(tmp_path / "hf"))
     got = sorted(ds[i].tolist() for i in range(len(ds)))
     assert got == sorted([1, *sp.encode(t), 2] for t in texts)
-    again = subprocess.run([sys.executable, "data_prep/tokenize_slimpajama.py", *args], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "data_prep/tokenize_slimpajama.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0 and "resuming: 3 of 3" in again.stderr
-    both = _run("tokenize_slimpajama.py", "--input", str(local), "--hf-dataset", str(local), "--tokenizer",
-                str(corpus / "tok.model"), "--output-prefix", str(tmp_path / "x"), expect=2)
+    both = _run(
+        "tokenize_slimpajama.py",
+        "--input",
+        str(local),
+        "--hf-dataset",
+        str(local),
+        "--tokenizer",
+        str(corpus / "tok.model"),
+        "--output-prefix",
+        str(tmp_path / "x"),
+        expect=2,
+    )
     assert "either --input or --hf-dataset" in both.stderr
 
 
@@ -247,8 +355,13 @@ def _adversarial_texts(seed: int, count: int) -> list[str]:
     chars = list(" \n\t\r\u2581\u3000\u00a0\u200b\ufeff\x00abcXYZ019.,;:()'\"\\/-_=#éüñ中文字😀🎉")
     words = ["the", "of", "def", "self", "return", "  ", "\n", "    ", "1234", "3.14", "http://a.b/c", "\u2581x"]
     edge = ["", " ", "  ", "\n", " \n ", "a", " a", "a ", "\u2581", "\u2581a", "a\u2581b", " \u2581 ", "\n\u2581 "]
-    return edge + ["".join(rng.choice(chars) if rng.random() < 0.6 else rng.choice(words) + rng.choice(" \n")
-                           for _ in range(rng.randint(0, 40))) for _ in range(count)]
+    return edge + [
+        "".join(
+            rng.choice(chars) if rng.random() < 0.6 else rng.choice(words) + rng.choice(" \n")
+            for _ in range(rng.randint(0, 40))
+        )
+        for _ in range(count)
+    ]
 
 
 def test_word_memo_encoder_equals_sentencepiece(corpus):
@@ -264,7 +377,7 @@ def test_word_memo_encoder_equals_sentencepiece(corpus):
         encoder = Encoder(sp, memo_words=memo_words)
         assert encoder.memoised, encoder.blocker
         for start in range(0, len(texts), 257):
-            batch = texts[start:start + 257]
+            batch = texts[start : start + 257]
             ids, lengths = encoder.encode(batch)
             expected = sp.encode(batch)
             assert lengths.tolist() == [len(e) for e in expected]
@@ -282,12 +395,20 @@ def test_word_memo_refuses_models_it_cannot_reproduce(corpus, tmp_path):
     text_file = tmp_path / "lines.txt"
     text_file.write_text("\n".join(t for t, _ in _documents(corpus / "sample" / "train"))[:400_000])
     texts = [*_adversarial_texts(1, 300), "ﬁne  Ｗｉｄｅ   spaces"]
-    for name, extra in (("nfkc", {"normalization_rule_name": "nmt_nfkc"}),
-                        ("collapse", {"normalization_rule_name": "identity", "remove_extra_whitespaces": True}),
-                        ("unigram", {"normalization_rule_name": "identity", "model_type": "unigram"})):
+    for name, extra in (
+        ("nfkc", {"normalization_rule_name": "nmt_nfkc"}),
+        ("collapse", {"normalization_rule_name": "identity", "remove_extra_whitespaces": True}),
+        ("unigram", {"normalization_rule_name": "identity", "model_type": "unigram"}),
+    ):
         options = {"model_type": "bpe", **extra}
-        spm.SentencePieceTrainer.train(input=str(text_file), model_prefix=str(tmp_path / name), vocab_size=600,
-                                       byte_fallback=True, minloglevel=2, **options)
+        spm.SentencePieceTrainer.train(
+            input=str(text_file),
+            model_prefix=str(tmp_path / name),
+            vocab_size=600,
+            byte_fallback=True,
+            minloglevel=2,
+            **options,
+        )
         sp = spm.SentencePieceProcessor(model_file=str(tmp_path / f"{name}.model"))
         assert memo_blocker(sp) is not None, name
         encoder = Encoder(sp)
@@ -311,8 +432,16 @@ def test_worker_memory_stays_bounded_on_a_file_larger_than_the_bound(corpus, tmp
     small.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs)[:1_000_000].rsplit("\n", 1)[0] + "\n")
     peaks = {}
     for name, path in (("small", small), ("large", large)):
-        _tokenize([path], corpus / "tok.model", tmp_path / name, "--batch-bytes", str(1 << 20), "--memo-words",
-                  "20000", "--keep-parts")
+        _tokenize(
+            [path],
+            corpus / "tok.model",
+            tmp_path / name,
+            "--batch-bytes",
+            str(1 << 20),
+            "--memo-words",
+            "20000",
+            "--keep-parts",
+        )
         marker = next(Path(f"{tmp_path / name}.parts").glob("*.json"))
         peaks[name] = json.loads(marker.read_text())["report"]["peak_rss_mib"]
     growth = peaks["large"] - peaks["small"]

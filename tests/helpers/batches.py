@@ -8,5 +8,7 @@ def micro_batches(sequences, size: int = 2) -> list[dict]:
     position counted in the loss."""
     import torch
 
-    return [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
-            for t in sequences.split(size)]
+    return [
+        {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones_like(t[:, 1:], dtype=torch.float)}
+        for t in sequences.split(size)
+    ]

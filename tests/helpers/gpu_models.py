@@ -11,9 +11,18 @@ from litespark.runtime.distributed import init_distributed
 from tests.helpers.batches import micro_batches
 
 # Small, but FP8-friendly: every GEMM dimension a multiple of 16, tokens per batch a multiple of 16.
-SHAPE = ["model.num_layers=2", "model.hidden_size=256", "model.num_attention_heads=4", "model.num_query_groups=2",
-         "model.ffn_hidden_size=512", "model.vocab_size=1024", "model.seq_length=128", "data.micro_batch_size=2",
-         "precision.bf16=true", "kernels.cuda_graphs=false"]  # the graph tests turn them on
+SHAPE = [
+    "model.num_layers=2",
+    "model.hidden_size=256",
+    "model.num_attention_heads=4",
+    "model.num_query_groups=2",
+    "model.ffn_hidden_size=512",
+    "model.vocab_size=1024",
+    "model.seq_length=128",
+    "data.micro_batch_size=2",
+    "precision.bf16=true",
+    "kernels.cuda_graphs=false",
+]  # the graph tests turn them on
 
 
 def build_on_gpu(backend: str, *overrides: str):
@@ -27,7 +36,9 @@ def build_on_gpu(backend: str, *overrides: str):
 def random_batch(cfg, seed=0):
     """One micro-batch of random token ids on the GPU: ``(inputs, labels)``."""
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=g).cuda()
+    tokens = torch.randint(
+        0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=g
+    ).cuda()
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 

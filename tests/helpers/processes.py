@@ -28,11 +28,21 @@ def train_env() -> dict:
 
 def torchrun(script: str, nproc: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run ``script`` under torchrun with ``nproc`` local CPU processes; raises with the log on failure."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           "--master-addr=127.0.0.1", f"--master-port={free_port()}", script, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        script,
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -40,18 +50,31 @@ def train_cmd(nproc: int, *args: str) -> list[str]:
     """The command that trains with ``nproc`` local processes (plain python for one)."""
     if nproc == 1:
         return [sys.executable, "-m", "litespark.train", *args]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}", "-m", "litespark.train", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "litespark.train",
+        *args,
+    ]
 
 
-def run_training(run_dir, *sets: str, nproc: int = 1, preset: str = "tiny", timeout: int = 600,
-                 expect: int = 0) -> subprocess.CompletedProcess:
+def run_training(
+    run_dir, *sets: str, nproc: int = 1, preset: str = "tiny", timeout: int = 600, expect: int = 0
+) -> subprocess.CompletedProcess:
     """Train into ``run_dir`` with ``--set`` overrides; asserts the exit code, returns the process."""
     args = ["--preset", preset, "--run-dir", str(run_dir)] + [a for s in sets for a in ("--set", s)]
-    proc = subprocess.run(train_cmd(nproc, *args), cwd=ROOT, env=train_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        train_cmd(nproc, *args), cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != expect:
-        raise AssertionError(f"training exited {proc.returncode}, expected {expect}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"training exited {proc.returncode}, expected {expect}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

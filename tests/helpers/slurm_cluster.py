@@ -33,20 +33,32 @@ def ensure_installed() -> str | None:
     if all(shutil.which(b) for b in ("sbatch", "slurmctld", "slurmd", "munged")):
         return None
     if os.environ.get(INSTALL_SWITCH) != "1":
-        return (f"Slurm is not installed: install {' '.join(PACKAGES)}, or set {INSTALL_SWITCH}=1 to let the "
-                "tests apt-get install them")
+        return (
+            f"Slurm is not installed: install {' '.join(PACKAGES)}, or set {INSTALL_SWITCH}=1 to let the "
+            "tests apt-get install them"
+        )
     if os.geteuid() != 0:
         return f"Slurm is not installed and {INSTALL_SWITCH}=1 needs root to apt-get install it"
-    proc = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+    )
     if proc.returncode != 0:
         update = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, timeout=600)
-        proc = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
-                              capture_output=True, text=True, timeout=600,
-                              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        proc = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed:\n{update.stderr[-1000:]}\n{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"apt-get install {' '.join(PACKAGES)} failed:\n{update.stderr[-1000:]}\n{proc.stderr[-2000:]}"
+            )
     return None
 
 
@@ -108,8 +120,16 @@ PartitionName=ci Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP
             key.chmod(0o400)
         MUNGE_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
         if subprocess.run(["munge", "-n"], capture_output=True).returncode != 0:  # no munged running yet
-            self._start(["munged", "--force", f"--pid-file={self.root}/munged.pid", f"--log-file={self.root}/log/munged.log",
-                         f"--seed-file={self.root}/munged.seed"], self.root / "munged.pid")
+            self._start(
+                [
+                    "munged",
+                    "--force",
+                    f"--pid-file={self.root}/munged.pid",
+                    f"--log-file={self.root}/log/munged.log",
+                    f"--seed-file={self.root}/munged.seed",
+                ],
+                self.root / "munged.pid",
+            )
         self._start(["slurmctld", "-f", str(self.conf)], self.root / "slurmctld.pid")
         for name in ("node1", "node2"):
             self._start(["slurmd", "-f", str(self.conf), "-N", name], self.root / f"slurmd-{name}.pid")

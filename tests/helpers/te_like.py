@@ -65,8 +65,15 @@ class ToyLM(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
 
 
-def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=None, model_class=ToyLM,
-              world_size: int = 1, deepspeed_step_patches: bool = True):
+def train_toy(
+    fp32_accumulation: bool,
+    link: bool,
+    steps: int = 5,
+    before_steps=None,
+    model_class=ToyLM,
+    world_size: int = 1,
+    deepspeed_step_patches: bool = True,
+):
     """``steps`` optimizer steps of ``model_class`` through ``build_engine`` and the trainer's
     ``train_step`` (bf16, clipping active, two micro-batches of 2 per rank), this rank's share of one
     fixed global batch.  ``link=False`` hides the TE-like linears from the fp32-gradient link, so
@@ -77,11 +84,21 @@ def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=
     from litespark.runtime.engine import build_engine
     from litespark.training.step import train_step
 
-    cfg = resolve_backend(apply_overrides(get_preset("tiny"), [
-        "precision.bf16=true", f"data.global_batch_size={4 * world_size}", "data.micro_batch_size=2",
-        "optim.clip_grad=0.05", "optim.warmup_iters=1", "optim.lr=1e-2",
-        f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}",
-        f"optim.deepspeed_step_patches={str(deepspeed_step_patches).lower()}"]))
+    cfg = resolve_backend(
+        apply_overrides(
+            get_preset("tiny"),
+            [
+                "precision.bf16=true",
+                f"data.global_batch_size={4 * world_size}",
+                "data.micro_batch_size=2",
+                "optim.clip_grad=0.05",
+                "optim.warmup_iters=1",
+                "optim.lr=1e-2",
+                f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}",
+                f"optim.deepspeed_step_patches={str(deepspeed_step_patches).lower()}",
+            ],
+        )
+    )
     init_distributed(1, 1234)
     rank = torch.distributed.get_rank()
     model = model_class().to(torch.bfloat16)
@@ -91,7 +108,9 @@ def train_toy(fp32_accumulation: bool, link: bool, steps: int = 5, before_steps=
     engine, optimizer, _ = build_engine(cfg, model, world_size)
     if before_steps is not None:
         before_steps(engine, optimizer)
-    data = torch.randint(0, 64, (4 * world_size, 17), generator=torch.Generator().manual_seed(3))[4 * rank:4 * rank + 4]
+    data = torch.randint(0, 64, (4 * world_size, 17), generator=torch.Generator().manual_seed(3))[
+        4 * rank : 4 * rank + 4
+    ]
     batches = micro_batches(data)
     norms = []
     for _ in range(steps):

@@ -39,7 +39,6 @@ def test_te_backend_without_te_says_what_to_do():
         get_litespark_layer_spec("te")
 
 
-
 @pytest.mark.skipif(te_available(), reason="checks the message on hosts without Transformer Engine")
 def test_megatron_lm_spec_module_needs_te():
     from megatron.core.transformer.spec_utils import import_module
@@ -62,9 +61,17 @@ def test_te_swiglu_sets_megatrons_switch_only_with_te():
 
     cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=torch", "kernels.te_swiglu=true"])
     assert to_transformer_config(cfg).use_te_activation_func is False
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=true"])
+    cfg = apply_overrides(
+        get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=true"]
+    )
     assert to_transformer_config(cfg).use_te_activation_func is True
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=false"])
-    assert to_transformer_config(cfg).use_te_activation_func is False and to_transformer_config(cfg).bias_activation_fusion
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.fused_mlp=true"])
+    cfg = apply_overrides(
+        get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=false"]
+    )
+    assert (
+        to_transformer_config(cfg).use_te_activation_func is False and to_transformer_config(cfg).bias_activation_fusion
+    )
+    cfg = apply_overrides(
+        get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.fused_mlp=true"]
+    )
     assert to_transformer_config(cfg).use_te_activation_func is False  # the fused MLP has its own SwiGLU

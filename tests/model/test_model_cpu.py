@@ -46,7 +46,9 @@ def test_parameter_count_matches_analytic(dist_world_1, tied):
 
 def test_a_few_sgd_steps_lower_the_loss_on_a_fixed_batch(dist_world_1):
     cfg, model = _build()
-    tokens = torch.randint(0, cfg.model.vocab_size, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, cfg.model.vocab_size, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(0)
+    )
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
@@ -60,12 +62,30 @@ def test_a_few_sgd_steps_lower_the_loss_on_a_fixed_batch(dist_world_1):
 
 
 SHAPES = {
-    "gqa": ["model.hidden_size=96", "model.num_attention_heads=6", "model.num_query_groups=2",
-            "model.ffn_hidden_size=200", "model.vocab_size=300", "model.rotary_base=50000"],
-    "mha-odd": ["model.hidden_size=40", "model.num_attention_heads=5", "model.num_query_groups=5",
-                "model.ffn_hidden_size=72", "model.vocab_size=97", "model.num_layers=3", "model.norm_epsilon=1e-6"],
-    "mqa-tied": ["model.hidden_size=64", "model.num_attention_heads=4", "model.num_query_groups=1",
-                 "model.tie_embeddings=true", "model.rotary_base=500000"],
+    "gqa": [
+        "model.hidden_size=96",
+        "model.num_attention_heads=6",
+        "model.num_query_groups=2",
+        "model.ffn_hidden_size=200",
+        "model.vocab_size=300",
+        "model.rotary_base=50000",
+    ],
+    "mha-odd": [
+        "model.hidden_size=40",
+        "model.num_attention_heads=5",
+        "model.num_query_groups=5",
+        "model.ffn_hidden_size=72",
+        "model.vocab_size=97",
+        "model.num_layers=3",
+        "model.norm_epsilon=1e-6",
+    ],
+    "mqa-tied": [
+        "model.hidden_size=64",
+        "model.num_attention_heads=4",
+        "model.num_query_groups=1",
+        "model.tie_embeddings=true",
+        "model.rotary_base=500000",
+    ],
 }
 
 
@@ -87,7 +107,9 @@ def test_logits_equal_hf_llama(dist_world_1, shape):
     for _ in range(2):  # fresh random batches
         ids = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_length))
         with torch.no_grad():
-            ours = model(input_ids=ids, position_ids=position_ids_for(ids), attention_mask=None)[..., :cfg.model.vocab_size]
+            ours = model(input_ids=ids, position_ids=position_ids_for(ids), attention_mask=None)[
+                ..., : cfg.model.vocab_size
+            ]
             ref = hf(input_ids=ids).logits
         rel = float((ours - ref).norm() / ref.norm())
         assert rel < 1e-5, f"{shape}: relative logit difference {rel:.2e}"
@@ -100,7 +122,7 @@ def test_hf_mapping_round_trip_is_exact(dist_world_1):
     back = from_hf_state_dict(hf, cfg.model, padded_vocab_size(cfg))
     assert back.keys() == sd.keys()
     for k in sd:
-        ours = sd[k] if "word_embeddings" not in k and "output_layer" not in k else sd[k][:cfg.model.vocab_size]
+        ours = sd[k] if "word_embeddings" not in k and "output_layer" not in k else sd[k][: cfg.model.vocab_size]
         assert torch.equal(back[k][: ours.shape[0]], ours), k
 
 

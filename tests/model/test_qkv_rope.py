@@ -59,8 +59,11 @@ def interpreted_kernels(monkeypatch):
     qkv_rope._kernels.cache_clear()
 
 
-@pytest.mark.parametrize("s, b, groups, heads, dim", [(6, 2, 2, 3, 8), (5, 1, 3, 1, 16), (9, 3, 1, 4, 4)],
-                         ids=["gqa", "rows-not-a-block-multiple", "one-group"])
+@pytest.mark.parametrize(
+    "s, b, groups, heads, dim",
+    [(6, 2, 2, 3, 8), (5, 1, 3, 1, 16), (9, 3, 1, 4, 4)],
+    ids=["gqa", "rows-not-a-block-multiple", "one-group"],
+)
 def test_triton_kernels_compute_the_reference(interpreted_kernels, s, b, groups, heads, dim):
     x, split = _qkv(s, b, groups, heads, dim)
     freqs = _freqs(s, dim)
@@ -85,12 +88,15 @@ def test_triton_kernels_use_the_k_angles_for_k(interpreted_kernels):
     assert not torch.allclose(out[1], qkv_rope.qkv_rope_reference(x, q_freqs, q_freqs, split)[1])
 
 
-@pytest.mark.parametrize("shape, split, freqs, message", [
-    ((6, 2, 40), [24, 8, 8], (9, 1, 1, 8), "must be \\[s, b, groups, width\\]"),
-    ((6, 2, 2, 40), [24, 8, 4], (9, 1, 1, 8), "does not describe grouped q, k, v heads"),
-    ((6, 2, 2, 40), [24, 8, 8], (4, 1, 1, 8), "rotary angles must be \\[s >= 6, 1, 1, d\\]"),
-    ((6, 2, 2, 40), [24, 8, 8], (9, 1, 1, 4), "partial rotary is not supported"),
-])
+@pytest.mark.parametrize(
+    "shape, split, freqs, message",
+    [
+        ((6, 2, 40), [24, 8, 8], (9, 1, 1, 8), "must be \\[s, b, groups, width\\]"),
+        ((6, 2, 2, 40), [24, 8, 4], (9, 1, 1, 8), "does not describe grouped q, k, v heads"),
+        ((6, 2, 2, 40), [24, 8, 8], (4, 1, 1, 8), "rotary angles must be \\[s >= 6, 1, 1, d\\]"),
+        ((6, 2, 2, 40), [24, 8, 8], (9, 1, 1, 4), "partial rotary is not supported"),
+    ],
+)
 def test_layouts_it_does_not_handle_are_refused(shape, split, freqs, message):
     with pytest.raises(ValueError, match=message):
         qkv_rope.apply_qkv_rope(torch.zeros(shape), torch.zeros(freqs), torch.zeros(freqs), split)
@@ -101,8 +107,11 @@ def test_patch_binds_and_restores_megatrons_name():
 
     from megatron_patches import qkv_rope as patch
 
-    module = sys.modules["megatron.core.transformer.attention"] if "megatron.core.transformer.attention" in sys.modules \
+    module = (
+        sys.modules["megatron.core.transformer.attention"]
+        if "megatron.core.transformer.attention" in sys.modules
         else importlib.import_module("megatron.core.transformer.attention")
+    )
     before = getattr(module, patch.NAME, None)
     try:
         assert patch.apply() and patch.is_applied()
@@ -122,7 +131,10 @@ def test_patch_target_still_calls_the_name_with_four_arguments():
     from megatron_patches import qkv_rope as patch
 
     source = inspect.getsource(Attention.forward)
-    assert f"{patch.NAME}(\n                    mixed_qkv, q_pos_emb, k_pos_emb, qkv_split_arg_list\n                )" in source
+    assert (
+        f"{patch.NAME}(\n                    mixed_qkv, q_pos_emb, k_pos_emb, qkv_split_arg_list\n                )"
+        in source
+    )
 
 
 def test_only_models_that_call_the_rope_move_its_binding(monkeypatch, caplog):
@@ -143,9 +155,11 @@ def test_only_models_that_call_the_rope_move_its_binding(monkeypatch, caplog):
     try:
         model_module._select_qkv_rope_kernel(cfg("kernels.backend=te", "kernels.qkv_rope_kernel=triton"))
         assert patch.is_applied()
-        for other in (("kernels.backend=torch", "kernels.qkv_rope_kernel=te"),
-                      ("kernels.backend=te", "kernels.fused_qkv_rope=false", "kernels.qkv_rope_kernel=te"),
-                      ("kernels.backend=te", "kernels.rope_fusion=false", "kernels.qkv_rope_kernel=te")):
+        for other in (
+            ("kernels.backend=torch", "kernels.qkv_rope_kernel=te"),
+            ("kernels.backend=te", "kernels.fused_qkv_rope=false", "kernels.qkv_rope_kernel=te"),
+            ("kernels.backend=te", "kernels.rope_fusion=false", "kernels.qkv_rope_kernel=te"),
+        ):
             model_module._select_qkv_rope_kernel(cfg(*other))
             assert patch.is_applied(), other
         assert not caplog.records
@@ -161,8 +175,13 @@ def test_only_models_that_call_the_rope_move_its_binding(monkeypatch, caplog):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a host without CUDA")
 def test_microbench_refuses_without_a_gpu_with_exit_2(tmp_path):
     out = tmp_path / "rope.json"
-    proc = subprocess.run([sys.executable, "-m", "litespark.bench.qkv_rope_kernels", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "litespark.bench.qkv_rope_kernels", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "needs a CUDA GPU" in proc.stderr
     assert not out.exists()

@@ -32,7 +32,6 @@ def test_te_spec_slots():
     assert get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp.module is TEFusedMLP
 
 
-
 def test_megatron_lm_spec_entry_point():
     # What Megatron-LM's `--spec litespark.model.megatron_lm_spec te_layer_spec` resolves (vars(module)[name]).
     from megatron.core.transformer.spec_utils import import_module
@@ -41,7 +40,6 @@ def test_megatron_lm_spec_entry_point():
 
     spec = import_module(("litespark.model.megatron_lm_spec", "te_layer_spec"))
     assert spec == get_litespark_layer_spec("te")
-
 
 
 def test_te_and_torch_backends_share_parameter_names(dist_world_1):
@@ -54,11 +52,14 @@ def test_te_and_torch_backends_share_parameter_names(dist_world_1):
 
 
 # Kernel choices that must not change the function: each is compared with the torch backend.
-KERNEL_KINDS = {"megatron-swiglu": ["kernels.te_swiglu=false"], "fused-mlp": ["kernels.fused_mlp=true"],
-                "te-swiglu": ["kernels.te_swiglu=true"], "split-qkv-rope": ["kernels.fused_qkv_rope=false"],
-                "native-cross-entropy": ["kernels.te_cross_entropy=false"],
-                "te-qkv-rope": ["kernels.qkv_rope_kernel=te"]}
-
+KERNEL_KINDS = {
+    "megatron-swiglu": ["kernels.te_swiglu=false"],
+    "fused-mlp": ["kernels.fused_mlp=true"],
+    "te-swiglu": ["kernels.te_swiglu=true"],
+    "split-qkv-rope": ["kernels.fused_qkv_rope=false"],
+    "native-cross-entropy": ["kernels.te_cross_entropy=false"],
+    "te-qkv-rope": ["kernels.qkv_rope_kernel=te"],
+}
 
 
 @pytest.mark.parametrize("kind", sorted(KERNEL_KINDS))
@@ -79,13 +80,25 @@ def test_te_bf16_matches_torch_backend(dist_world_1, kind):
     for model in (te_model, torch_model):
         with torch.no_grad():
             logits = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None).float()
-        loss = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).float().mean()
+        loss = (
+            model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels)
+            .float()
+            .mean()
+        )
         loss.backward()
         layer = model.decoder.layers[0]
-        results.append((logits, loss.detach().reshape(1), layer.self_attention.linear_qkv.weight.grad.float(),
-                        layer.mlp.linear_fc1.weight.grad.float(), layer.mlp.linear_fc2.weight.grad.float()))
-    for what, a, b in zip(("logits", "loss", "qkv weight gradient", "fc1 weight gradient", "fc2 weight gradient"),
-                          *results):
+        results.append(
+            (
+                logits,
+                loss.detach().reshape(1),
+                layer.self_attention.linear_qkv.weight.grad.float(),
+                layer.mlp.linear_fc1.weight.grad.float(),
+                layer.mlp.linear_fc2.weight.grad.float(),
+            )
+        )
+    for what, a, b in zip(
+        ("logits", "loss", "qkv weight gradient", "fc1 weight gradient", "fc2 weight gradient"), *results
+    ):
         rel = float((a - b).norm() / b.norm())
         assert rel < 2e-2, f"{kind}: TE vs torch backend relative {what} difference {rel:.3e}"
     attention = te_model.decoder.layers[0].self_attention
@@ -101,20 +114,25 @@ def test_te_bf16_matches_torch_backend(dist_world_1, kind):
         assert isinstance(te_model.decoder.layers[0].mlp.activation_func, SwiGLU)
 
 
-
-@pytest.mark.parametrize("recipe, fused_mlp", [
-    ("delayed", False), ("tensorwise", False), ("blockwise", False), ("tensorwise", True)])
+@pytest.mark.parametrize(
+    "recipe, fused_mlp", [("delayed", False), ("tensorwise", False), ("blockwise", False), ("tensorwise", True)]
+)
 def test_fp8_forward_backward(dist_world_1, recipe, fused_mlp):
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
-    cfg, model = build_on_gpu("te", "precision.fp8=true", f"precision.fp8_recipe={recipe}",
-                        f"kernels.fused_mlp={str(fused_mlp).lower()}")
+    cfg, model = build_on_gpu(
+        "te", "precision.fp8=true", f"precision.fp8_recipe={recipe}", f"kernels.fused_mlp={str(fused_mlp).lower()}"
+    )
     inputs, labels = random_batch(cfg)
     losses = []
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(3):
         opt.zero_grad()
-        loss = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).float().mean()
+        loss = (
+            model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels)
+            .float()
+            .mean()
+        )
         loss.backward()
         for name, p in model.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), f"{recipe}: bad gradient for {name}"
@@ -122,7 +140,6 @@ def test_fp8_forward_backward(dist_world_1, recipe, fused_mlp):
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses))), losses
     assert losses[-1] < losses[0], f"{recipe}: loss did not fall on a fixed batch: {losses}"
-
 
 
 def test_fp8_output_layer_keeps_the_weight_and_trains_like_the_bf16_head(dist_world_1):
@@ -136,13 +153,22 @@ def test_fp8_output_layer_keeps_the_weight_and_trains_like_the_bf16_head(dist_wo
     from litespark.model.modules.fp8_output_layer import fp8_output_layer_class
     from litespark.runtime.engine import build_engine
 
-    common = ["precision.fp8=true", "data.global_batch_size=4", "optim.lr=1e-3", "optim.warmup_iters=2",
-              "optim.min_lr=1e-3", "optim.clip_grad=0.5", "precision.fp32_grad_accumulation=true"]
+    common = [
+        "precision.fp8=true",
+        "data.global_batch_size=4",
+        "optim.lr=1e-3",
+        "optim.warmup_iters=2",
+        "optim.min_lr=1e-3",
+        "optim.clip_grad=0.5",
+        "precision.fp32_grad_accumulation=true",
+    ]
     runs, states = {}, {}
     for fp8_head in (True, False):
         cfg, model = build_on_gpu("te", *common, f"precision.fp8_output_layer={str(fp8_head).lower()}")
         assert isinstance(model.output_layer, fp8_output_layer_class()) is fp8_head
-        states[fp8_head] = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+        states[fp8_head] = {
+            k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")
+        }
         if fp8_head:
             assert "output_layer._extra_state" in model.state_dict()
         engine, optimizer, _ = build_engine(cfg, model, 1)
@@ -158,7 +184,6 @@ def test_fp8_output_layer_keeps_the_weight_and_trains_like_the_bf16_head(dist_wo
     assert runs[True][-1][0] < 0.8 * runs[True][0][0], f"loss did not fall: {runs[True]}"
 
 
-
 def test_cudnn_norm_kernels_compute_what_te_kernels_do(tmp_path):
     """``kernels.norm_kernel``: TE's RMSNorm kernels and cuDNN's, one process each (TE reads the switch
     once per process), same weights and batch: the switch takes effect and the results agree."""
@@ -170,8 +195,14 @@ def test_cudnn_norm_kernels_compute_what_te_kernels_do(tmp_path):
     results = {}
     for kernel in ("te", "cudnn"):
         out = tmp_path / f"{kernel}.pt"
-        proc = subprocess.run([sys.executable, "tests/helpers/workers/norm_kernel_worker.py", "--norm-kernel", kernel, "--out", str(out)],
-                              cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "tests/helpers/workers/norm_kernel_worker.py", "--norm-kernel", kernel, "--out", str(out)],
+            cwd=ROOT,
+            env=train_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-4000:]
         results[kernel] = torch.load(out)
     value = {"te": "0", "cudnn": "1"}
@@ -185,8 +216,9 @@ def test_cudnn_norm_kernels_compute_what_te_kernels_do(tmp_path):
         for what in ("logits", "loss", "qkv_grad", "fc1_grad"):
             a, b = results["cudnn"][precision][what], results["te"][precision][what]
             rel = float((a - b).norm() / b.norm())
-            assert rel < (1e-2 if precision == "bf16" else 3e-2), f"{precision} {what}: cuDNN vs TE norm relative difference {rel:.3e}"
-
+            assert rel < (1e-2 if precision == "bf16" else 3e-2), (
+                f"{precision} {what}: cuDNN vs TE norm relative difference {rel:.3e}"
+            )
 
 
 def test_triton_qkv_rope_matches_tes_kernel():

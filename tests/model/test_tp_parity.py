@@ -19,8 +19,13 @@ def _run(tmp_path, tp: int, *overrides: str) -> dict:
 
 
 def test_tp2_reproduces_tp1(tmp_path):
-    shape = ("model.hidden_size=96", "model.num_attention_heads=6", "model.num_query_groups=2",
-             "model.ffn_hidden_size=192", "model.rotary_base=50000")
+    shape = (
+        "model.hidden_size=96",
+        "model.num_attention_heads=6",
+        "model.num_query_groups=2",
+        "model.ffn_hidden_size=192",
+        "model.rotary_base=50000",
+    )
     one, two = _run(tmp_path, 1, *shape), _run(tmp_path, 2, *shape)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-5)
     assert two["grad_sq"] == pytest.approx(one["grad_sq"], rel=1e-5)

@@ -50,7 +50,9 @@ def test_nan_mask_fills_what_deepspeeds_fills(unpatched):
     assert scalar.item() == -1.0
 
 
-@pytest.mark.parametrize("global_norm", [torch.tensor(40.0), 40.0, torch.tensor(0.5), None], ids=["tensor", "float", "no-clip", "computed"])
+@pytest.mark.parametrize(
+    "global_norm", [torch.tensor(40.0), 40.0, torch.tensor(0.5), None], ids=["tensor", "float", "no-clip", "computed"]
+)
 def test_clip_scales_like_deepspeeds(unpatched, global_norm):
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(n, generator=g) * 10 for n in (7, 300, 64)]
@@ -102,6 +104,7 @@ def test_training_with_the_patches_equals_training_without(dist_world_1, monkeyp
                 return bound(*args, **kwargs)
 
             monkeypatch.setattr(bf16_optimizer, "clip_tensors_by_global_norm", counted)
+
         return before_steps
 
     for on in (True, False):

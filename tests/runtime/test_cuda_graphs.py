@@ -99,7 +99,9 @@ def test_block_arguments_still_match_megatron():
     from megatron.core.transformer.transformer_block import TransformerBlock
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(TransformerBlock.forward)))
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "layer"]
+    calls = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "layer"
+    ]
     assert calls, "TransformerBlock.forward no longer calls layer(...)"
     for call in calls:
         assert {k.arg for k in call.keywords} == {"hidden_states", "rotary_pos_emb", *_MUST_BE_NONE}
@@ -147,8 +149,11 @@ def test_first_gradient_is_copied_out_of_the_graph_buffer(hooked):
 
 def _fragments(model) -> list[tuple[int, bool]]:
     """(address, tracked by autograd) of DeepSpeed's bf16 slice of each weight (no tensor kept)."""
-    return [(p._hp_mapping.lp_fragment.data_ptr(), p._hp_mapping.lp_fragment.grad_fn is not None)
-            for p in model.parameters() if getattr(p, "_hp_mapping", None) is not None]
+    return [
+        (p._hp_mapping.lp_fragment.data_ptr(), p._hp_mapping.lp_fragment.grad_fn is not None)
+        for p in model.parameters()
+        if getattr(p, "_hp_mapping", None) is not None
+    ]
 
 
 def test_deepspeed_retained_grad_nodes_are_released(dist_world_1):

@@ -25,7 +25,6 @@ def evaluate_once(engine, sequences: torch.Tensor) -> float:
     return float(losses.float().mean())
 
 
-
 @pytest.mark.parametrize("fp8,captured", [(False, None), (True, None), (True, 2)], ids=["bf16", "fp8", "fp8-first2of4"])
 def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
     """kernels.cuda_graphs through the trainer's engine and train_step, 4 layers, 2 micro-batches per
@@ -45,10 +44,19 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
     for graphs in (False, True):
         partial = [f"kernels.cuda_graph_layers={captured}"] if graphs and captured else []
         # The eager run keeps the graphed run's bf16 gradients (the graphs cannot use fp32 accumulation).
-        cfg, model = build_on_gpu("te", f"precision.fp8={str(fp8).lower()}", f"kernels.cuda_graphs={str(graphs).lower()}",
-                            "model.num_layers=4", *partial, "precision.fp32_grad_accumulation=false",
-                            "data.global_batch_size=4", "optim.lr=1e-3", "optim.warmup_iters=2",
-                            f"run.train_iters={steps}", "optim.min_lr=1e-3")
+        cfg, model = build_on_gpu(
+            "te",
+            f"precision.fp8={str(fp8).lower()}",
+            f"kernels.cuda_graphs={str(graphs).lower()}",
+            "model.num_layers=4",
+            *partial,
+            "precision.fp32_grad_accumulation=false",
+            "data.global_batch_size=4",
+            "optim.lr=1e-3",
+            "optim.warmup_iters=2",
+            f"run.train_iters={steps}",
+            "optim.min_lr=1e-3",
+        )
         engine, _, _ = build_engine(cfg, model, 1)
         g = torch.Generator().manual_seed(11)
         data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=g).cuda()
@@ -71,11 +79,13 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
     assert losses[-1] < 0.8 * losses[0], f"loss did not fall with graphs: {losses}"
     tol = 0.03 if fp8 else 0.01
     for step, ((eager, eager_norm), (graphed, graphed_norm)) in enumerate(zip(runs[False], runs[True])):
-        assert abs(graphed_norm - eager_norm) <= tol * eager_norm, \
+        assert abs(graphed_norm - eager_norm) <= tol * eager_norm, (
             f"step {step}: gradient norm graphed {graphed_norm:.4f} vs eager {eager_norm:.4f}; (loss, norm) {runs}"
-        assert abs(graphed - eager) <= tol * eager, f"step {step}: loss graphed {graphed:.4f} vs eager {eager:.4f}; {runs}"
+        )
+        assert abs(graphed - eager) <= tol * eager, (
+            f"step {step}: loss graphed {graphed:.4f} vs eager {eager:.4f}; {runs}"
+        )
     assert abs(evals[True] - evals[False]) <= tol * evals[False], f"evaluation loss: {evals}"
-
 
 
 def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path):
@@ -88,8 +98,16 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
     from litespark.runtime.engine import build_engine
     from litespark.training.checkpoint import load_latest_checkpoint, save_checkpoint
 
-    overrides = ("precision.fp8=true", "kernels.cuda_graphs=true", "model.num_layers=4", "data.global_batch_size=4",
-                 "optim.lr=1e-3", "optim.warmup_iters=2", "run.train_iters=8", "optim.min_lr=1e-4")
+    overrides = (
+        "precision.fp8=true",
+        "kernels.cuda_graphs=true",
+        "model.num_layers=4",
+        "data.global_batch_size=4",
+        "optim.lr=1e-3",
+        "optim.warmup_iters=2",
+        "run.train_iters=8",
+        "optim.min_lr=1e-4",
+    )
     cfg, model = build_on_gpu("te", *overrides)
     engine, _, _ = build_engine(cfg, model, 1)
     losses_and_norms(engine, cfg, 4, seed=5)
@@ -98,12 +116,15 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
     del engine, model
     torch.cuda.empty_cache()
 
-    cfg, model = build_on_gpu("te", *overrides, "run.seed=99")  # other initial weights: the checkpoint must replace them
+    cfg, model = build_on_gpu(
+        "te", *overrides, "run.seed=99"
+    )  # other initial weights: the checkpoint must replace them
     engine, _, _ = build_engine(cfg, model, 1)
     assert load_latest_checkpoint(engine, tmp_path)["step"] == 4
     resumed = losses_and_norms(engine, cfg, 4, seed=5)
     replays = [layer.forward.replays for layer in engine.module.decoder.layers]
     assert replays == [2 * 4] * 4, f"not every training forward was a replay: {replays}"
     for step, ((ref, ref_norm), (got, got_norm)) in enumerate(zip(uninterrupted, resumed)):
-        assert abs(got - ref) <= 2e-3 * ref and abs(got_norm - ref_norm) <= 1e-2 * ref_norm, \
+        assert abs(got - ref) <= 2e-3 * ref and abs(got_norm - ref_norm) <= 1e-2 * ref_norm, (
             f"step {step + 5}: (loss, grad norm) resumed {resumed} vs uninterrupted {uninterrupted}"
+        )

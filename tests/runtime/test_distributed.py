@@ -8,11 +8,19 @@ from litespark.runtime.distributed import expand_nodelist, launcher_env
 
 
 def test_launcher_env_from_slurm():
-    env = launcher_env({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
-                        "SLURM_JOB_NODELIST": "gpu[007-008]", "SLURM_JOB_ID": "4242"})
+    env = launcher_env(
+        {
+            "SLURM_PROCID": "9",
+            "SLURM_NTASKS": "16",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[007-008]",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
     assert env == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu007", "MASTER_PORT": "24242"}
-    torchrun = launcher_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "5",
-                             "SLURM_PROCID": "0"})
+    torchrun = launcher_env(
+        {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "5", "SLURM_PROCID": "0"}
+    )
     assert torchrun["RANK"] == "1" and torchrun["MASTER_ADDR"] == "h"  # torchrun's variables win
     single = launcher_env({"RANK": "0", "WORLD_SIZE": "1"})  # leftovers of a single process: still runs
     assert single["MASTER_ADDR"] == "127.0.0.1" and single["MASTER_PORT"].isdigit()

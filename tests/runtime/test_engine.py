@@ -54,17 +54,30 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
 
     finals, counts = {}, {}
     for sub_group in (10**12, 20_000):
-        cfg = resolve_backend(apply_overrides(get_preset("tiny"), [
-            "data.global_batch_size=4", "data.micro_batch_size=2", "optim.clip_grad=0.05", "optim.warmup_iters=1",
-            "optim.lr=1e-2", f"parallel.zero_sub_group_size={sub_group}"]))
+        cfg = resolve_backend(
+            apply_overrides(
+                get_preset("tiny"),
+                [
+                    "data.global_batch_size=4",
+                    "data.micro_batch_size=2",
+                    "optim.clip_grad=0.05",
+                    "optim.warmup_iters=1",
+                    "optim.lr=1e-2",
+                    f"parallel.zero_sub_group_size={sub_group}",
+                ],
+            )
+        )
         init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
         engine, optimizer, _ = build_engine(cfg, build_model(cfg), 1)
         counts[sub_group] = len(optimizer.bit16_groups)
-        data = torch.randint(0, cfg.model.vocab_size, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(3))
+        data = torch.randint(
+            0, cfg.model.vocab_size, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(3)
+        )
         for _ in range(3):
             train_step(engine, micro_batches(data))
-        finals[sub_group] = {k: v.detach().float().clone() for k, v in engine.module.state_dict().items()
-                             if isinstance(v, torch.Tensor)}
+        finals[sub_group] = {
+            k: v.detach().float().clone() for k, v in engine.module.state_dict().items() if isinstance(v, torch.Tensor)
+        }
     assert counts[10**12] == 2 and counts[20_000] > 4, counts
     one, many = finals[10**12], finals[20_000]
     start = {k: v.float() for k, v in build_model(cfg).state_dict().items() if isinstance(v, torch.Tensor)}
@@ -73,13 +86,16 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
         assert torch.equal(one[k], many[k]), f"{k} differs between one group and split groups"
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    ([], None),                                                     # fp32 gradients (auto): one group
-    (["precision.fp32_grad_accumulation=false"], 250_000_000),
-    (["parallel.zero_stage=2"], 250_000_000),                       # no fp32 gradients with ZeRO-2
-    (["kernels.backend=torch"], 250_000_000),
-    (["parallel.zero_sub_group_size=1000"], 1000),                  # explicit value wins
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ([], None),  # fp32 gradients (auto): one group
+        (["precision.fp32_grad_accumulation=false"], 250_000_000),
+        (["parallel.zero_stage=2"], 250_000_000),  # no fp32 gradients with ZeRO-2
+        (["kernels.backend=torch"], 250_000_000),
+        (["parallel.zero_sub_group_size=1000"], 1000),  # explicit value wins
+    ],
+)
 def test_automatic_sub_group_size_follows_the_gradient_precision(overrides, expected):
     from litespark.config.automatic import zero_sub_group_size
 

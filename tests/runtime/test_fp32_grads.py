@@ -22,15 +22,18 @@ def _cfg(*sets: str):
     return apply_overrides(get_preset("tiny"), ["precision.bf16=true", *sets])
 
 
-@pytest.mark.parametrize("sets, expected", [
-    (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8"], True),
-    (["kernels.backend=te", "data.micro_batch_size=2"], False),  # graphs come on automatically there
-    (["kernels.backend=te", "data.micro_batch_size=2", "kernels.cuda_graphs=false"], True),
-    (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8", "parallel.zero_stage=2"], False),
-    (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8", "precision.bf16=false"], False),
-    (["kernels.backend=torch", "data.micro_batch_size=4", "data.global_batch_size=8"], False),
-    (["kernels.backend=torch", "precision.fp32_grad_accumulation=true"], True),
-])
+@pytest.mark.parametrize(
+    "sets, expected",
+    [
+        (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8"], True),
+        (["kernels.backend=te", "data.micro_batch_size=2"], False),  # graphs come on automatically there
+        (["kernels.backend=te", "data.micro_batch_size=2", "kernels.cuda_graphs=false"], True),
+        (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8", "parallel.zero_stage=2"], False),
+        (["kernels.backend=te", "data.micro_batch_size=4", "data.global_batch_size=8", "precision.bf16=false"], False),
+        (["kernels.backend=torch", "data.micro_batch_size=4", "data.global_batch_size=8"], False),
+        (["kernels.backend=torch", "precision.fp32_grad_accumulation=true"], True),
+    ],
+)
 def test_automatic_setting(sets, expected):
     assert fp32_grad_accumulation(_cfg(*sets)) is expected
 
@@ -41,16 +44,21 @@ def test_resolve_writes_the_automatic_choice():
 
 
 def test_asking_for_fp32_gradients_keeps_the_automatic_graphs_off():
-    cfg = resolve_backend(_cfg("kernels.backend=te", "data.micro_batch_size=2", "precision.fp32_grad_accumulation=true"))
+    cfg = resolve_backend(
+        _cfg("kernels.backend=te", "data.micro_batch_size=2", "precision.fp32_grad_accumulation=true")
+    )
     assert cfg.kernels.cuda_graphs is False and cfg.precision.fp32_grad_accumulation is True
     assert resolve_backend(_cfg("kernels.backend=te", "data.micro_batch_size=2")).kernels.cuda_graphs is True
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["parallel.zero_stage=2"], "needs parallel.zero_stage=1, not 2"),
-    (["precision.bf16=false"], "needs precision.bf16=true"),
-    (["kernels.backend=te", "kernels.cuda_graphs=true"], "cannot be combined with kernels.cuda_graphs=true"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["parallel.zero_stage=2"], "needs parallel.zero_stage=1, not 2"),
+        (["precision.bf16=false"], "needs precision.bf16=true"),
+        (["kernels.backend=te", "kernels.cuda_graphs=true"], "cannot be combined with kernels.cuda_graphs=true"),
+    ],
+)
 def test_impossible_combinations_are_refused(sets, message):
     with pytest.raises(ConfigError, match=message):
         validate(_cfg("precision.fp32_grad_accumulation=true", *sets))
@@ -90,7 +98,9 @@ def test_linked_weights_accumulate_into_deepspeeds_fp32_buffers(dist_world_1):
 
 
 def test_a_linked_weight_missing_from_the_first_micro_batch_is_refused(dist_world_1):
-    with pytest.raises(RuntimeError, match=r"1 linked TE weight\(s\) took no part in the first micro-batch \(idle.weight\)"):
+    with pytest.raises(
+        RuntimeError, match=r"1 linked TE weight\(s\) took no part in the first micro-batch \(idle.weight\)"
+    ):
         train_toy(True, link=True, steps=1, model_class=_ToyLMWithIdleLinear)
 
 
@@ -129,8 +139,12 @@ def test_the_step_zeroes_only_gradients_that_arrive_by_addition(dist_world_1):
         assert module.weight.overwrite_main_grad is True
         assert module.weight.main_grad.abs().sum() > 0, "a linked gradient was zeroed"
     linked = {(i, j) for i, j in link.slots}
-    others = [g for i, group in enumerate(optimizer.fp32_groups_gradients) for j, g in enumerate(group)
-              if (i, j) not in linked]
+    others = [
+        g
+        for i, group in enumerate(optimizer.fp32_groups_gradients)
+        for j, g in enumerate(group)
+        if (i, j) not in linked
+    ]
     assert len(others) == 2 and all(torch.count_nonzero(g) == 0 for g in others)  # embedding, norm weight
     assert not any(any(flags) for flags in optimizer.fp32_groups_has_gradients)
     link.mark()
@@ -174,8 +188,9 @@ def test_linked_gradients_on_two_data_parallel_ranks_train_like_deepspeeds_own(d
     for a, b in zip(runs[1]["norms"], runs[0]["norms"]):
         assert abs(a - b) <= 0.01 * b, (runs[1]["norms"], runs[0]["norms"])
     one_rank_norms = train_toy(True, link=True)[3]
-    assert any(abs(a - b) > 0.01 * b for a, b in zip(runs[1]["norms"], one_rank_norms)), \
+    assert any(abs(a - b) > 0.01 * b for a, b in zip(runs[1]["norms"], one_rank_norms)), (
         "two ranks saw the same gradients as one: the second rank's data did not count"
+    )
     for k, fused in runs[1]["weights"].items():
         plain = runs[0]["weights"][k]
         moved = (plain - start[k]).norm()
@@ -192,8 +207,15 @@ def test_fp32_gradients_on_two_data_parallel_ranks(tmp_path):
     from litespark.convert.litespark_checkpoint import fp32_master_weights, read_checkpoint, resolve_checkpoint
     from tests.helpers.processes import read_metrics, run_training
 
-    common = ["data.source=mock", "run.log_interval=1", "optim.warmup_iters=2", "optim.decay_iters=100",
-              "precision.bf16=true", "run.train_iters=6", "checkpoint.save_interval=6"]
+    common = [
+        "data.source=mock",
+        "run.log_interval=1",
+        "optim.warmup_iters=2",
+        "optim.decay_iters=100",
+        "precision.bf16=true",
+        "run.train_iters=6",
+        "checkpoint.save_interval=6",
+    ]
     losses = {}
     for fp32 in (True, False):
         run_dir = tmp_path / str(fp32)
@@ -204,7 +226,9 @@ def test_fp32_gradients_on_two_data_parallel_ranks(tmp_path):
         assert loss == pytest.approx(losses[False][step], rel=2e-2), (step, losses)
     step_dir = resolve_checkpoint(tmp_path / "True")
     assert sorted(p.name for p in step_dir.glob("bf16_zero_pp_rank_*_optim_states.pt")) == [
-        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
     _, (stored,) = read_checkpoint(step_dir)
     masters = fp32_master_weights(step_dir)
     assert masters.keys() == stored.keys()

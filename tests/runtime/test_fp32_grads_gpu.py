@@ -33,16 +33,24 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     early = 3  # steps 0-2 run at warm-up learning rates; the loss had not moved yet in any measured run
     runs = {}
     for fused in (True, False):
-        cfg, model = build_on_gpu("te", f"precision.fp8={str(fp8).lower()}", "data.global_batch_size=4", "optim.lr=1e-3",
-                            "optim.warmup_iters=2", "optim.min_lr=1e-3", "optim.clip_grad=0.5",
-                            f"precision.fp32_grad_accumulation={str(fused).lower()}")
+        cfg, model = build_on_gpu(
+            "te",
+            f"precision.fp8={str(fp8).lower()}",
+            "data.global_batch_size=4",
+            "optim.lr=1e-3",
+            "optim.warmup_iters=2",
+            "optim.min_lr=1e-3",
+            "optim.clip_grad=0.5",
+            f"precision.fp32_grad_accumulation={str(fused).lower()}",
+        )
         engine, optimizer, _ = build_engine(cfg, model, 1)
         assert type(optimizer).__name__ == ("BF16_Optimizer" if fused else "DeepSpeedZeroOptimizer")
         if fused:
             link = engine.litespark_fp32_grads
             # + the output layer where it is a TE linear too (precision.fp8_output_layer)
-            assert len(link.slots) == 4 * cfg.model.num_layers + fp8_output_layer(cfg), \
+            assert len(link.slots) == 4 * cfg.model.num_layers + fp8_output_layer(cfg), (
                 "not every TE linear (qkv, proj, fc1, fc2, FP8 output layer) is linked"
+            )
         out = losses_and_norms(engine, cfg, 8)
         if fused:
             qkv = engine.module.decoder.layers[0].self_attention.linear_qkv.weight
@@ -53,6 +61,7 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(runs[True], runs[False])):
         norm_tol = 0.005 if step < early else (0.10 if fp8 else 0.02)
         assert abs(loss - ref_loss) <= 0.01 * ref_loss, f"step {step}: loss; fp32 {runs[True]} bf16 {runs[False]}"
-        assert abs(norm - ref_norm) <= norm_tol * ref_norm, \
+        assert abs(norm - ref_norm) <= norm_tol * ref_norm, (
             f"step {step}: gradient norm {norm:.4f} vs {ref_norm:.4f}; fp32 {runs[True]} bf16 {runs[False]}"
+        )
     assert runs[True][-1][0] < 0.8 * runs[True][0][0], f"loss did not fall: {runs[True]}"

@@ -47,10 +47,17 @@ def test_a_long_git_status_does_not_fail_the_job(tmp_path):
     python = _stub(tmp_path / "python", STUB_PYTHON)
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", LITESPARK_HOME=str(ROOT), LITESPARK_PYTHON=str(python),
-               LITESPARK_LAUNCHER="torchrun", LITESPARK_RUN_DIR=str(run_dir), LITESPARK_GPUS_PER_NODE="1")
-    proc = subprocess.run(["bash", "slurm/pretrain_3b.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        LITESPARK_HOME=str(ROOT),
+        LITESPARK_PYTHON=str(python),
+        LITESPARK_LAUNCHER="torchrun",
+        LITESPARK_RUN_DIR=str(run_dir),
+        LITESPARK_GPUS_PER_NODE="1",
+    )
+    proc = subprocess.run(
+        ["bash", "slurm/pretrain_3b.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "training finished" in proc.stdout
     (git_txt,) = run_dir.glob("slurm/job-local-restart-0/git.txt")

@@ -38,10 +38,22 @@ def cluster(tmp_path_factory):
 
 
 def _env(run_dir: Path, sets: str, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LITESPARK_")) and
-           k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(LITESPARK_PRESET="tiny", LITESPARK_PYTHON=sys.executable, LITESPARK_RUN_DIR=str(run_dir),
-               LITESPARK_SET=sets, LITESPARK_DATA="mock", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "LITESPARK_"))
+        and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    env.update(
+        LITESPARK_PRESET="tiny",
+        LITESPARK_PYTHON=sys.executable,
+        LITESPARK_RUN_DIR=str(run_dir),
+        LITESPARK_SET=sets,
+        LITESPARK_DATA="mock",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
     return env
 
 
@@ -126,20 +138,56 @@ def test_tokenize_array_job_and_merge(cluster, tmp_path):
     import subprocess
 
     sample = tmp_path / "sample"
-    subprocess.run([sys.executable, "data_prep/make_sample.py", "--out", str(sample), "--max-mb", "1"], cwd=ROOT, check=True)
-    subprocess.run([sys.executable, "data_prep/train_tokenizer.py", "--input", str(sample / "train"), "--vocab-size", "400",
-                    "--out", str(tmp_path / "tok.model")], cwd=ROOT, check=True)
+    subprocess.run(
+        [sys.executable, "data_prep/make_sample.py", "--out", str(sample), "--max-mb", "1"], cwd=ROOT, check=True
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "data_prep/train_tokenizer.py",
+            "--input",
+            str(sample / "train"),
+            "--vocab-size",
+            "400",
+            "--out",
+            str(tmp_path / "tok.model"),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(INPUT=str(sample / "train"), TOKENIZER=str(tmp_path / "tok.model"), OUTPUT=str(tmp_path / "sharded"),
-               TASKS="2", CPUS="1", MERGE_CPUS="1", WORKERS="1", PYTHON=sys.executable, PYTHONPATH=str(ROOT))
+    env.update(
+        INPUT=str(sample / "train"),
+        TOKENIZER=str(tmp_path / "tok.model"),
+        OUTPUT=str(tmp_path / "sharded"),
+        TASKS="2",
+        CPUS="1",
+        MERGE_CPUS="1",
+        WORKERS="1",
+        PYTHON=sys.executable,
+        PYTHONPATH=str(ROOT),
+    )
     proc = cluster.run("bash", "slurm/tokenize_slimpajama.sh", env=env, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     merge = proc.stdout.split("merge job")[1].split()[0]
     state = _wait_done(cluster, merge, timeout=300)
     assert state["JobState"] == "COMPLETED", f"{state}\n{cluster.logs()}"
-    subprocess.run([sys.executable, "data_prep/tokenize_slimpajama.py", "--input", str(sample / "train"), "--tokenizer",
-                    str(tmp_path / "tok.model"), "--output-prefix", str(tmp_path / "direct"), "--no-progress"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "data_prep/tokenize_slimpajama.py",
+            "--input",
+            str(sample / "train"),
+            "--tokenizer",
+            str(tmp_path / "tok.model"),
+            "--output-prefix",
+            str(tmp_path / "direct"),
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     for suffix in (".bin", ".idx"):
         assert (tmp_path / f"sharded{suffix}").read_bytes() == (tmp_path / f"direct{suffix}").read_bytes()
 
@@ -149,8 +197,9 @@ def test_dry_run_prints_launch_and_config(tmp_path):
 
     env = _env(tmp_path / "run", "optim.lr=1e-4")
     env.update(LITESPARK_PRESET="llama-30b", LITESPARK_NODES="4", LITESPARK_HOME=str(ROOT))
-    proc = subprocess.run(["bash", "slurm/pretrain_30b.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "slurm/pretrain_30b.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "llama-30b on 4 node(s) x 8 = 32 processes" in proc.stdout
     assert "preflight ok: llama-30b, world 32 = TP 4 x DP 8" in proc.stdout and "lr: 0.0001" in proc.stdout

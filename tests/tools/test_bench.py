@@ -17,8 +17,16 @@ from tests.helpers.processes import ROOT
 
 
 def _result(stack, tok_s, jpt=None, losses=(11.0, 10.0, 9.0, 8.0), warmup=2, mb=4):
-    r = {"stack": stack, "description": stack, "micro_batch": mb, "tokens_per_s": tok_s, "tflops": tok_s * 2e-8,
-         "losses": list(losses), "final_loss": losses[-1], "warmup_steps": warmup}
+    r = {
+        "stack": stack,
+        "description": stack,
+        "micro_batch": mb,
+        "tokens_per_s": tok_s,
+        "tflops": tok_s * 2e-8,
+        "losses": list(losses),
+        "final_loss": losses[-1],
+        "warmup_steps": warmup,
+    }
     if jpt is not None:
         r.update(joules_per_token=jpt, avg_watts=jpt * tok_s)
     return r
@@ -67,12 +75,28 @@ def test_mean_timed_loss_skips_warmup():
 
 
 def test_report_files(tmp_path):
-    report = {"date": "2026-11-25", "command": "python -m litespark.bench", "versions": {"gpu": "TEST GPU", "torch": "x"},
-              "stacks": list(RECORDED), "results": RECORDED, "wall_seconds": 1.0,
-              "attempts": {k: [{"micro_batch": 8, "status": "out of memory"}, {"micro_batch": 4, "status": "ok"}] for k in RECORDED},
-              "setup": {"preset": "llama-3b", "seq_length": 4096, "global_batch": 8, "warmup": 2, "steps": 2,
-                        "data": "random", "data_description": "random", "peak_tflops": 989.4},
-              "comparison": compare(RECORDED)}
+    report = {
+        "date": "2026-11-25",
+        "command": "python -m litespark.bench",
+        "versions": {"gpu": "TEST GPU", "torch": "x"},
+        "stacks": list(RECORDED),
+        "results": RECORDED,
+        "wall_seconds": 1.0,
+        "attempts": {
+            k: [{"micro_batch": 8, "status": "out of memory"}, {"micro_batch": 4, "status": "ok"}] for k in RECORDED
+        },
+        "setup": {
+            "preset": "llama-3b",
+            "seq_length": 4096,
+            "global_batch": 8,
+            "warmup": 2,
+            "steps": 2,
+            "data": "random",
+            "data_description": "random",
+            "peak_tflops": 989.4,
+        },
+        "comparison": compare(RECORDED),
+    }
     paths = write_report(report, tmp_path / "b")
     assert [p.name for p in paths] == ["b.json", "b.md", "b.png"]
     assert json.loads(paths[0].read_text())["results"]["hf"]["tokens_per_s"] == 20124.0
@@ -82,7 +106,9 @@ def test_report_files(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "8: out of memory, 4: ok" in to_markdown(report)
     report["attempts"]["hf"][0]["where"] = "litespark/runtime/cuda_graphs.py:190 capture_layer_graphs"
-    assert "8: out of memory in `litespark/runtime/cuda_graphs.py:190 capture_layer_graphs`, 4: ok" in to_markdown(report)
+    assert "8: out of memory in `litespark/runtime/cuda_graphs.py:190 capture_layer_graphs`, 4: ok" in to_markdown(
+        report
+    )
 
 
 def test_oom_site_names_the_innermost_litespark_frame():
@@ -111,8 +137,14 @@ def _bench(tmp_path, *args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "litespark.bench", "--preset", "tiny", "--out-dir", str(tmp_path),
-                           "--name", "b", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "litespark.bench", "--preset", "tiny", "--out-dir", str(tmp_path), "--name", "b", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -133,12 +165,15 @@ def test_bench_end_to_end_cpu(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["--stacks", "hf,nope"], "--stacks: unknown nope"),
-    (["--pin", "hf=x"], "--pin 'hf=x'"),
-    (["--data", "/nonexistent/prefix"], "/nonexistent/prefix.bin does not exist"),
-    (["--micro-batches", "4,a"], "--micro-batches"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--stacks", "hf,nope"], "--stacks: unknown nope"),
+        (["--pin", "hf=x"], "--pin 'hf=x'"),
+        (["--data", "/nonexistent/prefix"], "/nonexistent/prefix.bin does not exist"),
+        (["--micro-batches", "4,a"], "--micro-batches"),
+    ],
+)
 def test_bench_bad_input_exit_2(tmp_path, args, message):
     proc = _bench(tmp_path, *args)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -18,16 +18,33 @@ from tests.helpers.processes import ROOT, run_training, torchrun, train_env
 # name -> (--set overrides of the tiny preset, training processes)
 SHAPES = {
     "gqa": (["model.num_query_groups=2"], 4),  # TP=2 x DP=2: ZeRO-2 partitions over two ranks
-    "odd-theta": (["model.hidden_size=96", "model.num_attention_heads=6", "model.num_query_groups=2",
-                   "model.ffn_hidden_size=200", "model.vocab_size=500", "model.rotary_base=500000"], 2),
-    "mha-tied": (["model.num_query_groups=4", "model.ffn_hidden_size=160", "model.vocab_size=384",
-                  "model.tie_embeddings=true"], 2),
+    "odd-theta": (
+        [
+            "model.hidden_size=96",
+            "model.num_attention_heads=6",
+            "model.num_query_groups=2",
+            "model.ffn_hidden_size=200",
+            "model.vocab_size=500",
+            "model.rotary_base=500000",
+        ],
+        2,
+    ),
+    "mha-tied": (
+        ["model.num_query_groups=4", "model.ffn_hidden_size=160", "model.vocab_size=384", "model.tie_embeddings=true"],
+        2,
+    ),
 }
 
 
 def _convert(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "litespark.convert", *args], cwd=ROOT, env=train_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "litespark.convert", *args],
+        cwd=ROOT,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == expect, f"exit {proc.returncode}, expected {expect}:\n{proc.stderr[-3000:]}"
     return proc
 
@@ -45,8 +62,18 @@ def _litespark_logits(checkpoint: Path, tp: int, tokens: torch.Tensor, tmp: Path
     (tmp / "cfg.json").write_text(json.dumps(to_dict(cfg)))
     torch.save(tokens, tmp / "tokens.pt")
     out = tmp / f"logits_tp{tp}.pt"
-    torchrun("tests/helpers/workers/logits_worker.py", tp, "--checkpoint", str(checkpoint), "--config-json",
-             str(tmp / "cfg.json"), "--tokens", str(tmp / "tokens.pt"), "--out", str(out))
+    torchrun(
+        "tests/helpers/workers/logits_worker.py",
+        tp,
+        "--checkpoint",
+        str(checkpoint),
+        "--config-json",
+        str(tmp / "cfg.json"),
+        "--tokens",
+        str(tmp / "tokens.pt"),
+        "--out",
+        str(out),
+    )
     return torch.load(out)
 
 
@@ -68,8 +95,15 @@ def trained(tmp_path_factory):
     out = {}
     for name, (sets, nproc) in SHAPES.items():
         run = tmp_path_factory.mktemp(f"run-{name}")
-        run_training(run, *sets, "parallel.tensor_parallel=2", "parallel.zero_stage=2", "run.train_iters=3",
-                     "run.log_interval=1", nproc=nproc)
+        run_training(
+            run,
+            *sets,
+            "parallel.tensor_parallel=2",
+            "parallel.zero_stage=2",
+            "run.train_iters=3",
+            "run.log_interval=1",
+            nproc=nproc,
+        )
         hf = run.parent / f"hf-{name}"
         _convert("to-hf", "--checkpoint", str(run), "--out", str(hf))
         out[name] = (run, hf)
@@ -99,8 +133,15 @@ def test_shards_and_index(trained, tmp_path):
 
     run, hf = trained["odd-theta"]
     sharded = tmp_path / "sharded"
-    _convert("to-hf", "--checkpoint", str(run / "checkpoints" / "latest"), "--out", str(sharded),
-             "--max-shard-bytes", "200000")
+    _convert(
+        "to-hf",
+        "--checkpoint",
+        str(run / "checkpoints" / "latest"),
+        "--out",
+        str(sharded),
+        "--max-shard-bytes",
+        "200000",
+    )
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     files = sorted(set(index["weight_map"].values()))
     assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
@@ -114,9 +155,18 @@ def _save_hf(path: Path, dtype=torch.float32, **overrides) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    kwargs = {"vocab_size": 500, "hidden_size": 96, "intermediate_size": 200, "num_hidden_layers": 2, "num_attention_heads": 6,
-                  "num_key_value_heads": 2, "rope_theta": 5e5, "rms_norm_eps": 1e-5, "max_position_embeddings": 64,
-                  "tie_word_embeddings": False}
+    kwargs = {
+        "vocab_size": 500,
+        "hidden_size": 96,
+        "intermediate_size": 200,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 6,
+        "num_key_value_heads": 2,
+        "rope_theta": 5e5,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 64,
+        "tie_word_embeddings": False,
+    }
     kwargs.update(overrides)
     model = LlamaForCausalLM(LlamaConfig(**kwargs)).to(dtype)
     with torch.no_grad():  # HF initialises norms to 1: perturb them so that a lost norm shows
@@ -159,10 +209,27 @@ def test_export_generates_and_finetunes_with_trainer(trained, tmp_path):
     from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
 
     run, _ = trained["gqa"]  # vocab 512: the size the tokenizer below is trained with
-    subprocess.run([sys.executable, "data_prep/make_sample.py", "--out", str(tmp_path / "sample"), "--max-mb", "1"],
-                   cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([sys.executable, "data_prep/train_tokenizer.py", "--input", str(tmp_path / "sample" / "train"),
-                    "--vocab-size", "512", "--out", str(tmp_path / "tok.model")], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "data_prep/make_sample.py", "--out", str(tmp_path / "sample"), "--max-mb", "1"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "data_prep/train_tokenizer.py",
+            "--input",
+            str(tmp_path / "sample" / "train"),
+            "--vocab-size",
+            "512",
+            "--out",
+            str(tmp_path / "tok.model"),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     hf = tmp_path / "hf"
     _convert("to-hf", "--checkpoint", str(run), "--out", str(hf), "--tokenizer", str(tmp_path / "tok.model"))
     tok = AutoTokenizer.from_pretrained(hf)
@@ -177,7 +244,7 @@ def test_export_generates_and_finetunes_with_trainer(trained, tmp_path):
     assert generated.shape[1] > prompt.input_ids.shape[1]
     assert isinstance(tok.decode(generated[0]), str)
 
-    ids = torch.tensor(sp.encode(text * 40)[:64 * 8]).view(8, 64)
+    ids = torch.tensor(sp.encode(text * 40)[: 64 * 8]).view(8, 64)
 
     class Rows(torch.utils.data.Dataset):
         def __len__(self):
@@ -186,8 +253,16 @@ def test_export_generates_and_finetunes_with_trainer(trained, tmp_path):
         def __getitem__(self, i):
             return {"input_ids": ids[i], "labels": ids[i]}
 
-    args = TrainingArguments(output_dir=str(tmp_path / "ft"), per_device_train_batch_size=4, max_steps=12,
-                             learning_rate=3e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "ft"),
+        per_device_train_batch_size=4,
+        max_steps=12,
+        learning_rate=3e-3,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=Rows())
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
@@ -200,12 +275,37 @@ def test_one_line_errors(trained, tmp_path):
     import shutil
 
     # tokenizer whose vocabulary does not match the embedding
-    subprocess.run([sys.executable, "data_prep/make_sample.py", "--out", str(tmp_path / "s"), "--max-mb", "1"],
-                   cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([sys.executable, "data_prep/train_tokenizer.py", "--input", str(tmp_path / "s" / "train"),
-                    "--vocab-size", "400", "--out", str(tmp_path / "tok.model")], cwd=ROOT, check=True, capture_output=True)
-    err = _convert("to-hf", "--checkpoint", str(run), "--out", str(tmp_path / "x"), "--tokenizer",
-                   str(tmp_path / "tok.model"), expect=2).stderr
+    subprocess.run(
+        [sys.executable, "data_prep/make_sample.py", "--out", str(tmp_path / "s"), "--max-mb", "1"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "data_prep/train_tokenizer.py",
+            "--input",
+            str(tmp_path / "s" / "train"),
+            "--vocab-size",
+            "400",
+            "--out",
+            str(tmp_path / "tok.model"),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    err = _convert(
+        "to-hf",
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(tmp_path / "x"),
+        "--tokenizer",
+        str(tmp_path / "tok.model"),
+        expect=2,
+    ).stderr
     assert "vocabulary of 400 does not match the model's embedding (500 rows)" in err
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.incomplete-*"))
     # a TP shard missing from the checkpoint
@@ -217,8 +317,13 @@ def test_one_line_errors(trained, tmp_path):
     assert "mp_rank_01_model_states.pt is missing" in err and len(err.strip().splitlines()) == 1
     # a missing safetensors shard of an HF checkpoint
     _convert("to-hf", "--checkpoint", str(run), "--out", str(tmp_path / "sh"), "--max-shard-bytes", "200000")
-    (tmp_path / "sh" / "model-00002-of-{:05d}.safetensors".format(
-        len(set(json.loads((tmp_path / "sh" / "model.safetensors.index.json").read_text())["weight_map"].values())))).unlink()
+    (
+        tmp_path
+        / "sh"
+        / "model-00002-of-{:05d}.safetensors".format(
+            len(set(json.loads((tmp_path / "sh" / "model.safetensors.index.json").read_text())["weight_map"].values()))
+        )
+    ).unlink()
     err = _convert("from-hf", "--hf", str(tmp_path / "sh"), "--out", str(tmp_path / "z"), expect=2).stderr
     assert "shard model-00002-of-" in err and "is missing" in err
     # a model Litespark's Llama does not implement
@@ -238,12 +343,19 @@ def test_pretraining_continues_from_imported_weights(tmp_path):
     differs from a fresh run's on the same data) and trains."""
     _save_hf(tmp_path / "hf", max_position_embeddings=64)
     _convert("from-hf", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ls"))
-    shape = ["model.hidden_size=96", "model.num_attention_heads=6", "model.num_query_groups=2",
-             "model.ffn_hidden_size=200", "model.vocab_size=500", "model.rotary_base=500000"]
+    shape = [
+        "model.hidden_size=96",
+        "model.num_attention_heads=6",
+        "model.num_query_groups=2",
+        "model.ffn_hidden_size=200",
+        "model.vocab_size=500",
+        "model.rotary_base=500000",
+    ]
     from tests.helpers.processes import read_metrics
 
-    run_training(tmp_path / "cont", *shape, f"checkpoint.load={tmp_path / 'ls'}", "run.train_iters=4",
-                 "run.log_interval=1")
+    run_training(
+        tmp_path / "cont", *shape, f"checkpoint.load={tmp_path / 'ls'}", "run.train_iters=4", "run.log_interval=1"
+    )
     run_training(tmp_path / "fresh", *shape, "run.train_iters=4", "run.log_interval=1")
     cont, fresh = read_metrics(tmp_path / "cont"), read_metrics(tmp_path / "fresh")
     # Random HF weights and Megatron's own initialisation give different first losses on the same
@@ -271,9 +383,15 @@ def test_fp32_master_weights_of_split_optimizer_groups(tmp_path, fp32_grads):
     to the bf16 weight the checkpoint stores."""
     from litespark.convert.litespark_checkpoint import fp32_master_weights, read_checkpoint, resolve_checkpoint
 
-    run_training(tmp_path, "data.source=mock", "run.train_iters=2", "checkpoint.save_interval=2",
-                 "precision.bf16=true", "parallel.zero_sub_group_size=20000",
-                 f"precision.fp32_grad_accumulation={str(fp32_grads).lower()}")
+    run_training(
+        tmp_path,
+        "data.source=mock",
+        "run.train_iters=2",
+        "checkpoint.save_interval=2",
+        "precision.bf16=true",
+        "parallel.zero_sub_group_size=20000",
+        f"precision.fp32_grad_accumulation={str(fp32_grads).lower()}",
+    )
     step = resolve_checkpoint(tmp_path)
     manifest = json.loads((step / "litespark.json").read_text())
     assert manifest["optimizer_param_groups"] > 4

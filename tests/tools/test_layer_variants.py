@@ -12,14 +12,31 @@ from tests.helpers.processes import ROOT
 
 
 def _report(rows):
-    return {"preset": "llama-3b", "micro_batch": 8, "seq_length": 4096, "hidden_size": 3072, "num_layers": 28,
-            "gpu": "test GPU", "command": "python -m litespark.bench.layer_variants", "rows": rows}
+    return {
+        "preset": "llama-3b",
+        "micro_batch": 8,
+        "seq_length": 4096,
+        "hidden_size": 3072,
+        "num_layers": 28,
+        "gpu": "test GPU",
+        "command": "python -m litespark.bench.layer_variants",
+        "rows": rows,
+    }
 
 
 def test_markdown_compares_each_variant_with_the_shipped_one_of_its_recipe_and_slot():
     rows = [
-        {"slot": "mlp", "variant": "megatron-mlp", "recipe": "bf16", "ms": 20.0, "peak_extra_gib": 2.5, "finite": True,
-         "rel_out": 0.0, "rel_dgrad": 0.0, "rel_fc1_wgrad": 0.0},
+        {
+            "slot": "mlp",
+            "variant": "megatron-mlp",
+            "recipe": "bf16",
+            "ms": 20.0,
+            "peak_extra_gib": 2.5,
+            "finite": True,
+            "rel_out": 0.0,
+            "rel_dgrad": 0.0,
+            "rel_fc1_wgrad": 0.0,
+        },
         {"slot": "mlp", "variant": "te-layernorm-mlp", "recipe": "bf16", "ms": 19.0, "finite": True},
         {"slot": "mlp", "variant": "megatron-mlp", "recipe": "delayed", "ms": 10.0, "finite": True},
         {"slot": "mlp", "variant": "te-fused-mlp", "recipe": "delayed", "ms": 12.5, "finite": False},
@@ -28,20 +45,38 @@ def test_markdown_compares_each_variant_with_the_shipped_one_of_its_recipe_and_s
         {"slot": "attention", "variant": "sdpa-flash", "recipe": "bf16", "ms": 9.0},
     ]
     md = layer_variants.to_markdown(_report(rows)).splitlines()
-    row = {(c[1], c[2], c[3]): c for c in (line.split(" | ") for line in md if line.startswith("| mlp") or line.startswith("| attention"))}
-    assert row[("te-layernorm-mlp", "bf16", "19.00")][5] == "-5.0%"       # vs megatron-mlp bf16, not delayed
-    assert row[("te-layernorm-mlp", "bf16", "19.00")][4] == "532"         # 19 ms x 28 layers
+    row = {
+        (c[1], c[2], c[3]): c
+        for c in (line.split(" | ") for line in md if line.startswith("| mlp") or line.startswith("| attention"))
+    }
+    assert row[("te-layernorm-mlp", "bf16", "19.00")][5] == "-5.0%"  # vs megatron-mlp bf16, not delayed
+    assert row[("te-layernorm-mlp", "bf16", "19.00")][4] == "532"  # 19 ms x 28 layers
     assert row[("te-fused-mlp", "delayed", "12.50")][5] == "+25.0%"
-    assert row[("te-fused-mlp", "delayed", "12.50")][7] == "NO"           # non-finite results are flagged
-    assert row[("sdpa-flash", "bf16", "9.00")][5] == "+50.0%"             # vs TE attention, not the MLP
+    assert row[("te-fused-mlp", "delayed", "12.50")][7] == "NO"  # non-finite results are flagged
+    assert row[("sdpa-flash", "bf16", "9.00")][5] == "+50.0%"  # vs TE attention, not the MLP
     assert any("failed: RuntimeError: no" in line for line in md)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a host without CUDA")
 def test_refuses_without_a_gpu_with_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "litespark.bench.layer_variants", "--preset", "tiny", "--micro-batch", "1",
-                           "--out", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "litespark.bench.layer_variants",
+            "--preset",
+            "tiny",
+            "--micro-batch",
+            "1",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "needs a CUDA GPU" in proc.stderr
     assert not list(tmp_path.iterdir())
@@ -67,8 +102,16 @@ def test_each_recipe_is_timed_on_the_training_config_with_only_the_recipe_change
     from litespark.config import apply_overrides
     from litespark.config.presets import get_preset
 
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true",
-                                               "precision.fp8_recipe=delayed", "precision.fp8_margin=1"])
+    cfg = apply_overrides(
+        get_preset("tiny"),
+        [
+            "kernels.backend=te",
+            "precision.bf16=true",
+            "precision.fp8=true",
+            "precision.fp8_recipe=delayed",
+            "precision.fp8_margin=1",
+        ],
+    )
     tensorwise = layer_variants._config_for("tensorwise", cfg).precision
     assert (tensorwise.fp8, tensorwise.fp8_recipe, tensorwise.fp8_margin) == (True, "tensorwise", 1)
     assert layer_variants._config_for("bf16", cfg).precision.fp8 is False

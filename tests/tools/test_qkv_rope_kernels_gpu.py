@@ -16,8 +16,23 @@ def test_qkv_rope_microbench_times_the_same_rotation_in_both_implementations(tmp
     from tests.helpers.processes import ROOT
 
     out = tmp_path / "rope.json"
-    proc = subprocess.run([sys.executable, "-m", "litespark.bench.qkv_rope_kernels", "--seq", "512", "--micro-batch", "2",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "litespark.bench.qkv_rope_kernels",
+            "--seq",
+            "512",
+            "--micro-batch",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     for name in ("te", "triton"):

@@ -20,22 +20,20 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _report(*args, expect=0):
-    proc = subprocess.run([sys.executable, "-m", "litespark.report", *map(str, args)], cwd=ROOT, env=train_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "litespark.report", *map(str, args)],
+        cwd=ROOT,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == expect, proc.stderr[-3000:]
     return proc
 
 
 # ---------------------------------------------------------------------------------------------
 # energy arithmetic
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,18 +51,32 @@ def _write_run(path, records, world=8, gb=8, seq=4096, extra_lines=""):
 
 
 def _interval(step, seconds, energy=None, loss=5.0, tokens=10 * 8 * 4096, mfu=0.7, gb=8, seq=4096):
-    r = {"split": "train", "step": step, "loss": loss, "lr": 1e-4, "grad_norm": 1.0, "seconds": seconds,
-         "data_wait_s": 0.5, "tokens": tokens, "consumed_samples": step * gb, "tokens_per_s_per_gpu": tokens / seconds / 8,
-         "mfu": mfu}
+    r = {
+        "split": "train",
+        "step": step,
+        "loss": loss,
+        "lr": 1e-4,
+        "grad_norm": 1.0,
+        "seconds": seconds,
+        "data_wait_s": 0.5,
+        "tokens": tokens,
+        "consumed_samples": step * gb,
+        "tokens_per_s_per_gpu": tokens / seconds / 8,
+        "mfu": mfu,
+    }
     if energy is not None:
         r.update(energy_j=energy, joules_per_token=energy / tokens, power_w_per_gpu=energy / seconds / 8)
     return r
 
 
 def test_summary_arithmetic(tmp_path):
-    recs = [{"split": "setup", "step": 0, "seconds": 60.0, "world_size": 8, "energy_j": 36_000.0},
-            _interval(10, 100.0, 560_000.0, loss=6.0), {"split": "eval", "step": 10, "seconds": 20.0, "energy_j": 72_000.0},
-            _interval(20, 100.0, 540_000.0, loss=5.0), {"split": "checkpoint", "step": 20, "seconds": 30.0, "energy_j": 18_000.0}]
+    recs = [
+        {"split": "setup", "step": 0, "seconds": 60.0, "world_size": 8, "energy_j": 36_000.0},
+        _interval(10, 100.0, 560_000.0, loss=6.0),
+        {"split": "eval", "step": 10, "seconds": 20.0, "energy_j": 72_000.0},
+        _interval(20, 100.0, 540_000.0, loss=5.0),
+        {"split": "checkpoint", "step": 20, "seconds": 30.0, "energy_j": 18_000.0},
+    ]
     _write_run(tmp_path / "r", recs, extra_lines='{"split": "train", "step": 30, "lo')  # killed mid-write
     run = load_run(tmp_path / "r")
     s = summarize(run, grid_gco2_per_kwh=100.0, price_per_gpu_hour=2.5)
@@ -86,9 +98,13 @@ def test_summary_arithmetic(tmp_path):
 
 
 def test_partial_energy_and_resumed_runs(tmp_path):
-    recs = [_interval(10, 100.0, 500_000.0), _interval(20, 100.0, None), _interval(30, 100.0, 500_000.0),
-            {"split": "setup", "step": 20, "seconds": 50.0, "world_size": 8},  # resumed from step 20
-            _interval(30, 90.0, 450_000.0)]
+    recs = [
+        _interval(10, 100.0, 500_000.0),
+        _interval(20, 100.0, None),
+        _interval(30, 100.0, 500_000.0),
+        {"split": "setup", "step": 20, "seconds": 50.0, "world_size": 8},  # resumed from step 20
+        _interval(30, 90.0, 450_000.0),
+    ]
     _write_run(tmp_path / "r", recs)
     run = load_run(tmp_path / "r")
     assert [r["step"] for r in run.train] == [10, 20, 30] and len(run.redone) == 1
@@ -101,8 +117,14 @@ def test_partial_energy_and_resumed_runs(tmp_path):
 @pytest.mark.slow
 def test_compare_ratios(tmp_path):
     _write_run(tmp_path / "a", [_interval(10, 100.0, 700_000.0, loss=6.0), _interval(20, 100.0, 700_000.0, loss=5.0)])
-    _write_run(tmp_path / "b", [_interval(10, 50.0, 300_000.0, loss=6.2), _interval(20, 50.0, 300_000.0, loss=5.2),
-                                _interval(30, 50.0, 300_000.0, loss=4.8)])
+    _write_run(
+        tmp_path / "b",
+        [
+            _interval(10, 50.0, 300_000.0, loss=6.2),
+            _interval(20, 50.0, 300_000.0, loss=5.2),
+            _interval(30, 50.0, 300_000.0, loss=4.8),
+        ],
+    )
     a, b = load_run(tmp_path / "a"), load_run(tmp_path / "b")
     c = compare(a, b)
     assert c["throughput_ratio"] == pytest.approx(2.0)
@@ -132,8 +154,16 @@ def test_bad_input_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_report_of_a_cpu_training_run(tmp_path):
     run_dir = tmp_path / "run"
-    run_training(run_dir, "run.train_iters=12", "run.log_interval=4", "run.eval_interval=6", "run.eval_iters=2",
-                 "checkpoint.save_interval=6", "data.split=90,10,0", nproc=2)
+    run_training(
+        run_dir,
+        "run.train_iters=12",
+        "run.log_interval=4",
+        "run.eval_interval=6",
+        "run.eval_iters=2",
+        "checkpoint.save_interval=6",
+        "data.split=90,10,0",
+        nproc=2,
+    )
     proc = _report(run_dir, "--price-per-gpu-hour", "3")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = read_metrics(run_dir)
@@ -152,7 +182,3 @@ def test_report_of_a_cpu_training_run(tmp_path):
     for name in ("loss", "throughput", "energy", "optimizer"):
         png = (run_dir / f"report_{name}.png").read_bytes()
         assert png[:8] == PNG and len(png) > 10_000
-
-
-
-

@@ -61,9 +61,16 @@ def test_training_on_blended_indexed_data_and_bad_data_exit_2(tmp_path):
         prefix = tmp_path / name
         write_indexed(prefix, [rng.integers(3, 512, size=rng.integers(30, 300)).tolist() for _ in range(200)])
         prefixes.append(str(prefix))
-    run_training(tmp_path / "run", "data.source=indexed", f"data.prefixes={','.join(prefixes)}", "data.weights=0.7,0.3",
-                 "run.train_iters=3", "run.log_interval=1")
-    bad = run_training(tmp_path / "run2", "data.source=indexed", f"data.prefixes={tmp_path / 'nope'}", "run.train_iters=3",
-                       expect=2)
+    run_training(
+        tmp_path / "run",
+        "data.source=indexed",
+        f"data.prefixes={','.join(prefixes)}",
+        "data.weights=0.7,0.3",
+        "run.train_iters=3",
+        "run.log_interval=1",
+    )
+    bad = run_training(
+        tmp_path / "run2", "data.source=indexed", f"data.prefixes={tmp_path / 'nope'}", "run.train_iters=3", expect=2
+    )
     errors = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "nope.bin does not exist" in errors[0]

@@ -14,13 +14,21 @@ def test_energy_arithmetic():
     assert energy_delta_joules(None, 5) is None and energy_delta_joules(5, None) is None
     assert energy_delta_joules(2_000, 1_000) is None  # counter went back (driver reload): unknown, not negative
     m = get_preset("llama-3b").model
-    out = interval_metrics(tokens=40_960, seconds=2.0, world_size=2, m=m, peak_tflops=989.4,
-                           energy_joules_all_gpus=1400.0, gpus_reporting=2)
+    out = interval_metrics(
+        tokens=40_960,
+        seconds=2.0,
+        world_size=2,
+        m=m,
+        peak_tflops=989.4,
+        energy_joules_all_gpus=1400.0,
+        gpus_reporting=2,
+    )
     assert out["tokens_per_s_per_gpu"] == 10_240
     assert out["joules_per_token"] == pytest.approx(1400 / 40_960)
     assert out["power_w_per_gpu"] == pytest.approx(350.0)
-    partial = interval_metrics(tokens=40_960, seconds=2.0, world_size=2, m=m, peak_tflops=None,
-                               energy_joules_all_gpus=700.0, gpus_reporting=1)
+    partial = interval_metrics(
+        tokens=40_960, seconds=2.0, world_size=2, m=m, peak_tflops=None, energy_joules_all_gpus=700.0, gpus_reporting=1
+    )
     assert "energy_j" not in partial and "mfu" not in partial  # a rank without NVML: absent, not understated
 
 

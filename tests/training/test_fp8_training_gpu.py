@@ -40,7 +40,6 @@ def test_fp8_weight_cache_is_refreshed_each_step(dist_world_1):
     assert not torch.allclose(fresh, before), "refresh_fp8_weight_cache did not make TE re-quantise the weights"
 
 
-
 def test_fp8_training_tracks_bf16(dist_world_1):
     """Through the trainer's engine and train_step (2 micro-batches per step): FP8 delayed and BF16
     losses on the same data stay within 3% after 12 steps, and both fall."""
@@ -51,8 +50,15 @@ def test_fp8_training_tracks_bf16(dist_world_1):
 
     finals = {}
     for fp8 in (False, True):
-        cfg, model = build_on_gpu("te", f"precision.fp8={str(fp8).lower()}", "data.global_batch_size=4",
-                            "optim.lr=1e-3", "optim.warmup_iters=2", "run.train_iters=12", "optim.min_lr=1e-3")
+        cfg, model = build_on_gpu(
+            "te",
+            f"precision.fp8={str(fp8).lower()}",
+            "data.global_batch_size=4",
+            "optim.lr=1e-3",
+            "optim.warmup_iters=2",
+            "run.train_iters=12",
+            "optim.min_lr=1e-3",
+        )
         engine, _, _ = build_engine(cfg, model, 1)
         g = torch.Generator().manual_seed(7)
         # A learnable stream: a few fixed sequences, repeated.

@@ -28,9 +28,11 @@ def test_a_rank_without_a_reading_means_no_energy_fields():
     from litespark.config import ModelConfig
 
     m = ModelConfig()
-    full = interval_metrics(tokens=1000, seconds=2.0, world_size=2, m=m, peak_tflops=None,
-                            energy_joules_all_gpus=500.0, gpus_reporting=2)
+    full = interval_metrics(
+        tokens=1000, seconds=2.0, world_size=2, m=m, peak_tflops=None, energy_joules_all_gpus=500.0, gpus_reporting=2
+    )
     assert full["joules_per_token"] == 0.5 and full["power_w_per_gpu"] == 125.0
-    partial = interval_metrics(tokens=1000, seconds=2.0, world_size=2, m=m, peak_tflops=None,
-                               energy_joules_all_gpus=250.0, gpus_reporting=1)
+    partial = interval_metrics(
+        tokens=1000, seconds=2.0, world_size=2, m=m, peak_tflops=None, energy_joules_all_gpus=250.0, gpus_reporting=1
+    )
     assert "energy_j" not in partial and "joules_per_token" not in partial

@@ -62,14 +62,26 @@ def test_gradient_accumulation_equals_a_bigger_micro_batch(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
-    sets = [*FAST, "run.train_iters=60", "checkpoint.save_interval=10", "data.micro_batch_size=8", "data.global_batch_size=16"]
+    sets = [
+        *FAST,
+        "run.train_iters=60",
+        "checkpoint.save_interval=10",
+        "data.micro_batch_size=8",
+        "data.global_batch_size=16",
+    ]
     run_training(tmp_path / "ref", *sets)
     reference = _losses(tmp_path / "ref")
 
     victim = tmp_path / "victim"
     args = ["--preset", "tiny", "--run-dir", str(victim)] + [a for s in sets for a in ("--set", s)]
-    proc = subprocess.Popen(train_cmd(1, *args), cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        train_cmd(1, *args),
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     killed_after = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -114,8 +126,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
 def test_sigusr1_checkpoints_and_exits_75_then_resumes(tmp_path):
     sets = [*FAST, "run.train_iters=400", "data.micro_batch_size=8", "data.global_batch_size=16"]
     args = ["--preset", "tiny", "--run-dir", str(tmp_path)] + [a for s in sets for a in ("--set", s)]
-    proc = subprocess.Popen(train_cmd(1, *args), cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(1, *args), cwd=ROOT, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         if (tmp_path / "metrics.jsonl").exists() and read_metrics(tmp_path):
@@ -137,7 +150,16 @@ def test_sigusr1_checkpoints_and_exits_75_then_resumes(tmp_path):
 def test_metrics_file_has_the_promised_fields(tmp_path):
     run_training(tmp_path, *FAST, "run.train_iters=4", "run.eval_interval=2", "run.eval_iters=2")
     record = read_metrics(tmp_path)[-1]
-    for key in ("loss", "lr", "grad_norm", "tokens_per_s_per_gpu", "tflops_per_gpu", "peak_rss_gib", "tokens", "seconds"):
+    for key in (
+        "loss",
+        "lr",
+        "grad_norm",
+        "tokens_per_s_per_gpu",
+        "tflops_per_gpu",
+        "peak_rss_gib",
+        "tokens",
+        "seconds",
+    ):
         assert key in record, key
     assert "energy_j" not in record and "mfu" not in record  # no NVML, no GPU peak on CPU: absent, not zero
     valid = read_metrics(tmp_path, "valid")
@@ -148,11 +170,19 @@ def test_metrics_file_has_the_promised_fields(tmp_path):
 @pytest.mark.slow
 def test_resume_refuses_optimizer_state_with_other_parameter_groups(tmp_path):
     run_training(tmp_path, *FAST, "run.train_iters=4", "checkpoint.save_interval=4")
-    proc = run_training(tmp_path, *FAST, "run.train_iters=6", "checkpoint.save_interval=4",
-                        "parallel.zero_sub_group_size=20000", expect=2)
+    proc = run_training(
+        tmp_path,
+        *FAST,
+        "run.train_iters=6",
+        "checkpoint.save_interval=4",
+        "parallel.zero_sub_group_size=20000",
+        expect=2,
+    )
     error = [line for line in proc.stderr.splitlines() if "error:" in line][-1]
-    assert error.endswith("step_00000004: its optimizer state has 2 parameter groups, this run's optimizer 9 "
-                          "(parallel.zero_sub_group_size differs from the run that saved it)"), error
+    assert error.endswith(
+        "step_00000004: its optimizer state has 2 parameter groups, this run's optimizer 9 "
+        "(parallel.zero_sub_group_size differs from the run that saved it)"
+    ), error
     resumed = run_training(tmp_path, *FAST, "run.train_iters=6", "checkpoint.save_interval=4")
     assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
 
@@ -166,10 +196,12 @@ def test_checkpoint_load_initialises_weights_only(tmp_path):
     base, cold, init = _losses(tmp_path / "base"), _losses(tmp_path / "fresh"), _losses(tmp_path / "warm")
     assert sorted(init) == [1, 2]  # starts at step 0, not at the loaded step 20
     assert init[1] < cold[1] - 0.5 and init[1] == pytest.approx(base[20], abs=0.3)  # the trained weights
-    missing = run_training(tmp_path / "none", *FAST, "run.train_iters=2", f"checkpoint.load={tmp_path / 'nope'}",
-                           expect=2)
+    missing = run_training(
+        tmp_path / "none", *FAST, "run.train_iters=2", f"checkpoint.load={tmp_path / 'nope'}", expect=2
+    )
     assert [line for line in missing.stderr.splitlines() if "error:" in line][-1].endswith(
-        f"checkpoint.load: no usable checkpoint under {tmp_path / 'nope'}/checkpoints")
+        f"checkpoint.load: no usable checkpoint under {tmp_path / 'nope'}/checkpoints"
+    )
 
 
 @pytest.mark.slow
@@ -180,8 +212,10 @@ def test_resume_refuses_optimizer_state_of_the_other_zero1_optimizer(tmp_path):
     run_training(tmp_path, *bf16, "run.train_iters=4", "precision.fp32_grad_accumulation=true")
     proc = run_training(tmp_path, *bf16, "run.train_iters=6", "precision.fp32_grad_accumulation=false", expect=2)
     error = [line for line in proc.stderr.splitlines() if "error:" in line][-1]
-    assert error.endswith("step_00000004: its optimizer state is BF16_Optimizer's, this run uses DeepSpeedZeroOptimizer "
-                          "(precision.fp32_grad_accumulation differs from the run that saved it)"), error
+    assert error.endswith(
+        "step_00000004: its optimizer state is BF16_Optimizer's, this run uses DeepSpeedZeroOptimizer "
+        "(precision.fp32_grad_accumulation differs from the run that saved it)"
+    ), error
     resumed = run_training(tmp_path, *bf16, "run.train_iters=6", "precision.fp32_grad_accumulation=true")
     assert "resumed from" in resumed.stderr and "(step 4)" in resumed.stderr
     assert max(_losses(tmp_path)) == 6

@@ -36,8 +36,22 @@ def _load_cos_sin(cos_ptr, sin_ptr, s_idx, mask, HALF: tl.constexpr):
 
 
 @triton.jit
-def _qkv_rope(packed_ptr, q_ptr, k_ptr, v_ptr, cos_q_ptr, sin_q_ptr, cos_k_ptr, sin_k_ptr, rows, rows_per_s,
-              HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr, BACKWARD: tl.constexpr):
+def _qkv_rope(
+    packed_ptr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_q_ptr,
+    sin_q_ptr,
+    cos_k_ptr,
+    sin_k_ptr,
+    rows,
+    rows_per_s,
+    HEADS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BACKWARD: tl.constexpr,
+):
     """Forward: rotate the packed rows' q and k heads into q and k, copy v.  Backward: the transposed
     rotation of the q and k gradients (and the v gradient) into the packed gradient rows."""
     row, s_idx, mask = _rows(rows, rows_per_s, BLOCK_ROWS)

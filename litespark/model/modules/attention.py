@@ -58,13 +58,23 @@ class SDPAttention(MegatronModule):
         if attention_mask is not None:
             # Megatron masks are True where attention is NOT allowed; SDPA's are the opposite.
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=~attention_mask, dropout_p=self._dropout(),
-                scale=self.softmax_scale, enable_gqa=k.shape[1] != heads,
+                q,
+                k,
+                v,
+                attn_mask=~attention_mask,
+                dropout_p=self._dropout(),
+                scale=self.softmax_scale,
+                enable_gqa=k.shape[1] != heads,
             )
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=mask_type == AttnMaskType.causal, dropout_p=self._dropout(),
-                scale=self.softmax_scale, enable_gqa=k.shape[1] != heads,
+                q,
+                k,
+                v,
+                is_causal=mask_type == AttnMaskType.causal,
+                dropout_p=self._dropout(),
+                scale=self.softmax_scale,
+                enable_gqa=k.shape[1] != heads,
             )
         # [b, n, s, d] -> [s, b, n * d]
         return out.permute(2, 0, 1, 3).reshape(sq, b, heads * d)

@@ -35,8 +35,10 @@ def fp8_output_layer_class():
 
         def forward(self, input_, weight=None, runtime_gather_output=None):
             if weight is not None:
-                raise RuntimeError("precision.fp8_output_layer: the output layer was handed an outside weight "
-                                   "(tied embeddings?), which it does not support")
+                raise RuntimeError(
+                    "precision.fp8_output_layer: the output layer was handed an outside weight "
+                    "(tied embeddings?), which it does not support"
+                )
             if runtime_gather_output:
                 raise RuntimeError("precision.fp8_output_layer: gathering the logits over TP is not supported")
             with get_fp8_context(self.config):
@@ -57,8 +59,16 @@ def use_fp8_output_layer(model) -> None:
     rng = torch.get_rng_state()
     try:
         new = fp8_output_layer_class()(
-            old.input_size, old.output_size, config=model.config, init_method=model.config.init_method,
-            gather_output=False, bias=False, skip_bias_add=False, is_expert=False, tp_comm_buffer_name="lm_head")
+            old.input_size,
+            old.output_size,
+            config=model.config,
+            init_method=model.config.init_method,
+            gather_output=False,
+            bias=False,
+            skip_bias_add=False,
+            is_expert=False,
+            tp_comm_buffer_name="lm_head",
+        )
     finally:
         torch.set_rng_state(rng)
     with torch.no_grad():

@@ -24,7 +24,9 @@ class RMSNormColumnParallelLinear(ColumnParallelLinear):
             raise ValueError("sequence parallelism needs the 'te' backend (the torch backend runs on gloo)")
         super().__init__(input_size, output_size, config=config, **kwargs)
         self.eps = config.layernorm_epsilon
-        device = "cpu" if config.use_cpu_initialization or not torch.cuda.is_available() else torch.cuda.current_device()
+        device = (
+            "cpu" if config.use_cpu_initialization or not torch.cuda.is_available() else torch.cuda.current_device()
+        )
         self.layer_norm_weight = torch.nn.Parameter(torch.ones(input_size, device=device, dtype=config.params_dtype))
 
     def forward(self, input_: torch.Tensor, *args, **kwargs):

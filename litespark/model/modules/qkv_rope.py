@@ -41,8 +41,10 @@ def _layout(qkv: torch.Tensor, split: Sequence[int], q_freqs: torch.Tensor, k_fr
         if freqs.dim() != 4 or freqs.shape[0] < qkv.shape[0] or freqs.shape[1:3] != (1, 1):
             raise ValueError(f"{name} rotary angles must be [s >= {qkv.shape[0]}, 1, 1, d], got {list(freqs.shape)}")
         if freqs.shape[-1] != k_width:
-            raise ValueError(f"{name} rotary angles cover {freqs.shape[-1]} of head dimension {k_width}: "
-                             "partial rotary is not supported here")
+            raise ValueError(
+                f"{name} rotary angles cover {freqs.shape[-1]} of head dimension {k_width}: "
+                "partial rotary is not supported here"
+            )
     return q_width // k_width, k_width
 
 
@@ -52,8 +54,9 @@ def _cos_sin(freqs: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Ten
     return torch.cos(angles).contiguous(), torch.sin(angles).contiguous()
 
 
-def qkv_rope_reference(qkv: torch.Tensor, q_freqs: torch.Tensor, k_freqs: torch.Tensor,
-                       split: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_rope_reference(
+    qkv: torch.Tensor, q_freqs: torch.Tensor, k_freqs: torch.Tensor, split: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The function :func:`apply_qkv_rope` computes, in plain torch (autograd gives its backward)."""
     heads, dim = _layout(qkv, split, q_freqs, k_freqs)
     s, b = qkv.shape[0], qkv.shape[1]
@@ -89,8 +92,22 @@ class _QKVRoPE(torch.autograd.Function):
         q = qkv.new_empty(s, b, groups * heads, dim)
         k = qkv.new_empty(s, b, groups, dim)
         v = qkv.new_empty(s, b, groups, dim)
-        _kernels()[_grid(rows)](qkv, q, k, v, cos_q, sin_q, cos_k, sin_k, rows, b * groups,
-                                HEADS=heads, HALF=dim // 2, BLOCK_ROWS=BLOCK_ROWS, BACKWARD=False)
+        _kernels()[_grid(rows)](
+            qkv,
+            q,
+            k,
+            v,
+            cos_q,
+            sin_q,
+            cos_k,
+            sin_k,
+            rows,
+            b * groups,
+            HEADS=heads,
+            HALF=dim // 2,
+            BLOCK_ROWS=BLOCK_ROWS,
+            BACKWARD=False,
+        )
         ctx.save_for_backward(cos_q, sin_q, cos_k, sin_k)
         ctx.shape, ctx.heads = qkv.shape, heads
         return q, k, v
@@ -101,14 +118,28 @@ class _QKVRoPE(torch.autograd.Function):
         s, b, groups, width = ctx.shape
         rows = s * b * groups
         dqkv = dq.new_empty(s, b, groups, width)
-        _kernels()[_grid(rows)](dqkv, dq.contiguous(), dk.contiguous(), dv.contiguous(), cos_q, sin_q, cos_k, sin_k,
-                                rows, b * groups, HEADS=ctx.heads, HALF=width // (ctx.heads + 2) // 2,
-                                BLOCK_ROWS=BLOCK_ROWS, BACKWARD=True)
+        _kernels()[_grid(rows)](
+            dqkv,
+            dq.contiguous(),
+            dk.contiguous(),
+            dv.contiguous(),
+            cos_q,
+            sin_q,
+            cos_k,
+            sin_k,
+            rows,
+            b * groups,
+            HEADS=ctx.heads,
+            HALF=width // (ctx.heads + 2) // 2,
+            BLOCK_ROWS=BLOCK_ROWS,
+            BACKWARD=True,
+        )
         return dqkv, None, None, None, None, None, None
 
 
-def apply_qkv_rope(qkv: torch.Tensor, q_freqs: torch.Tensor, k_freqs: torch.Tensor,
-                   split: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def apply_qkv_rope(
+    qkv: torch.Tensor, q_freqs: torch.Tensor, k_freqs: torch.Tensor, split: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rotate q and k of ``qkv`` ``[s, b, groups, (heads + 2) * head_dim]`` with the Triton kernels;
     returns contiguous ``q [s, b, groups * heads, head_dim]``, ``k`` and ``v [s, b, groups, head_dim]``.
     Same signature and result as TE's ``apply_fused_qkv_rotary_pos_emb`` in its default (sbhd,

@@ -52,7 +52,7 @@ def main() -> int:
             torch.distributed.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
             logits = torch.cat(parts, dim=-1)  # the vocabulary-parallel shards, in TP-rank order
         if torch.distributed.get_rank() == 0:
-            torch.save(logits[..., :cfg.model.vocab_size].float().contiguous(), args.out)
+            torch.save(logits[..., : cfg.model.vocab_size].float().contiguous(), args.out)
     finally:
         destroy_distributed()
     return 0

@@ -31,7 +31,9 @@ def main() -> int:
     try:
         model = build_model(cfg)
         gen = torch.Generator().manual_seed(4321)  # same tokens on every rank and every TP size
-        tokens = torch.randint(0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=gen)
+        tokens = torch.randint(
+            0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=gen
+        )
         inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         loss = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).mean()
         loss.backward()

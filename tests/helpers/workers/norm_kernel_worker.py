@@ -27,16 +27,25 @@ SHAPE = [*GPU_TEST_SHAPE, "kernels.backend=te"]
 
 def _forward_backward(model, cfg):
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=g).cuda()
+    tokens = torch.randint(
+        0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=g
+    ).cuda()
     inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    loss = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).float().mean()
+    loss = (
+        model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels)
+        .float()
+        .mean()
+    )
     loss.backward()
     with torch.no_grad():
         logits = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None).float()
     layer = model.decoder.layers[0]
-    return {"logits": logits.cpu(), "loss": loss.detach().cpu(),
-            "qkv_grad": layer.self_attention.linear_qkv.weight.grad.float().cpu(),
-            "fc1_grad": layer.mlp.linear_fc1.weight.grad.float().cpu()}
+    return {
+        "logits": logits.cpu(),
+        "loss": loss.detach().cpu(),
+        "qkv_grad": layer.self_attention.linear_qkv.weight.grad.float().cpu(),
+        "fc1_grad": layer.mlp.linear_fc1.weight.grad.float().cpu(),
+    }
 
 
 def main() -> int:
@@ -51,14 +60,24 @@ def main() -> int:
     try:
         precisions = ("bf16", "fp8") if torch.cuda.get_device_capability() >= (9, 0) else ("bf16",)
         for precision in precisions:
-            cfg = resolve_backend(apply_overrides(get_preset("tiny"), [
-                *SHAPE, f"kernels.norm_kernel={args.norm_kernel}", f"precision.fp8={str(precision == 'fp8').lower()}"]))
+            cfg = resolve_backend(
+                apply_overrides(
+                    get_preset("tiny"),
+                    [
+                        *SHAPE,
+                        f"kernels.norm_kernel={args.norm_kernel}",
+                        f"precision.fp8={str(precision == 'fp8').lower()}",
+                    ],
+                )
+            )
             model = build_model(cfg).cuda()
             if state is None:
                 with torch.no_grad():  # norm weights away from 1, so the scale takes part
                     for name, param in model.named_parameters():
                         if "norm" in name:
-                            param.add_(0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(7)).to(param))
+                            param.add_(
+                                0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(7)).to(param)
+                            )
                 state = {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
             else:
                 model.load_state_dict(state, strict=False)
