@@ -1,13 +1,14 @@
 """Building a config from plain data: YAML files, ``--set section.field=value`` strings and dicts.
 
 Values are coerced to the field's annotated type; an unknown key or a value of the wrong type is a
-one-line :class:`~litespark.config.schema.ConfigError` naming the field.  Nothing here
+one-line :class:`~litespark.config.schema.ConfigError` naming the field; numbers must be finite.  Nothing here
 checks that the fields agree with each other: that is :func:`litespark.config.validate.validate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -56,9 +57,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -104,6 +108,8 @@ def load_yaml(cfg: LitesparkConfig, path: str | Path) -> LitesparkConfig:
     import yaml  # local import: only needed when a file is given
 
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a directory, not a YAML file")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:

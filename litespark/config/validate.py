@@ -9,6 +9,9 @@ wherever it is found.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from litespark.config.automatic import (
     cuda_graphs_refusal,
     fp32_grad_accumulation_refusal,
@@ -23,6 +26,7 @@ def validate(cfg: LitesparkConfig, world_size: int | None = None) -> LitesparkCo
     ``world_size`` adds the checks that need the process count (TP must divide it, the global batch
     must be micro x DP x accumulation).
     """
+    _check_finite(cfg)
     _check_sizes(cfg)
     _check_model_shape(cfg)
     _check_parallel(cfg)
@@ -40,6 +44,19 @@ def gradient_accumulation_steps(cfg: LitesparkConfig, world_size: int) -> int:
     validate(cfg, world_size)
     dp = world_size // cfg.parallel.tensor_parallel
     return cfg.data.global_batch_size // (cfg.data.micro_batch_size * dp)
+
+
+def _check_finite(cfg: LitesparkConfig) -> None:
+    """No infinity or NaN anywhere (a config built in code skips the parser, which refuses them too)."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ConfigError(f"{section.name}.{f.name} must be a finite number, got {number}")
 
 
 def _check_sizes(cfg: LitesparkConfig) -> None:

@@ -98,6 +98,11 @@ def test_overrides_are_typed():
         ("precision.fp8_recipe=mxfp9", "precision.fp8_recipe: 'mxfp9' is not one of delayed, tensorwise, blockwise"),
         ("kernels.norm_kernel=apex", "kernels.norm_kernel: 'apex' is not one of te, cudnn"),
         ("optim.lr", "not of the form section.field=value"),
+        ("optim.lr=inf", "optim.lr: expected a finite number, got 'inf'"),
+        ("optim.lr=nan", "optim.lr: expected a finite number, got 'nan'"),
+        ("model.rotary_base=-inf", "model.rotary_base: expected a finite number, got '-inf'"),
+        ("data.weights=1,inf", "data.weights: expected a finite number, got 'inf'"),
+        ("model.num_layers=inf", "model.num_layers: expected an integer, got 'inf'"),
     ],
 )
 def test_bad_overrides_name_the_field(override, message):
@@ -211,6 +216,19 @@ def test_yaml_errors(tmp_path):
         load_yaml(LitesparkConfig(), unknown)
     with pytest.raises(ConfigError, match="does not exist"):
         load_yaml(LitesparkConfig(), tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a directory, not a YAML file"):
+        load_yaml(LitesparkConfig(), tmp_path)
+    infinite = tmp_path / "infinite.yaml"
+    infinite.write_text("optim:\n  lr: .inf\n")
+    with pytest.raises(ConfigError, match="optim.lr: expected a finite number, got inf"):
+        load_yaml(LitesparkConfig(), infinite)
+
+
+def test_validate_refuses_non_finite_numbers_set_in_code():
+    cfg = get_preset("tiny")
+    cfg.optim.clip_grad = float("nan")
+    with pytest.raises(ConfigError, match="optim.clip_grad must be a finite number, got nan"):
+        validate(cfg)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
