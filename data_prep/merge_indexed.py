@@ -18,19 +18,29 @@ import sys
 import warnings
 from pathlib import Path
 
+from litespark.files import NO_SPACE, LockHeld, describe_write_error, hold_lock, write_error_in
+
+EXIT_WRITE_FAILED = 74
+"""The output could not be written for want of space."""
+
 
 def concatenate(prefixes: list[str], out: Path, dtype) -> None:
     """Concatenate indexed datasets, in order, into ``out``.bin/.idx (temporary names, then renamed)."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     tmp_bin, tmp_idx = out.with_name(f".{out.name}.bin.tmp"), out.with_name(f".{out.name}.idx.tmp")
-    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
-    # add_index runs gc.collect() per dataset: 0.22 s each with torch loaded (3.7 h for 59k SlimPajama
-    # files).  Frozen objects are not scanned, which makes each collection ~1 ms; output unchanged.
-    gc.freeze()
-    for prefix in prefixes:
-        builder.add_index(prefix)
-    builder.finalize(str(tmp_idx))
+    try:
+        builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+        # add_index runs gc.collect() per dataset: 0.22 s each with torch loaded (3.7 h for 59k SlimPajama
+        # files).  Frozen objects are not scanned, which makes each collection ~1 ms; output unchanged.
+        gc.freeze()
+        for prefix in prefixes:
+            builder.add_index(prefix)
+        builder.finalize(str(tmp_idx))
+    except BaseException:
+        tmp_bin.unlink(missing_ok=True)  # an unfinished merge holds the space of the whole output
+        tmp_idx.unlink(missing_ok=True)
+        raise
     os.replace(tmp_bin, f"{out}.bin")
     os.replace(tmp_idx, f"{out}.idx")
 
@@ -83,8 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     if len(shas) > 1:
         return fail("inputs were tokenized with different tokenizers (manifest tokenizer_sha256 differs)")
     out = Path(args.output_prefix)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    concatenate(list(args.inputs), out, dtypes.pop())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = hold_lock(out.with_name(out.name + ".lock"), f"--output-prefix {out}")
+    except LockHeld as exc:
+        return fail(f"{exc}: another merge or tokenization is writing it")
+    except OSError as exc:
+        return fail(f"--output-prefix {out}: cannot write in {out.parent} ({exc.strerror})")
+    try:
+        concatenate(list(args.inputs), out, dtypes.pop())
+    except Exception as exc:
+        error = write_error_in(exc)
+        if error is None:
+            raise
+        print(f"merge_indexed: error: {describe_write_error(error, out.parent)}", file=sys.stderr)
+        return EXIT_WRITE_FAILED if error.errno in NO_SPACE else 2
+    finally:
+        lock.release()
     present = [m for m in manifests if m]
     if len(present) == len(manifests):
         merged = {k: v for k, v in present[0].items() if k not in ("files", "sets", "outputs")}

@@ -52,6 +52,14 @@ from data_prep.corpus import (
 )
 from data_prep.encoder import Encoder
 from data_prep.merge_indexed import concatenate, sum_sets, write_manifest
+from litespark.files import (
+    NO_SPACE,
+    FileLock,
+    LockHeld,
+    describe_write_error,
+    hold_lock,
+    write_error_in,
+)
 
 MAX_BAD_LINES_LISTED = 100  # per file in the manifest; the count is always exact
 TUNING = ("threads", "batch_bytes", "memo_words")  # options that change speed and memory, never the output
@@ -355,15 +363,67 @@ def dataset_manifest(
     }
 
 
+EXIT_WRITE_FAILED = 74
+"""The output could not be written (disk full, quota): the committed parts stay, a rerun resumes."""
+
+
+def lock_output(prefix: Path) -> FileLock:
+    """Hold ``PREFIX.lock`` for the whole run: two runs on one prefix would overwrite each other's
+    parts and merge; the second is refused (:class:`Refused`) instead."""
+    try:
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        return hold_lock(prefix.with_name(prefix.name + ".lock"), f"--output-prefix {prefix}")
+    except LockHeld as exc:
+        raise Refused(f"{exc}: another tokenization is writing it") from None
+    except OSError as exc:
+        raise Refused(f"--output-prefix {prefix}: cannot write in {prefix.parent} ({exc.strerror})") from None
+
+
+def remove_temporaries(prefix: Path) -> None:
+    """The temporary files a failed run leaves: unfinished parts and the unfinished merge and manifest
+    (committed parts stay, so that a rerun resumes)."""
+    parts_dir = prefix.with_name(prefix.name + ".parts")
+    leftovers = list(parts_dir.glob("*.tmp")) if parts_dir.is_dir() else []
+    for pattern in (
+        f".{prefix.name}.*.tmp",
+        f".{prefix.name}_*.bin.tmp",
+        f".{prefix.name}_*.idx.tmp",
+        f".{prefix.name}_*.manifest.json.tmp",
+    ):  # the merge's and the manifest's (split by set too)
+        leftovers += prefix.parent.glob(pattern)
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*not installed.*")
+    prefix = Path(args.output_prefix)
     try:
         files = work_units(args)
+        lock = lock_output(prefix)
     except Refused as exc:
         print(f"tokenize_slimpajama: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return tokenize(args, files, prefix)
+    except Exception as exc:
+        error = write_error_in(exc)
+        if error is None:
+            raise
+        remove_temporaries(prefix)
+        print(
+            f"tokenize_slimpajama: error: {describe_write_error(error, prefix.parent)}; committed parts are "
+            "kept and a rerun resumes",
+            file=sys.stderr,
+        )
+        return EXIT_WRITE_FAILED if error.errno in NO_SPACE else 2
+    finally:
+        lock.release()
 
+
+def tokenize(args: argparse.Namespace, files: list[str], prefix: Path) -> int:
+    """Tokenize every uncommitted part, merge the parts into the output and write its manifest."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=args.tokenizer)
@@ -385,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
         "memo_words": args.memo_words,
     }
     identity = output_identity(options)
-    prefix = Path(args.output_prefix)
     parts_dir = prefix.with_name(prefix.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(prefix)  # a killed run's unfinished files: nothing reads them, they hold space
     stems = [part_stem(parts_dir, i, p) for i, p in enumerate(files)]
     pending = [(i, p, str(s)) for i, (p, s) in enumerate(zip(files, stems)) if not part_is_current(s, p, identity)]
     if len(files) > len(pending):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zstandard
 
+from tests.helpers.disks import mounted_tmpfs, resize_tmpfs
 from tests.helpers.processes import ROOT
 
 
@@ -446,3 +447,87 @@ def test_worker_memory_stays_bounded_on_a_file_larger_than_the_bound(corpus, tmp
         peaks[name] = json.loads(marker.read_text())["report"]["peak_rss_mib"]
     growth = peaks["large"] - peaks["small"]
     assert growth < 48, f"worker peak RSS {peaks}: grew {growth:.0f} MiB on a 96 MB file"
+
+
+def _tokenize_cmd(inputs, tok, prefix, *extra) -> list[str]:
+    return [
+        sys.executable,
+        "data_prep/tokenize_slimpajama.py",
+        "--input",
+        *map(str, inputs),
+        "--tokenizer",
+        str(tok),
+        "--output-prefix",
+        str(prefix),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_prefix_is_refused_and_the_first_finishes_untouched(many_files, corpus, tmp_path):
+    """Two tokenizations started on one --output-prefix: the second is refused in one line while the
+    first holds the prefix's lock, and the first writes what an undisturbed run writes."""
+    inputs = tmp_path / "inputs"  # enough files that the first run is still busy when the second starts
+    inputs.mkdir()
+    for copy in range(16):
+        for f in many_files.iterdir():
+            (inputs / f"{copy:02d}_{f.name}").write_bytes(f.read_bytes())
+    _tokenize([inputs], corpus / "tok.model", tmp_path / "clean")
+    prefix = tmp_path / "shared"
+    first = subprocess.Popen(
+        _tokenize_cmd([inputs], corpus / "tok.model", prefix, "--batch-bytes", "2048"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        parts = Path(f"{prefix}.parts")
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and not list(parts.glob("*.json")):
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before the second started"
+        second = _tokenize([inputs], corpus / "tok.model", prefix, expect=2)
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"--output-prefix {prefix} is in use by pid {first.pid}" in lines[0], lines
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
+
+
+@pytest.mark.slow
+def test_an_output_that_cannot_be_written_is_one_line(corpus, tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    proc = _tokenize([corpus / "sample" / "train"], corpus / "tok.model", tmp_path / "a_file" / "sub" / "p", expect=2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write in" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with mounted_tmpfs(tmp_path / "disk", "256k") as disk:
+        yield disk
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_leaves_no_temporaries_and_resumes(many_files, corpus, tmp_path, small_disk):
+    _tokenize([many_files], corpus / "tok.model", tmp_path / "clean")
+    prefix = small_disk / "out"
+    proc = _tokenize([many_files], corpus / "tok.model", prefix, expect=74)
+    lines = proc.stderr.strip().splitlines()
+    error = [line for line in lines if "error:" in line]
+    assert len(error) == 1 and "No space left on device" in error[0] and f"on {small_disk}" in error[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(small_disk.rglob("*.tmp")), list(small_disk.rglob("*"))  # nothing holds the space
+    resize_tmpfs(small_disk, "64m")
+    _tokenize([many_files], corpus / "tok.model", prefix)
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
