@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from litespark.config import ConfigError, LitesparkConfig, validate
+from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
 from litespark.config.cli import quiet_optional_dependency_warnings, user_errors_exit_2
+from litespark.files import atomic_write_text
 from litespark.log import get_logger, setup_logging
 
 log = get_logger(__name__)
@@ -141,16 +142,35 @@ def from_hf(args: argparse.Namespace) -> int:
         shutil.copy(hf_dir / "tokenizer.model", out_tok)
         cfg.data.tokenizer = str(out_tok)
     path = write_checkpoint(Path(args.out), cfg, shards, source=str(hf_dir))
+    settings = Path(args.out) / "config.yaml"
+    atomic_write_text(settings, imported_settings_yaml(cfg))
     log.info(
-        "wrote %s: %d layers x %d, TP %d; start a run from it with --set checkpoint.load=%s "
-        "(and the same model shape: --set model.*, printed by --print-config of this checkpoint's config)",
+        "wrote %s: %d layers x %d, TP %d; train from it with: python -m litespark.train --preset llama-3b "
+        "--config %s --set checkpoint.load=%s  (the config file holds the imported model's settings, "
+        "without which the weights are refused)",
         path,
         m.num_layers,
         m.hidden_size,
         args.tp,
+        settings,
         args.out,
     )
     return 0
+
+
+def imported_settings_yaml(cfg: LitesparkConfig) -> str:
+    """A ``--config`` file for runs on imported weights: the model's settings (all of them: a preset's
+    differing values would be refused), its tensor-parallel size and tokenizer."""
+    import yaml
+
+    data = {
+        "model": to_dict(cfg)["model"],
+        "parallel": {"tensor_parallel": cfg.parallel.tensor_parallel},
+    }
+    if cfg.data.tokenizer:
+        data["data"] = {"tokenizer": cfg.data.tokenizer}
+    header = "# Written by python -m litespark.convert from-hf: the imported model's settings.\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 @user_errors_exit_2("litespark.convert")

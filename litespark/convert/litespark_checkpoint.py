@@ -9,7 +9,6 @@ Files are memory-mapped, so reading costs little more than the tensors actually 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,14 +17,19 @@ import torch
 
 from litespark.config import ConfigError, LitesparkConfig, ModelConfig, from_dict, to_dict
 from litespark.convert.tp_shards import is_weight
-from litespark.training.checkpoint import (
+from litespark.files import atomic_write_text
+from litespark.training.checkpoint_files import (
     LATEST,
     MANIFEST,
-    atomic_write_text,
+    check_complete,
+    check_digests,
     checkpoint_dir,
+    file_records,
+    read_manifest,
+    save_hashed,
     shape_mismatch,
     tag_for,
-    validate_checkpoint,
+    write_manifest_text,
 )
 
 MODEL_STATES = "mp_rank_{:02d}_model_states.pt"
@@ -45,7 +49,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         step = p.parent / (p.parent / LATEST).read_text().strip()
     else:
         raise ConfigError(f"--checkpoint {path}: not a Litespark checkpoint (no {MANIFEST}, no {LATEST} pointer)")
-    reason = validate_checkpoint(step)
+    reason = check_complete(step)
+    manifest = read_manifest(step)
+    if reason is None and manifest is not None:
+        reason = check_digests(step, sorted(file_records(manifest)))
     if reason:
         raise ConfigError(f"--checkpoint {step}: incomplete or damaged checkpoint: {reason}")
     return step
@@ -182,6 +189,7 @@ def write_checkpoint(out: Path, cfg: LitesparkConfig, shards: list[dict[str, tor
     tmp = root / f".incomplete-{tag}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    records = {}
     for r, sd in enumerate(shards):
         state = {
             "module": sd,
@@ -198,12 +206,19 @@ def write_checkpoint(out: Path, cfg: LitesparkConfig, shards: list[dict[str, tor
             "global_samples": 0,
             "skipped_steps": 0,
         }
-        path = tmp / MODEL_STATES.format(r)
-        torch.save(state, path.with_suffix(".tmp"))
-        os.replace(path.with_suffix(".tmp"), path)
-    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-    manifest = {"step": 0, "world_size": len(shards), "files": files, "consumed_samples": 0, "imported_from": source}
-    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        name = MODEL_STATES.format(r)
+        records[name] = save_hashed(state, tmp / name)
+    manifest = {
+        "step": 0,
+        "world_size": len(shards),
+        "tensor_parallel": len(shards),
+        "data_parallel": 1,
+        "consumed_samples": 0,
+        "imported_from": source,
+        "config": to_dict(cfg),
+        "files": records,
+    }
+    atomic_write_text(tmp / MANIFEST, write_manifest_text(manifest))
     os.replace(tmp, root / tag)
     atomic_write_text(root / LATEST, tag + "\n")
     return root / tag

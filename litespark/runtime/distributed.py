@@ -116,3 +116,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (collective).  The flag lives on the GPU under NCCL, which
+    cannot reduce CPU tensors."""
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.distributed.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def gather_to_rank0(obj):
+    """Every rank's ``obj`` as a list on rank 0 (None elsewhere); collective, any picklable object."""
+    out = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (collective)."""
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def first_reason(reason: str | None) -> str | None:
+    """The first rank's non-None ``reason`` (by rank order), on every rank; None when no rank has one
+    (collective: every rank learns why the slowest or unluckiest rank failed)."""
+    reasons = gather_to_rank0(reason)
+    first = next((r for r in reasons if r is not None), None) if reasons is not None else None
+    return broadcast_from_rank0(first)

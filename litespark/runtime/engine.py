@@ -71,9 +71,17 @@ def init_deepspeed_comm() -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
-def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
-    """Wrap ``model`` in a DeepSpeed engine; returns ``(engine, optimizer, lr_scheduler)``."""
+def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int, load_universal: bool = False):
+    """Wrap ``model`` in a DeepSpeed engine; returns ``(engine, optimizer, lr_scheduler)``.
+
+    ``load_universal``: the engine will load a universal checkpoint (a checkpoint resharded for another
+    data-parallel size, :mod:`litespark.training.resume`); DeepSpeed reads that choice at initialisation.
+    """
     import deepspeed
+
+    ds_config = to_deepspeed_config(cfg, world_size)
+    if load_universal:
+        ds_config["checkpoint"] = {"load_universal": True}
 
     init_deepspeed_comm()
     deepspeed_patches.select(cfg.optim.deepspeed_step_patches)
@@ -90,7 +98,7 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int):
                 # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
                 None if cfg.parallel.zero_stage == 3 else zero_sub_group_size(cfg),
             ),
-            config=to_deepspeed_config(cfg, world_size),
+            config=ds_config,
             mpu=MegatronMPU(),
             dist_init_required=False,
         )

@@ -7,8 +7,9 @@ saving at their intervals, and stopping cleanly on a preemption signal.  Evaluat
 timed and metered apart from training, so tokens/s and joules per token count training alone.
 
 Exit codes: 0 when ``run.train_iters`` are done, 75 (EX_TEMPFAIL) after a checkpoint taken because
-of SIGTERM/SIGUSR1 (Slurm preemption: the job script requeues), 1 on a non-finite loss, 2 for a
-configuration or data error.
+of SIGTERM/SIGUSR1 (Slurm preemption: the job script requeues), 74 when a checkpoint could not be
+written (disk full: not requeued), 1 on a non-finite loss, 2 for a configuration or data error (also
+a run directory in use, or checkpoints that cannot be resumed).
 """
 
 from __future__ import annotations
@@ -30,16 +31,20 @@ import yaml
 
 from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
 from litespark.environment import collect_versions
-from litespark.files import atomic_write_text
+from litespark.files import FileLock, LockHeld, atomic_write_text, hold_lock
 from litespark.log import get_logger, setup_logging
-from litespark.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from litespark.training.checkpoint import CheckpointWriteError, remove_unfinished_saves, save_checkpoint
 from litespark.training.energy import EnergyMeter, PhaseMeter
 from litespark.training.metrics import count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
 from litespark.training.metrics_log import MetricsLog
+from litespark.training.resume import ResumePlan, check_weights_source, load_planned, load_weights, plan_resume
 from litespark.training.step import dp_mean, evaluate, train_step
 
 EXIT_PREEMPTED = 75
 EXIT_NONFINITE_LOSS = 1
+EXIT_WRITE_FAILED = 74
+"""A checkpoint could not be written (disk full, quota): the job scripts do not requeue it."""
+RUN_DIR_LOCK = "litespark.lock"
 log = get_logger(__name__)
 
 
@@ -55,14 +60,24 @@ def train(cfg: LitesparkConfig) -> int:
     energy.interval_joules()  # the set-up phase's energy counts from here
     world = dist.get_world_size()
     validate(cfg, world)
-    run_dir = _prepare_run_dir(cfg, world)
-    _log_summary(cfg, world)
-    engine, scheduler, datasets = _build(cfg)
-    start_step = _restore(cfg, engine, run_dir)
-    if start_step >= cfg.run.train_iters:
-        log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
-        return 0
-    return TrainingRun(cfg, engine, scheduler, datasets, run_dir, energy, start_step, t_setup).run()
+    lock = _lock_run_dir(cfg)
+    try:
+        run_dir = Path(cfg.run.run_dir)
+        # Read-only until the checkpoint to start from is known to fit: a refused run touches nothing.
+        plan = plan_resume(cfg, run_dir, world) if cfg.checkpoint.resume else ResumePlan()
+        weights = check_weights_source(cfg, cfg.checkpoint.load) if plan.path is None and cfg.checkpoint.load else None
+        _prepare_run_dir(cfg, world)
+        _log_summary(cfg, world)
+        engine, scheduler, datasets = _build(cfg, load_universal=plan.saved_data_parallel is not None)
+        start_step = _restore(cfg, engine, plan, weights)
+        if start_step >= cfg.run.train_iters:
+            log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
+            return 0
+        training = TrainingRun(cfg, engine, scheduler, datasets, run_dir, energy, start_step, t_setup)
+        return training.run()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def run(cfg: LitesparkConfig) -> int:
@@ -91,13 +106,33 @@ def _refuse_unsupported(cfg: LitesparkConfig) -> None:
         )
 
 
-def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> Path:
-    """Create the run directory and record the resolved config and the environment (rank 0)."""
+def _lock_run_dir(cfg: LitesparkConfig) -> FileLock | None:
+    """Rank 0 holds ``RUN_DIR/litespark.lock`` for the whole run, so that a second trainer on the same
+    run directory is refused instead of writing every metric twice and racing the saves (collective)."""
+    from litespark.runtime.distributed import all_ranks_agree
+
+    run_dir = Path(cfg.run.run_dir)
+    lock, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = hold_lock(run_dir / RUN_DIR_LOCK, f"run.run_dir {run_dir}")
+        except LockHeld as exc:
+            error = f"{exc}: another training run is using it"
+        except OSError as exc:
+            error = f"run.run_dir: cannot write {run_dir} ({exc.strerror})"
+    if not all_ranks_agree(error is None):
+        raise ConfigError(error or "run.run_dir is in use or not writable (rank 0 says which)")
+    return lock
+
+
+def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> None:
+    """Record the resolved config and the environment, and remove what saves killed mid-way left
+    (rank 0, holding the run directory's lock)."""
     from megatron.core import parallel_state as ps
 
     run_dir = Path(cfg.run.run_dir)
     if dist.get_rank() == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         atomic_write_text(
             run_dir / "environment.json",
@@ -111,7 +146,11 @@ def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> Path:
                 indent=1,
             ),
         )
-    return run_dir
+        removed = remove_unfinished_saves(run_dir)
+        if removed:
+            log.info(
+                "removed %d unfinished checkpoint save(s) of an earlier start: %s", len(removed), ", ".join(removed)
+            )
 
 
 def _log_summary(cfg: LitesparkConfig, world: int) -> None:
@@ -137,38 +176,35 @@ def _log_summary(cfg: LitesparkConfig, world: int) -> None:
     )
 
 
-def _build(cfg: LitesparkConfig):
+def _build(cfg: LitesparkConfig, load_universal: bool = False):
     """The model inside its DeepSpeed engine, the LR scheduler, and the datasets of this run's sizes."""
     from megatron.core import parallel_state as ps
 
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
-    from litespark.training.data import build_datasets
+    from litespark.training.data import build_datasets, check_token_ids
 
-    engine, _, scheduler = build_engine(cfg, build_model(cfg), dist.get_world_size())
+    engine, _, scheduler = build_engine(cfg, build_model(cfg), dist.get_world_size(), load_universal=load_universal)
     dp_size = ps.get_data_parallel_world_size()
     eval_samples = cfg.run.eval_iters * cfg.data.micro_batch_size * dp_size if cfg.run.eval_interval else 0
-    return engine, scheduler, build_datasets(cfg, eval_samples=eval_samples)
+    datasets = build_datasets(cfg, eval_samples=eval_samples)
+    check_token_ids(cfg)
+    return engine, scheduler, datasets
 
 
-def _restore(cfg: LitesparkConfig, engine, run_dir: Path) -> int:
-    """Resume from the run directory's newest usable checkpoint, or initialise the weights from
-    ``checkpoint.load``; returns the step training starts at."""
-    start_step = 0
-    if cfg.checkpoint.resume:
-        state = load_latest_checkpoint(engine, run_dir)
-        if state is not None:
-            start_step = state["step"]
-    if start_step == 0 and cfg.checkpoint.load:
-        state = load_latest_checkpoint(engine, cfg.checkpoint.load, weights_only=True)
-        if state is None:
-            raise ConfigError(f"checkpoint.load: no usable checkpoint under {cfg.checkpoint.load}/checkpoints")
+def _restore(cfg: LitesparkConfig, engine, plan: ResumePlan, weights: Path | None) -> int:
+    """Resume from ``plan``'s checkpoint, or initialise the weights from ``checkpoint.load``'s
+    (``weights``); returns the step training starts at."""
+    if plan.path is not None:
+        return int(load_planned(engine, plan)["step"])
+    if weights is not None:
+        state = load_weights(engine, weights)
         log.info(
             "initialised weights from %s (its step %d); this run starts at step 0 with a fresh optimizer",
-            cfg.checkpoint.load,
+            weights,
             state["step"],
         )
-    return start_step
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +272,18 @@ class TrainingRun:
         self.phases = PhaseMeter(energy)  # the first training interval starts now
 
     def run(self) -> int:
-        """Train from the start step; returns the exit code."""
+        """Train from the start step; returns the exit code.  A save that failed (disk full, quota)
+        ends the run with one line and exit 74, the previous checkpoint intact; the job scripts do not
+        requeue that code, since a rerun would fail the same way."""
+        try:
+            return self._steps()
+        except CheckpointWriteError as exc:
+            self.progress.close()
+            if self.rank == 0:
+                log.error("%s; stopping at step %d (exit %d)", exc, self.step_done, EXIT_WRITE_FAILED)
+            return EXIT_WRITE_FAILED
+
+    def _steps(self) -> int:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         from litespark.training.data import iterate_micro_batches
@@ -343,7 +390,8 @@ class TrainingRun:
         step = self.step_done
         client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
         path = self._side_phase(
-            "checkpoint", lambda: save_checkpoint(self.engine, self.run_dir, step, client, cfg.checkpoint.keep_last)
+            "checkpoint",
+            lambda: save_checkpoint(self.engine, self.run_dir, step, client, cfg.checkpoint.keep_last),
         )
         self.last_saved = step
         log.info("saved checkpoint %s (%s, %.1f s)", path, reason, time.perf_counter() - t)

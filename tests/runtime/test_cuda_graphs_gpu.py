@@ -95,8 +95,10 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
     load that replaced them would leave the replays on the new engine's initial weights or scales."""
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
+    from litespark.config import to_dict
     from litespark.runtime.engine import build_engine
-    from litespark.training.checkpoint import load_latest_checkpoint, save_checkpoint
+    from litespark.training.checkpoint import save_checkpoint
+    from litespark.training.resume import load_planned, plan_resume
 
     overrides = (
         "precision.fp8=true",
@@ -111,7 +113,7 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
     cfg, model = build_on_gpu("te", *overrides)
     engine, _, _ = build_engine(cfg, model, 1)
     losses_and_norms(engine, cfg, 4, seed=5)
-    save_checkpoint(engine, tmp_path, 4, {"step": 4}, keep_last=1)
+    save_checkpoint(engine, tmp_path, 4, {"step": 4, "config": to_dict(cfg)}, keep_last=1)
     uninterrupted = losses_and_norms(engine, cfg, 4, seed=5)
     del engine, model
     torch.cuda.empty_cache()
@@ -120,7 +122,7 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
         "te", *overrides, "run.seed=99"
     )  # other initial weights: the checkpoint must replace them
     engine, _, _ = build_engine(cfg, model, 1)
-    assert load_latest_checkpoint(engine, tmp_path)["step"] == 4
+    assert load_planned(engine, plan_resume(cfg, tmp_path, 1))["step"] == 4
     resumed = losses_and_norms(engine, cfg, 4, seed=5)
     replays = [layer.forward.replays for layer in engine.module.decoder.layers]
     assert replays == [2 * 4] * 4, f"not every training forward was a replay: {replays}"

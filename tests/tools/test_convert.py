@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from litespark.config import to_dict
-from tests.helpers.processes import ROOT, run_training, torchrun, train_env
+from tests.helpers.processes import ROOT, run_training, torchrun, train_cmd, train_env
 
 # name -> (--set overrides of the tiny preset, training processes)
 SHAPES = {
@@ -334,7 +334,54 @@ def test_one_line_errors(trained, tmp_path):
     _save_hf(tmp_path / "small")
     _convert("from-hf", "--hf", str(tmp_path / "small"), "--out", str(tmp_path / "imported"))
     proc = run_training(tmp_path / "other", f"checkpoint.load={tmp_path / 'imported'}", "run.train_iters=1", expect=2)
-    assert "checkpoint.load:" in proc.stderr and "this run's model needs" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "checkpoint.load:" in errors[0] and "holds another model" in errors[0], proc.stderr
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_imported_weights_load_only_into_a_model_that_computes_the_same_function(tmp_path):
+    """Same shape is not enough: another RoPE base or norm epsilon would run the imported weights as
+    another function.  The import's hint names a config file that exists and makes the run fit."""
+    _save_hf(tmp_path / "hf", max_position_embeddings=64)  # rope_theta 5e5, rms_norm_eps 1e-5
+    proc = _convert("from-hf", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ls"))
+    hint = next(line for line in proc.stderr.splitlines() if "train from it with:" in line)
+    config = Path(hint.split("--config ")[1].split()[0])
+    assert config.is_file() and f"--set checkpoint.load={tmp_path / 'ls'}" in hint
+    shape = [
+        "model.hidden_size=96",
+        "model.num_attention_heads=6",
+        "model.num_query_groups=2",
+        "model.ffn_hidden_size=200",
+        "model.vocab_size=500",
+    ]
+    for sets, message in (
+        (shape, "model.rotary_base is 500000.0 there and 10000.0 in this run"),
+        (
+            [*shape, "model.rotary_base=500000", "model.norm_epsilon=1e-6"],
+            "model.norm_epsilon is 1e-05 there and 1e-06 in this run",
+        ),
+    ):
+        proc = run_training(
+            tmp_path / "run", *sets, f"checkpoint.load={tmp_path / 'ls'}", "run.train_iters=1", expect=2
+        )
+        errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], proc.stderr
+    cmd = train_cmd(
+        1,
+        "--preset",
+        "tiny",
+        "--config",
+        str(config),
+        "--set",
+        f"checkpoint.load={tmp_path / 'ls'}",
+        "--run-dir",
+        str(tmp_path / "fits"),
+        "--train-iters",
+        "2",
+    )
+    fits = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600)
+    assert fits.returncode == 0 and "initialised weights from" in fits.stderr, fits.stderr[-3000:]
 
 
 @pytest.mark.slow
@@ -365,7 +412,7 @@ def test_pretraining_continues_from_imported_weights(tmp_path):
 
 
 def test_shape_mismatch_names_the_first_problem():
-    from litespark.training.checkpoint import shape_mismatch
+    from litespark.training.checkpoint_files import shape_mismatch
 
     needed = {"a": (2, 3), "b": (4,)}
     assert shape_mismatch({"a": (2, 3), "b": (4,)}, needed) is None

@@ -19,7 +19,7 @@ from litespark.config.cli import quiet_optional_dependency_warnings
 from litespark.model.build import build_model, position_ids_for
 from litespark.runtime.distributed import destroy_distributed, init_distributed
 from litespark.runtime.engine import build_engine
-from litespark.training.checkpoint import load_latest_checkpoint
+from litespark.training.resume import check_weights_source, load_weights
 
 
 def main() -> int:
@@ -42,8 +42,7 @@ def main() -> int:
         from megatron.core import parallel_state as ps
 
         engine, _, _ = build_engine(cfg, build_model(cfg), world)
-        if load_latest_checkpoint(engine, args.checkpoint, weights_only=True) is None:
-            raise SystemExit(f"no checkpoint under {args.checkpoint}")
+        load_weights(engine, check_weights_source(cfg, args.checkpoint))
         tokens = torch.load(args.tokens)
         engine.module.eval()
         with torch.no_grad():
