@@ -204,7 +204,14 @@ class DataConfig:
     global_batch_size: int = 8
     """Sequences per optimizer step over all data-parallel ranks (micro x DP x accumulation)."""
     tokenizer: str | None = None
-    """SentencePiece model path, recorded for checkpoints and export."""
+    """SentencePiece model path, recorded for checkpoints and export; its sha256 must be the one the
+    data's manifest records (see ``allow_tokenizer_mismatch``)."""
+    allow_tokenizer_mismatch: bool = False
+    """Train even though ``tokenizer``'s sha256 differs from the one the data's manifest records
+    (the token ids would then mean other words); off: such a run is refused."""
+    scan_token_ids: bool = True
+    """At start-up, read every token of the data once (a share per rank) and refuse an id outside
+    ``model.vocab_size``; off: trust the tokenizer's manifest (its vocabulary size is still checked)."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
 

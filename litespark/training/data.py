@@ -12,6 +12,7 @@ gradient accumulation sees exactly the samples a larger micro-batch would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -22,10 +23,6 @@ import numpy as np
 import torch
 
 from litespark.config import ConfigError, LitesparkConfig
-
-# Tokens read from each prefix to check ids against the model's vocabulary (bounded: a full scan of
-# a 600 B-token corpus would take hours).
-_VOCAB_CHECK_TOKENS = 1 << 20
 
 
 class _IdsTokenizer:
@@ -42,40 +39,159 @@ class Datasets:
     valid: torch.utils.data.Dataset | None
 
 
-def check_indexed_prefixes(cfg: LitesparkConfig) -> None:
-    """Fail before training, in one line, on a missing or mismatched indexed dataset."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+_INDEX_MAGIC = b"MMIDIDX\x00\x00"
+_INDEX_HEADER_BYTES = 34  # magic 9, version 8, dtype code 1, sequence count 8, document count 8
+_TOKEN_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
+"""Megatron-Core's dtype codes (``indexed_dataset.DType``) of the integer token types."""
 
+
+@dataclass
+class IndexFacts:
+    """What a Megatron ``.idx`` says of its ``.bin``, read without building an ``IndexedDataset``."""
+
+    dtype: np.dtype
+    sequences: int
+    documents: int
+    bin_bytes: int
+    """The size the ``.bin`` must have: the last sequence's offset plus its length."""
+
+
+def read_index(prefix: str) -> IndexFacts:
+    """The facts of ``PREFIX.idx``; :class:`ConfigError` naming the file when it is not a whole index
+    of integer tokens.  (Megatron's own reader asserts on a bad file, and an ``IndexedDataset`` that
+    fails half-built prints "Exception ignored" noise when it is collected.)"""
+    path = Path(prefix + ".idx")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(_INDEX_HEADER_BYTES)
+    if len(head) < _INDEX_HEADER_BYTES or head[:9] != _INDEX_MAGIC:
+        raise ConfigError(f"data.prefixes: {path} is not a Megatron index (no MMIDIDX header)")
+    version = int.from_bytes(head[9:17], "little")
+    code = head[17]
+    sequences, documents = int.from_bytes(head[18:26], "little"), int.from_bytes(head[26:34], "little")
+    if version != 1:
+        raise ConfigError(f"data.prefixes: {path} has index version {version}; Megatron-Core reads version 1")
+    if code not in _TOKEN_DTYPES:
+        raise ConfigError(f"data.prefixes: {path} holds tokens of dtype code {code}, not integer token ids")
+    needed = _INDEX_HEADER_BYTES + 12 * sequences + 8 * documents
+    if size < needed:
+        raise ConfigError(f"data.prefixes: {path} is truncated: {size} bytes, its header promises {needed}")
+    dtype = np.dtype(_TOKEN_DTYPES[code])
+    bin_bytes = 0
+    if sequences:
+        index = np.memmap(path, dtype=np.uint8, mode="r")
+        lengths = index[_INDEX_HEADER_BYTES : _INDEX_HEADER_BYTES + 4 * sequences].view(np.int32)
+        pointers = index[_INDEX_HEADER_BYTES + 4 * sequences : _INDEX_HEADER_BYTES + 12 * sequences].view(np.int64)
+        bin_bytes = int(pointers[-1]) + int(lengths[-1]) * dtype.itemsize
+    return IndexFacts(dtype, sequences, documents, bin_bytes)
+
+
+def check_indexed_prefixes(cfg: LitesparkConfig) -> None:
+    """Fail before training, in one line, on a missing, truncated or mismatched indexed dataset, or on
+    one tokenized with another tokenizer than ``data.tokenizer``.  Cheap: no token is read (the
+    vocabulary bound over every token is :func:`check_token_ids`)."""
+    tokenizer_sha = _tokenizer_sha256(cfg)
     for prefix in cfg.data.prefixes:
         for suffix in (".bin", ".idx"):
             if not Path(prefix + suffix).is_file():
                 raise ConfigError(f"data.prefixes: {prefix}{suffix} does not exist")
-        manifest = Path(prefix + ".manifest.json")
-        if manifest.is_file():
-            vocab = json.loads(manifest.read_text()).get("vocab_size")
-            if vocab is not None and vocab > cfg.model.vocab_size:
-                raise ConfigError(
-                    f"data.prefixes: {prefix} was tokenized with a vocabulary of {vocab}, larger than model.vocab_size ({cfg.model.vocab_size})"
-                )
-        try:
-            ds = IndexedDataset(prefix, mmap=True)
-        except Exception as exc:
-            raise ConfigError(
-                f"data.prefixes: {prefix}.idx/.bin cannot be read as a Megatron indexed dataset ({exc})"
-            ) from None
-        if ds.index.dtype not in (np.uint16, np.int32, np.int64, np.uint32):
-            raise ConfigError(
-                f"data.prefixes: {prefix} holds {np.dtype(ds.index.dtype).name} tokens, not integer token ids"
-            )
-        if len(ds) == 0:
+        facts = read_index(prefix)
+        if facts.sequences == 0:
             raise ConfigError(f"data.prefixes: {prefix} has no documents")
-        bins = np.memmap(prefix + ".bin", dtype=ds.index.dtype, mode="r")
-        sample = np.concatenate([bins[:_VOCAB_CHECK_TOKENS], bins[-_VOCAB_CHECK_TOKENS:]])
-        top = int(sample.max()) if sample.size else 0
+        bin_bytes = Path(prefix + ".bin").stat().st_size
+        if bin_bytes != facts.bin_bytes:
+            state = "truncated" if bin_bytes < facts.bin_bytes else "longer than its index"
+            raise ConfigError(
+                f"data.prefixes: {prefix}.bin is {state}: {bin_bytes} bytes, its index {prefix}.idx needs "
+                f"{facts.bin_bytes}"
+            )
+        manifest = _manifest(prefix)
+        vocab = manifest.get("vocab_size")
+        if vocab is not None and vocab > cfg.model.vocab_size:
+            raise ConfigError(
+                f"data.prefixes: {prefix} was tokenized with a vocabulary of {vocab}, larger than "
+                f"model.vocab_size ({cfg.model.vocab_size})"
+            )
+        recorded = manifest.get("tokenizer_sha256")
+        if tokenizer_sha and recorded and recorded != tokenizer_sha and not cfg.data.allow_tokenizer_mismatch:
+            raise ConfigError(
+                f"data.tokenizer: {cfg.data.tokenizer} is not the tokenizer {prefix} was made with (sha256 "
+                f"{tokenizer_sha[:12]}..., the manifest records {recorded[:12]}... for {manifest.get('tokenizer')}); "
+                "set data.tokenizer to that one, or data.allow_tokenizer_mismatch=true"
+            )
+
+
+def _manifest(prefix: str) -> dict:
+    """``PREFIX.manifest.json`` (what ``data_prep`` recorded), or {} when there is none."""
+    path = Path(prefix + ".manifest.json")
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"data.prefixes: {path} is not valid JSON") from None
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _tokenizer_sha256(cfg: LitesparkConfig) -> str | None:
+    """sha256 of ``data.tokenizer`` (None when the run names none)."""
+    if not cfg.data.tokenizer:
+        return None
+    path = Path(cfg.data.tokenizer)
+    if not path.is_file():
+        raise ConfigError(f"data.tokenizer: {path} does not exist")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_SCAN_TOKENS = 1 << 24  # 32 MiB of uint16 per numpy pass: fast, and little memory
+
+
+def check_token_ids(cfg: LitesparkConfig) -> None:
+    """Every token id of every prefix below ``model.vocab_size`` (``data.scan_token_ids``; collective).
+
+    Each rank reads a contiguous share of each ``.bin`` through the memory map, in vectorised
+    passes, so the corpus is read once in all: a rank reads 1/world of it (on one CPU core about
+    10 GB/s from the page cache, the filesystem's speed otherwise).  An id outside the vocabulary
+    would otherwise fail at the step that reads it: an ``IndexError`` on CPU, a device-side assert
+    on a GPU."""
+    if cfg.data.source != "indexed" or not cfg.data.scan_token_ids:
+        return
+    import time
+
+    import torch.distributed as dist
+
+    from litespark.log import get_logger
+
+    t0 = time.perf_counter()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    tops, tokens = [], 0
+    for prefix in cfg.data.prefixes:
+        data = np.memmap(prefix + ".bin", dtype=read_index(prefix).dtype, mode="r")
+        share = -(-data.size // world)
+        mine = data[rank * share : (rank + 1) * share]
+        top = -1
+        for start in range(0, mine.size, _SCAN_TOKENS):
+            top = max(top, int(mine[start : start + _SCAN_TOKENS].max()))
+        tops.append(top)
+        tokens += mine.size
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    found = torch.tensor(tops, dtype=torch.int64, device=device)
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    for prefix, top in zip(cfg.data.prefixes, found.tolist()):
         if top >= cfg.model.vocab_size:
             raise ConfigError(
                 f"data.prefixes: {prefix} contains token id {top}, outside model.vocab_size ({cfg.model.vocab_size})"
             )
+    get_logger(__name__).info(
+        "token ids below model.vocab_size in %d prefix(es): %d tokens read on this rank in %.1f s",
+        len(cfg.data.prefixes),
+        tokens,
+        time.perf_counter() - t0,
+    )
 
 
 def build_datasets(cfg: LitesparkConfig, eval_samples: int) -> Datasets:

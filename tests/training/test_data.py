@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from litespark.config import ConfigError, apply_overrides
 from litespark.config.presets import get_preset
-from litespark.training.data import check_indexed_prefixes, micro_batch_indices
+from litespark.training.data import check_indexed_prefixes, check_token_ids, micro_batch_indices
 from tests.helpers.processes import run_training
 
 
@@ -32,25 +37,73 @@ def test_micro_batch_order_is_a_partition_of_the_global_batch():
     assert sum(micro_batch_indices(1, 2, 8, 1, 0), []) == micro_batch_indices(1, 8, 8, 1, 0)[0]
 
 
+def _indexed_cfg(*prefixes, extra=()):
+    return apply_overrides(
+        get_preset("tiny"), ["data.source=indexed", f"data.prefixes={','.join(map(str, prefixes))}", *extra]
+    )
+
+
 def test_indexed_dataset_checks(tmp_path):
     rng = np.random.default_rng(0)
     good = tmp_path / "good"
     write_indexed(good, [rng.integers(0, 500, size=rng.integers(20, 200)).tolist() for _ in range(50)])
-    cfg = apply_overrides(get_preset("tiny"), ["data.source=indexed", f"data.prefixes={good}"])
-    check_indexed_prefixes(cfg)
-    big = tmp_path / "big"
-    write_indexed(big, [[1, 2, 700, 3]] * 5)
-    cfg = apply_overrides(get_preset("tiny"), ["data.source=indexed", f"data.prefixes={big}"])
-    with pytest.raises(ConfigError, match=r"contains token id 700, outside model.vocab_size \(512\)"):
-        check_indexed_prefixes(cfg)
-    cfg = apply_overrides(get_preset("tiny"), ["data.source=indexed", f"data.prefixes={tmp_path / 'missing'}"])
+    check_indexed_prefixes(_indexed_cfg(good))
     with pytest.raises(ConfigError, match="missing.bin does not exist"):
-        check_indexed_prefixes(cfg)
+        check_indexed_prefixes(_indexed_cfg(tmp_path / "missing"))
     (tmp_path / "junk.bin").write_bytes(b"\1\2\3")
     (tmp_path / "junk.idx").write_bytes(b"not an index")
-    cfg = apply_overrides(get_preset("tiny"), ["data.source=indexed", f"data.prefixes={tmp_path / 'junk'}"])
-    with pytest.raises(ConfigError, match="cannot be read as a Megatron indexed dataset"):
-        check_indexed_prefixes(cfg)
+    with pytest.raises(ConfigError, match=r"junk.idx is not a Megatron index \(no MMIDIDX header\)"):
+        check_indexed_prefixes(_indexed_cfg(tmp_path / "junk"))
+
+
+def test_a_truncated_bin_or_idx_is_named_in_one_line_without_megatron_noise(tmp_path, recwarn):
+    rng = np.random.default_rng(2)
+    docs = [rng.integers(0, 500, size=rng.integers(20, 200)).tolist() for _ in range(50)]
+    for name in ("bin", "idx"):
+        prefix = tmp_path / name
+        write_indexed(prefix, docs)
+        path = Path(f"{prefix}.{name}")
+        path.write_bytes(path.read_bytes()[:-100])  # cut off the end, as a full disk or a killed copy would
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'bin'}.bin is truncated: \d+ bytes, its index .* needs \d+"):
+        check_indexed_prefixes(_indexed_cfg(tmp_path / "bin"))
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'idx'}.idx is truncated: \d+ bytes, its header promises \d+"):
+        check_indexed_prefixes(_indexed_cfg(tmp_path / "idx"))
+    gc.collect()  # an IndexedDataset that failed half-built would now print "Exception ignored"
+    assert not [w for w in recwarn if "Exception ignored" in str(w.message)]
+
+
+def test_every_token_id_is_checked_against_the_vocabulary(tmp_path, dist_world_1):
+    """An id outside the vocabulary in the middle of a long file (the old check read only its ends)."""
+    from litespark.runtime.distributed import init_distributed
+
+    init_distributed(1, 0)
+    docs = [[7] * 300 for _ in range(20_000)]  # 6 M tokens
+    docs[10_000] = [1, 2, 700, 3]
+    prefix = tmp_path / "middle"
+    write_indexed(prefix, docs)
+    cfg = _indexed_cfg(prefix)
+    check_indexed_prefixes(cfg)  # the cheap checks pass: the index and the .bin agree
+    with pytest.raises(ConfigError, match=rf"{prefix} contains token id 700, outside model.vocab_size \(512\)"):
+        check_token_ids(cfg)
+    check_token_ids(_indexed_cfg(prefix, extra=["data.scan_token_ids=false"]))  # switched off: trusted
+
+
+def test_the_tokenizer_must_be_the_one_the_data_was_made_with(tmp_path):
+    prefix = tmp_path / "d"
+    write_indexed(prefix, [[1, 2, 3]] * 4)
+    made_with, other = tmp_path / "made_with.model", tmp_path / "other.model"
+    made_with.write_bytes(b"tokenizer one")
+    other.write_bytes(b"tokenizer two")
+    digest = hashlib.sha256(made_with.read_bytes()).hexdigest()
+    Path(f"{prefix}.manifest.json").write_text(json.dumps({"tokenizer": str(made_with), "tokenizer_sha256": digest}))
+    check_indexed_prefixes(_indexed_cfg(prefix, extra=[f"data.tokenizer={made_with}"]))
+    with pytest.raises(ConfigError, match=r"data.tokenizer: .*other.model is not the tokenizer .* was made with"):
+        check_indexed_prefixes(_indexed_cfg(prefix, extra=[f"data.tokenizer={other}"]))
+    check_indexed_prefixes(
+        _indexed_cfg(prefix, extra=[f"data.tokenizer={other}", "data.allow_tokenizer_mismatch=true"])
+    )
+    with pytest.raises(ConfigError, match="data.tokenizer: .*nope.model does not exist"):
+        check_indexed_prefixes(_indexed_cfg(prefix, extra=[f"data.tokenizer={tmp_path / 'nope.model'}"]))
 
 
 @pytest.mark.slow
