@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -80,14 +81,31 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
         destroy_distributed()
 
 
+RUNTIME_PACKAGES = ("torch", "megatron.core", "deepspeed")
+"""What every training process imports; --preflight checks that this interpreter has them."""
+
+
 def preflight(cfg, world_size: int) -> str:
-    """What a launch of ``cfg`` on ``world_size`` processes needs, checked in seconds; ConfigError if not."""
-    from pathlib import Path
+    """What a launch of ``cfg`` on ``world_size`` processes needs, checked in seconds in one process
+    (no GPU, no process group); ConfigError if not.  Job scripts run it before launching, so that a
+    mistake ends in one line instead of in every rank's traceback."""
+    import importlib.util
 
     from litespark.config import gradient_accumulation_steps, validate
 
     if world_size < 1:
         raise ConfigError(f"--preflight {world_size}: the world size must be >= 1")
+    for package in RUNTIME_PACKAGES:
+        if importlib.util.find_spec(package.split(".")[0]) is None or importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"{sys.executable} cannot import {package}: run with the project's environment "
+                "(make venv, or pip install -r requirements.txt)"
+            )
+    from litespark.files import LockHeld, hold_lock
+    from litespark.training.checkpoint_files import check_complete
+    from litespark.training.loop import RUN_DIR_LOCK
+    from litespark.training.resume import plan_resume
+
     validate(cfg, world_size)
     if cfg.data.source == "indexed":
         from litespark.training.data import check_indexed_prefixes
@@ -97,12 +115,25 @@ def preflight(cfg, world_size: int) -> str:
     probe = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
     if not os.access(probe, os.W_OK):
         raise ConfigError(f"run.run_dir: {run_dir} is not writable (checked {probe})")
+    if (run_dir / RUN_DIR_LOCK).is_file():
+        try:
+            hold_lock(run_dir / RUN_DIR_LOCK, f"run.run_dir {run_dir}").release()
+        except LockHeld as exc:
+            raise ConfigError(f"{exc}: another training run is using it") from None
+    start = "step 0"
+    if cfg.checkpoint.resume:
+        plan = plan_resume(cfg, run_dir, world_size, whole=check_complete)
+        if plan.path is not None:
+            start = f"{plan.path.name}" + (
+                f" (resharded from DP {plan.saved_data_parallel})" if plan.saved_data_parallel else ""
+            )
     tp = cfg.parallel.tensor_parallel
     return (
         f"preflight ok: {cfg.preset}, world {world_size} = TP {tp} x DP {world_size // tp}, ZeRO-{cfg.parallel.zero_stage}, "
         f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
         f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
-        f"{' ' + ','.join(cfg.data.prefixes) if cfg.data.source == 'indexed' else ''}, run dir {run_dir}"
+        f"{' ' + ','.join(cfg.data.prefixes) if cfg.data.source == 'indexed' else ''}, run dir {run_dir}, "
+        f"starts at {start}"
     )
 
 

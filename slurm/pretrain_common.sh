@@ -14,18 +14,29 @@
 # `python -m litespark.train` after the overrides above.
 set -euo pipefail
 
+# A mistake in the environment is one line and exit 2, which the job never requeues.
+die() { echo "litespark: error: $*" >&2; exit 2; }
+integer() {  # NAME VALUE MIN: VALUE must be a whole number >= MIN
+  [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge "$3" ] || die "$1=$2 is not a whole number >= $3"
+}
+
 PY=${LITESPARK_PYTHON:-python}
 PRESET=${LITESPARK_PRESET:?the job script sets LITESPARK_PRESET}
 JOB=${SLURM_JOB_ID:-local}
 RESTART=${SLURM_RESTART_COUNT:-0}
 NODES=${SLURM_JOB_NUM_NODES:-${LITESPARK_NODES:-1}}
+integer LITESPARK_NODES "$NODES" 1
 PER_NODE=${LITESPARK_GPUS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-8}}
 PER_NODE=${PER_NODE%%(*}                     # "8(x4)" -> 8
+integer LITESPARK_GPUS_PER_NODE "$PER_NODE" 1
 WORLD=$((NODES * PER_NODE))
 RUN_DIR=${LITESPARK_RUN_DIR:-runs/${PRESET}-${JOB}}
 MAX_RESTARTS=${LITESPARK_MAX_RESTARTS:-2}
+integer LITESPARK_MAX_RESTARTS "$MAX_RESTARTS" 0
 LAUNCHER=${LITESPARK_LAUNCHER:-srun}
+[ "$LAUNCHER" = srun ] || [ "$LAUNCHER" = torchrun ] || die "LITESPARK_LAUNCHER=$LAUNCHER is not srun or torchrun"
 export MASTER_PORT=${LITESPARK_MASTER_PORT:-$((20000 + ${JOB//[^0-9]/0} % 40000))}
+integer LITESPARK_MASTER_PORT "$MASTER_PORT" 1
 
 DRY_RUN=0
 passthrough=()
@@ -60,6 +71,10 @@ else
   launch=("$PY" -m torch.distributed.run --nnodes=1 --nproc-per-node="$PER_NODE" --master-addr="$MASTER_ADDR"
           --master-port="$MASTER_PORT" -m litespark.train "${args[@]}")
 fi
+
+# The interpreter must be the project's: without it every rank would fail with its own traceback.
+"$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'deepspeed', 'megatron.core', 'yaml')))" 2>/dev/null \
+  || die "$PY cannot import torch, deepspeed, megatron-core and yaml: activate the project's environment or set LITESPARK_PYTHON"
 
 echo "litespark job $JOB (restart $RESTART): $PRESET on $NODES node(s) x $PER_NODE = $WORLD processes," \
      "rendezvous $MASTER_ADDR:$MASTER_PORT, run dir $RUN_DIR"
@@ -105,6 +120,7 @@ requeue() {
 case "$rc" in
   0) echo "$(date +%T) training finished"; exit 0 ;;
   2) echo "$(date +%T) configuration or data error (exit 2): not requeued"; exit 2 ;;
+  74) echo "$(date +%T) a checkpoint could not be written (exit 74, disk full?): not requeued; the previous checkpoint is intact"; exit 74 ;;
   75) requeue "preempted: checkpoint taken" ;;
   *)
     if [ "$preempted" = 1 ]; then requeue "preempted while exiting (exit $rc)"; fi

@@ -15,12 +15,19 @@ from tests.helpers.processes import ROOT
 pytestmark = pytest.mark.slow  # runs bash and the stubs as processes
 
 STUB_PYTHON = """#!/usr/bin/env bash
-# Stands in for python: every `python -m ...` the job script runs succeeds.
+# Stands in for python: every `python -m ...` the job script runs succeeds, except that the launch
+# (torch.distributed.run) exits with $STUB_TRAIN_EXIT and `-c` (the environment check) with $STUB_IMPORT_EXIT.
 case "$*" in
+  -c*) exit ${STUB_IMPORT_EXIT:-0} ;;
   *--print-config*) echo "preset: stub" ;;
   *--preflight*) echo "preflight ok: stub" ;;
+  *torch.distributed.run*) exit ${STUB_TRAIN_EXIT:-0} ;;
 esac
 exit 0
+"""
+
+STUB_SCONTROL = """#!/usr/bin/env bash
+echo "$*" >> "$SCONTROL_CALLS"
 """
 
 # A checkout with a long `git status`: far more than the 50 lines the script keeps.
@@ -38,28 +45,74 @@ def _stub(path: Path, text: str) -> Path:
     return path
 
 
-def test_a_long_git_status_does_not_fail_the_job(tmp_path):
-    """The job records the first 50 lines of ``git status`` and trains; the lines it does not read
-    must not end the script with SIGPIPE (exit 141 under pipefail)."""
+def _job_env(tmp_path, **extra) -> dict:
+    """The job script's environment outside Slurm, with python, git and scontrol stubbed."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     _stub(bin_dir / "git", STUB_GIT)
+    _stub(bin_dir / "scontrol", STUB_SCONTROL)
     python = _stub(tmp_path / "python", STUB_PYTHON)
-    run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
         LITESPARK_HOME=str(ROOT),
         LITESPARK_PYTHON=str(python),
         LITESPARK_LAUNCHER="torchrun",
-        LITESPARK_RUN_DIR=str(run_dir),
+        LITESPARK_RUN_DIR=str(tmp_path / "run"),
         LITESPARK_GPUS_PER_NODE="1",
+        SCONTROL_CALLS=str(tmp_path / "scontrol.calls"),
     )
-    proc = subprocess.run(
-        ["bash", "slurm/pretrain_3b.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    env.update(extra)
+    return env
+
+
+def _job(tmp_path, **extra) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "slurm/pretrain_3b.sh"],
+        cwd=ROOT,
+        env=_job_env(tmp_path, **extra),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
+
+
+def test_a_long_git_status_does_not_fail_the_job(tmp_path):
+    """The job records the first 50 lines of ``git status`` and trains; the lines it does not read
+    must not end the script with SIGPIPE (exit 141 under pipefail)."""
+    proc = _job(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "training finished" in proc.stdout
-    (git_txt,) = run_dir.glob("slurm/job-local-restart-0/git.txt")
+    (git_txt,) = (tmp_path / "run").glob("slurm/job-local-restart-0/git.txt")
     lines = git_txt.read_text().splitlines()
     assert lines[0] == "0123456789abcdef0123456789abcdef01234567" and len(lines) == 51, lines[:3]
+
+
+@pytest.mark.parametrize("train_exit, requeued", [(74, False), (2, False), (1, True)])
+def test_a_full_disk_and_a_config_error_are_not_requeued(tmp_path, train_exit, requeued):
+    """Exit 74 (a checkpoint could not be written) and 2 (bad config or data) would fail again after a
+    requeue; any other failure is requeued (up to LITESPARK_MAX_RESTARTS)."""
+    proc = _job(tmp_path, SLURM_JOB_ID="4242", STUB_TRAIN_EXIT=str(train_exit))
+    calls = (tmp_path / "scontrol.calls").read_text() if (tmp_path / "scontrol.calls").exists() else ""
+    assert ("requeue 4242" in calls) is requeued, (calls, proc.stdout)
+    assert proc.returncode == (0 if requeued else train_exit), proc.stdout + proc.stderr
+    if train_exit == 74:
+        assert "a checkpoint could not be written (exit 74, disk full?): not requeued" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("LITESPARK_NODES", "abc", "LITESPARK_NODES=abc is not a whole number >= 1"),
+        ("LITESPARK_GPUS_PER_NODE", "0", "LITESPARK_GPUS_PER_NODE=0 is not a whole number >= 1"),
+        ("LITESPARK_MAX_RESTARTS", "-1", "LITESPARK_MAX_RESTARTS=-1 is not a whole number >= 0"),
+        ("LITESPARK_LAUNCHER", "mpirun", "LITESPARK_LAUNCHER=mpirun is not srun or torchrun"),
+        ("STUB_IMPORT_EXIT", "1", "cannot import torch, deepspeed, megatron-core and yaml"),
+    ],
+)
+def test_a_bad_environment_is_one_line_and_exit_2(tmp_path, variable, value, message):
+    proc = _job(tmp_path, **{variable: value})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"litespark: error: {message}"] or (
+        len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
+    ), proc.stderr
