@@ -34,7 +34,7 @@ TOP = (
 PATH = re.compile(r"(?<![\w./{,<-])((?:" + "|".join(TOP) + r")/[\w./{},*-]*)")
 DOTTED = re.compile(r"(?<![\w./-])((?:litespark|megatron_patches|deepspeed_patches|data_prep)(?:\.\w+)+)")
 MODULE = re.compile(r"python3? -m ((?:litespark|data_prep)[\w.]*)")
-FILE_SUFFIXES = {"json", "jsonl", "yaml", "md", "py", "txt", "log", "png", "pt"}
+FILE_SUFFIXES = {"json", "jsonl", "yaml", "md", "py", "txt", "log", "png", "pt", "lock"}
 
 
 def _expand(path: str) -> list[str]:
