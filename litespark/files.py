@@ -5,8 +5,8 @@ same output.
 takes an exclusive ``flock`` on a lock file beside an output (a run directory, a dataset prefix) for
 as long as the process lives, or until released: a second process that asks for it is refused with
 the holder's pid and host, and the kernel drops the lock when the holder exits, however it exits,
-so a lock is never left stale by a crash or a SIGKILL.  The lock file itself stays (removing it
-would let a third process lock a new file while a second still holds the old one).
+so a lock is never left stale by a crash or a SIGKILL.  A clean release removes the lock file; a
+killed holder leaves it, unlocked, for the next one.
 """
 
 from __future__ import annotations
@@ -90,7 +90,11 @@ class FileLock:
         self._fd: int | None = fd
 
     def release(self) -> None:
+        """Remove the lock file and drop the lock (the file goes first, while still locked: a process
+        that opened it meanwhile finds, once it has the lock, that the path no longer names its file,
+        and tries again on a new one)."""
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -105,18 +109,29 @@ class FileLock:
 def hold_lock(path: Path, what: str) -> FileLock:
     """Take the exclusive lock ``path`` (created if missing) without waiting; raises :class:`LockHeld`,
     naming ``what`` and the holder, when another process has it.  The lock lasts until
-    :meth:`FileLock.release` or the end of the process."""
+    :meth:`FileLock.release` (which removes the file) or the end of the process (which leaves the file,
+    unlocked, for the next holder)."""
     path = Path(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise LockHeld(f"{what} is in use by {holder} (lock {path})") from None
-    except BaseException:
-        os.close(fd)
-        raise
+    for _ in range(100):  # another holder may remove the file between our open and our lock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockHeld(f"{what} is in use by {holder} (lock {path})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # we locked a file its holder had just removed: try the one the path names now
+    else:
+        raise LockHeld(f"{what}: could not take the lock {path}")
     stamp = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, stamp, 0)
