@@ -70,9 +70,10 @@ def dist_world_1():
         os.environ.update(saved)
 
 
-QUICK_COMMANDS = ("git", "gcc")
+QUICK_COMMANDS = ("git", "gcc", "fc-list")
 """Programs a test may run without being `slow`: they answer in milliseconds (git, for the revision
-recorded beside results; gcc, which DeepSpeed runs on a test file to decide whether its CPU ops build)."""
+recorded beside results; gcc, which DeepSpeed runs on a test file to decide whether its CPU ops build;
+fc-list, which matplotlib runs once per machine to build its font cache, in whichever test plots first)."""
 
 
 @pytest.fixture(autouse=True)
