@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from litespark import indexed_files
 from litespark.config import ConfigError, LitesparkConfig
 
 
@@ -39,12 +40,6 @@ class Datasets:
     valid: torch.utils.data.Dataset | None
 
 
-_INDEX_MAGIC = b"MMIDIDX\x00\x00"
-_INDEX_HEADER_BYTES = 34  # magic 9, version 8, dtype code 1, sequence count 8, document count 8
-_TOKEN_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
-"""Megatron-Core's dtype codes (``indexed_dataset.DType``) of the integer token types."""
-
-
 @dataclass
 class IndexFacts:
     """What a Megatron ``.idx`` says of its ``.bin``, read without building an ``IndexedDataset``."""
@@ -60,30 +55,13 @@ def read_index(prefix: str) -> IndexFacts:
     """The facts of ``PREFIX.idx``; :class:`ConfigError` naming the file when it is not a whole index
     of integer tokens.  (Megatron's own reader asserts on a bad file, and an ``IndexedDataset`` that
     fails half-built prints "Exception ignored" noise when it is collected.)"""
-    path = Path(prefix + ".idx")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(_INDEX_HEADER_BYTES)
-    if len(head) < _INDEX_HEADER_BYTES or head[:9] != _INDEX_MAGIC:
-        raise ConfigError(f"data.prefixes: {path} is not a Megatron index (no MMIDIDX header)")
-    version = int.from_bytes(head[9:17], "little")
-    code = head[17]
-    sequences, documents = int.from_bytes(head[18:26], "little"), int.from_bytes(head[26:34], "little")
-    if version != 1:
-        raise ConfigError(f"data.prefixes: {path} has index version {version}; Megatron-Core reads version 1")
-    if code not in _TOKEN_DTYPES:
-        raise ConfigError(f"data.prefixes: {path} holds tokens of dtype code {code}, not integer token ids")
-    needed = _INDEX_HEADER_BYTES + 12 * sequences + 8 * documents
-    if size < needed:
-        raise ConfigError(f"data.prefixes: {path} is truncated: {size} bytes, its header promises {needed}")
-    dtype = np.dtype(_TOKEN_DTYPES[code])
-    bin_bytes = 0
-    if sequences:
-        index = np.memmap(path, dtype=np.uint8, mode="r")
-        lengths = index[_INDEX_HEADER_BYTES : _INDEX_HEADER_BYTES + 4 * sequences].view(np.int32)
-        pointers = index[_INDEX_HEADER_BYTES + 4 * sequences : _INDEX_HEADER_BYTES + 12 * sequences].view(np.int64)
-        bin_bytes = int(pointers[-1]) + int(lengths[-1]) * dtype.itemsize
-    return IndexFacts(dtype, sequences, documents, bin_bytes)
+    try:
+        header, lengths, pointers, _ = indexed_files.read_index(prefix + ".idx")
+    except indexed_files.BadIndex as exc:
+        raise ConfigError(f"data.prefixes: {exc}") from None
+    return IndexFacts(
+        header.dtype, header.sequences, header.documents, indexed_files.bin_bytes(header, lengths, pointers)
+    )
 
 
 def check_indexed_prefixes(cfg: LitesparkConfig) -> None:
