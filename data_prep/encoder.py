@@ -1,4 +1,5 @@
-"""SentencePiece encoding of document batches into flat token arrays, each distinct word encoded once.
+"""Encoding of document batches into flat token arrays: SentencePiece with each distinct word encoded
+once, or a Hugging Face fast tokenizer.
 
 Why: SentencePiece's BPE runs its merge loop afresh on every occurrence of every word, and its Python
 binding returns a list of Python ints per document that then has to be copied into an array.  Natural
@@ -29,6 +30,8 @@ from collections.abc import Sequence
 from itertools import chain
 
 import numpy as np
+
+from litespark.indexed_files import GrowingArray
 
 # A word: a run of whitespace (a space or a literal U+2581, which SentencePiece treats alike) with the
 # characters up to the next whitespace, or a lone newline.  Applied to " " + text, so that the first word
@@ -71,42 +74,42 @@ class _Slots(dict):
         return slot
 
 
-class _Grow:
-    """A numpy array with amortised appends."""
+class WordMemo:
+    """``encode(texts)`` -> (all ids as one int32 array, ids per text), assembled from the ids of each
+    text's words, each distinct word encoded once.  Subclasses say how a text splits into words
+    (``_words``), how new words are encoded (``_encode_words``) and how whole texts are encoded when the
+    memo cannot be used (``_encode_plain``)."""
 
-    def __init__(self, dtype) -> None:
-        self.data, self.size = np.empty(1024, dtype), 0
+    blocker: str | None
 
-    def extend(self, values: np.ndarray) -> None:
-        end = self.size + len(values)
-        if end > len(self.data):
-            grown = np.empty(max(end, 2 * len(self.data)), self.data.dtype)
-            grown[: self.size] = self.data[: self.size]
-            self.data = grown
-        self.data[self.size : end] = values
-        self.size = end
-
-
-class Encoder:
-    """``encode(texts)`` -> (all ids as one int32 array, ids per text): what ``sp.encode`` gives, flat."""
-
-    def __init__(self, sp, threads: int = 1, memo_words: int = 1 << 20) -> None:
-        self.sp, self.threads, self.memo_words = sp, threads, memo_words
-        self.blocker = memo_blocker(sp) if memo_words > 0 else "memo_words=0"
-        self.memoised = self.blocker is None
-        self._prefix = len(sp.encode("\n"))
+    def __init__(self, memo_words: int) -> None:
+        self.memo_words = memo_words
         self._reset()
+
+    @property
+    def memoised(self) -> bool:
+        return self.blocker is None
 
     def _reset(self) -> None:
         self._slots = _Slots()
-        self._starts, self._lens, self._pool = _Grow(np.int64), _Grow(np.int64), _Grow(np.int32)
+        self._starts, self._lens = GrowingArray(np.int64), GrowingArray(np.int64)
+        self._pool = GrowingArray(np.int32)
+
+    def _words(self, text: str) -> list[str]:
+        raise NotImplementedError
+
+    def _encode_words(self, words: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _encode_plain(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         if not self.memoised:
             return self._encode_plain(texts)
         if len(self._slots) > self.memo_words or self._pool.size > POOL_IDS_PER_WORD * self.memo_words:
             self._reset()
-        words = [WORD(" " + t) if t else [] for t in texts]  # sp.encode("") is empty: no dummy prefix
+        words = [self._words(t) for t in texts]
         counts = np.fromiter(map(len, words), np.int64, len(words))
         slots = np.fromiter(map(self._slots.__getitem__, chain.from_iterable(words)), np.int64, int(counts.sum()))
         self._encode_pending()
@@ -121,15 +124,34 @@ class Encoder:
         pending = self._slots.pending
         if not pending:
             return
-        encoded = self.sp.encode(["\n" + w for w in pending], num_threads=self.threads)
-        k = self._prefix
-        lens = np.fromiter((len(e) - k for e in encoded), np.int64, len(encoded))
+        encoded = self._encode_words(pending)
+        lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
         self._starts.extend(self._pool.size + np.cumsum(lens) - lens)
         self._lens.extend(lens)
-        self._pool.extend(np.fromiter(chain.from_iterable(e[k:] for e in encoded), np.int32, int(lens.sum())))
+        self._pool.extend(np.fromiter(chain.from_iterable(encoded), np.int32, int(lens.sum())))
         pending.clear()
 
+
+def flatten(encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    return np.fromiter(chain.from_iterable(encoded), np.int32, int(lens.sum())), lens
+
+
+class Encoder(WordMemo):
+    """What ``sp.encode`` gives, flat; each distinct word encoded once when :func:`memo_blocker` allows."""
+
+    def __init__(self, sp, threads: int = 1, memo_words: int = 1 << 20) -> None:
+        self.sp, self.threads = sp, threads
+        self.blocker = memo_blocker(sp) if memo_words > 0 else "memo_words=0"
+        self._prefix = len(sp.encode("\n"))
+        super().__init__(memo_words)
+
+    def _words(self, text: str) -> list[str]:
+        return WORD(" " + text) if text else []  # sp.encode("") is empty: no dummy prefix
+
+    def _encode_words(self, words: list[str]) -> list[list[int]]:
+        k = self._prefix
+        return [e[k:] for e in self.sp.encode(["\n" + w for w in words], num_threads=self.threads)]
+
     def _encode_plain(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = self.sp.encode(list(texts), num_threads=self.threads)
-        lens = np.fromiter(map(len, encoded), np.int64, len(encoded))
-        return np.fromiter(chain.from_iterable(encoded), np.int32, int(lens.sum())), lens
+        return flatten(self.sp.encode(list(texts), num_threads=self.threads))

@@ -4,17 +4,19 @@
 #   INPUT=/data/SlimPajama-627B/train TOKENIZER=/models/llama2/tokenizer.model OUTPUT=/data/slimpajama_train \
 #     bash slurm/tokenize_slimpajama.sh           # submits both jobs and prints their ids
 #
-# Array task i of N tokenizes every N-th input file from the i-th (--shard i/N) into OUTPUT.shard<i>;
-# the merge job concatenates the shards in order into OUTPUT.bin/.idx.  A task that is requeued or
-# rerun resumes from its committed per-file parts.  Every value below can be set from the environment.
+# Array task i of N tokenizes a contiguous 1/N of the input, balanced by size (--shard i/N; an
+# uncompressed file is split at --chunk-bytes boundaries, so one large file feeds many tasks) into
+# OUTPUT.shard<i>; the merge job concatenates the shards in order into OUTPUT.bin/.idx, which equals a
+# single run byte for byte.  A task that is requeued or rerun resumes from its committed parts.  Every
+# value below can be set from the environment.
 set -euo pipefail
 INPUT=${INPUT:?set INPUT to the SlimPajama split directory (or a glob / @list file)}
-TOKENIZER=${TOKENIZER:?set TOKENIZER to the SentencePiece .model}
+TOKENIZER=${TOKENIZER:?set TOKENIZER to the SentencePiece .model or the Hugging Face tokenizer directory}
 OUTPUT=${OUTPUT:?set OUTPUT to the output prefix}
 TASKS=${TASKS:-16}                     # array size
 CPUS=${CPUS:-32}                       # CPUs per array task
 MERGE_CPUS=${MERGE_CPUS:-2}            # CPUs of the merge job
-WORKERS=${WORKERS:-$((CPUS / 2))}      # processes per task (each encodes with 2 threads)
+WORKERS=${WORKERS:-$CPUS}              # encoder processes per task
 PARTITION=${PARTITION:-}               # empty: the cluster's default partition
 PYTHON=${PYTHON:-python}
 # Inside a job the script runs from Slurm's spool copy: the repository comes from the submitting shell.

@@ -85,6 +85,15 @@ def many_files(corpus):
     return out
 
 
+@pytest.fixture(scope="module")
+def big_file(corpus):
+    """The sample's documents three times over in one uncompressed JSONL file (a few MB)."""
+    docs = [t for t, _ in _documents(corpus / "sample" / "train")]
+    path = corpus / "big.jsonl"
+    path.write_text("".join(json.dumps({"text": f"copy {k}: {t}"}) + "\n" for k in range(3) for t in docs))
+    return path
+
+
 def _documents(path):
     from data_prep.corpus import input_files, iter_texts
 
@@ -169,7 +178,7 @@ def test_resume_after_sigkill_is_byte_identical(many_files, corpus, tmp_path):
     assert 0 < committed < 12, f"{committed} parts committed when killed: the kill came too late or too early"
     assert not Path(f"{prefix}.bin").exists()  # nothing final before completion
     resumed = _tokenize([many_files], corpus / "tok.model", prefix)
-    assert f"resuming: {committed} of 12 files" in resumed.stderr
+    assert f"resuming: {committed} parts already tokenized" in resumed.stderr
     for suffix in (".bin", ".idx"):
         assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
 
@@ -224,17 +233,27 @@ def test_set_filters_and_split_by_set(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_shards_cover_every_file_once_and_merge_equals_one_run(many_files, corpus, tmp_path):
-    from data_prep.corpus import input_files, shard
+def test_shards_are_contiguous_and_balanced():
+    from data_prep.corpus import shard
 
-    files = input_files([str(many_files)])
-    taken = [f for i in range(5) for f in shard(files, i, 5)]
-    assert sorted(taken) == sorted(files) and len(taken) == len(set(taken))
+    weights = [5, 1, 1, 1, 8, 0, 2, 2, 4]
+    taken = [shard(weights, i, 3) for i in range(3)]
+    assert [list(r) for r in taken] == [[0, 1, 2, 3], [4], [5, 6, 7, 8]]
+    assert [u for r in taken for u in r] == list(range(len(weights)))  # every unit once, in order
+    assert sorted(len(shard([1] * 10, i, 4)) for i in range(4)) == [2, 2, 3, 3]
+    assert list(shard([3], 0, 2)) == [] and list(shard([3], 1, 2)) == [0] and list(shard([], 0, 2)) == []
     with pytest.raises(ValueError):
-        shard(files, 5, 5)
-    # Shards as an array job would make them, merged in order, equal a run over files in shard order.
+        shard(weights, 3, 3)
+
+
+@pytest.mark.slow
+def test_shards_merged_in_order_equal_one_run_even_inside_a_file(many_files, big_file, corpus, tmp_path):
+    """Array tasks (--shard I/N) take contiguous shares; an uncompressed file is split at chunk
+    boundaries, so one file feeds several tasks, and the merge of the shards equals a single run."""
+    inputs = [many_files, big_file]
+    chunk = ["--chunk-bytes", str(big_file.stat().st_size // 5)]
     for i in range(3):
-        _tokenize([many_files], corpus / "tok.model", tmp_path / f"s{i}", "--shard", f"{i}/3")
+        _tokenize(inputs, corpus / "tok.model", tmp_path / f"s{i}", "--shard", f"{i}/3", *chunk)
     _run(
         "merge_indexed.py",
         "--inputs",
@@ -242,15 +261,19 @@ def test_shards_cover_every_file_once_and_merge_equals_one_run(many_files, corpu
         "--output-prefix",
         str(tmp_path / "merged"),
     )
-    ordered = [str(f) for i in range(3) for f in shard(files, i, 3)]
-    _tokenize(ordered, corpus / "tok.model", tmp_path / "single")
+    _tokenize(inputs, corpus / "tok.model", tmp_path / "single")
     for suffix in (".bin", ".idx"):
         assert (tmp_path / f"merged{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
+    shards = [json.loads((tmp_path / f"s{i}.manifest.json").read_text())["files"] for i in range(3)]
+    big = [f["chunks"] for files in shards for f in files if f["path"] == str(big_file)]
+    assert len(big) >= 2, f"the big file went to one task only: {shards}"
     merged = json.loads((tmp_path / "merged.manifest.json").read_text())
-    assert len(merged["files"]) == 12
-    _tokenize(
-        [many_files], corpus / "tok.model", tmp_path / "empty_shard", "--shard", "12/13"
-    )  # no files: empty output
+    single = json.loads((tmp_path / "single.manifest.json").read_text())
+    assert sum(f["documents"] for f in merged["files"]) == sum(f["documents"] for f in single["files"])
+    one = many_files / "part_00.jsonl"  # one unit, taken by task 1 of 2: task 0 writes an empty dataset
+    _tokenize([one], corpus / "tok.model", tmp_path / "empty_shard", "--shard", "0/2")
+    assert json.loads((tmp_path / "empty_shard.manifest.json").read_text())["files"] == []
+    assert (tmp_path / "empty_shard.bin").stat().st_size == 0
     mismatch = _run(
         "merge_indexed.py",
         "--inputs",
@@ -279,8 +302,10 @@ def test_missing_inputs_exit_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
-    """--hf-dataset streams through `datasets` (here a local directory: no hub is reachable in tests)."""
+@pytest.mark.parametrize("workers", [2, 4])
+def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch, workers):
+    """--hf-dataset streams through `datasets` (here a local directory: no hub is reachable in tests); its 3
+    shards go whole to 2 workers, or are read by the driver and fed to 4."""
     import sentencepiece as spm
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -307,7 +332,9 @@ def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
         str(tmp_path / "hf"),
         "--no-progress",
         "--workers",
-        "2",
+        str(workers),
+        "--batch-bytes",
+        "100",
         "--keep-parts",
     ]
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
@@ -322,8 +349,7 @@ def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     sp = spm.SentencePieceProcessor(model_file=str(corpus / "tok.model"))
     ds = IndexedDataset(str(tmp_path / "hf"))
-    got = sorted(ds[i].tolist() for i in range(len(ds)))
-    assert got == sorted([1, *sp.encode(t), 2] for t in texts)
+    assert [ds[i].tolist() for i in range(len(ds))] == [[1, *sp.encode(t), 2] for t in texts]
     again = subprocess.run(
         [sys.executable, "data_prep/tokenize_slimpajama.py", *args],
         cwd=ROOT,
@@ -332,7 +358,7 @@ def test_hf_dataset_path_with_a_local_dataset(corpus, tmp_path, monkeypatch):
         text=True,
         timeout=300,
     )
-    assert again.returncode == 0 and "resuming: 3 of 3" in again.stderr
+    assert again.returncode == 0 and "resuming: 3 parts already tokenized" in again.stderr
     both = _run(
         "tokenize_slimpajama.py",
         "--input",
@@ -419,34 +445,34 @@ def test_word_memo_refuses_models_it_cannot_reproduce(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_memory_stays_bounded_on_a_file_larger_than_the_bound(corpus, tmp_path):
-    """One 96 MB file with a 1 MiB batch and a 20k-word memo: the worker's peak RSS grows by far less than the
-    file, against the same worker on a 1 MB file (the import of megatron.core dominates both)."""
+def _peak_rss(stdout: str) -> tuple[float, float]:
+    """(driver, worker) peak RSS in MiB from the summary line."""
+    driver, worker = stdout.split("peak RSS ")[1].split(" MiB per worker")[0].split(" MiB driver, ")
+    return float(driver.replace(",", "")), float(worker.replace(",", ""))
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_on_a_file_larger_than_the_bound(corpus, tmp_path):
+    """One 96 MB file with a 1 MiB batch and a 20k-word memo: neither the driver's nor the worker's peak
+    RSS grows by more than a fraction of the file, against the same run on a 3 MB file."""
     docs = [t for t, _ in _documents(corpus / "sample" / "train")]
-    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
-    with open(large, "w") as f:
-        written, k = 0, 0
-        while written < 96_000_000:
-            line = json.dumps({"text": f"copy {k}: " + docs[k % len(docs)]}) + "\n"
-            f.write(line)
-            written, k = written + len(line), k + 1
-    small.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs)[:1_000_000].rsplit("\n", 1)[0] + "\n")
+    sizes = {"small": 3_000_000, "large": 96_000_000}
     peaks = {}
-    for name, path in (("small", small), ("large", large)):
-        _tokenize(
-            [path],
-            corpus / "tok.model",
-            tmp_path / name,
-            "--batch-bytes",
-            str(1 << 20),
-            "--memo-words",
-            "20000",
-            "--keep-parts",
+    for name, size in sizes.items():
+        path = tmp_path / f"{name}.jsonl"
+        with open(path, "w") as f:
+            written, k = 0, 0
+            while written < size:
+                line = json.dumps({"text": f"copy {k}: " + docs[k % len(docs)]}) + "\n"
+                f.write(line)
+                written, k = written + len(line), k + 1
+        proc = _tokenize(
+            [path], corpus / "tok.model", tmp_path / name, "--batch-bytes", str(1 << 20), "--memo-words", "20000"
         )
-        marker = next(Path(f"{tmp_path / name}.parts").glob("*.json"))
-        peaks[name] = json.loads(marker.read_text())["report"]["peak_rss_mib"]
-    growth = peaks["large"] - peaks["small"]
-    assert growth < 48, f"worker peak RSS {peaks}: grew {growth:.0f} MiB on a 96 MB file"
+        peaks[name] = _peak_rss(proc.stdout)
+    assert peaks["small"][1] > 0, "the small run had no worker process"
+    growth = [large - small for large, small in zip(peaks["large"], peaks["small"])]
+    assert max(growth) < 48, f"peak RSS (driver, worker) {peaks}: grew {growth} MiB on a 96 MB file"
 
 
 def _tokenize_cmd(inputs, tok, prefix, *extra) -> list[str]:
@@ -531,3 +557,224 @@ def test_a_full_disk_is_one_line_leaves_no_temporaries_and_resumes(many_files, c
     _tokenize([many_files], corpus / "tok.model", prefix)
     for suffix in (".bin", ".idx"):
         assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# One file, many workers; Hugging Face tokenizers
+
+
+@pytest.mark.slow
+def test_one_file_is_encoded_by_every_worker_in_parts_byte_identical(big_file, corpus, tmp_path):
+    """A single file, plain or zstd, is read in batches that both workers encode and committed in
+    several parts; the output equals one worker's with one part."""
+    compressed = tmp_path / "big.jsonl.zst"
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(big_file.read_bytes()))
+    _tokenize([big_file], corpus / "tok.model", tmp_path / "one")
+    chunk = big_file.stat().st_size // 4 + 1
+    for name, path in (("plain", big_file), ("zstd", compressed)):
+        proc = _tokenize(
+            [path],
+            corpus / "tok.model",
+            tmp_path / name,
+            *("--workers", "2", "--batch-bytes", "20000", "--chunk-bytes", str(chunk), "--keep-parts"),
+        )
+        for suffix in (".bin", ".idx"):
+            assert Path(f"{tmp_path / name}{suffix}").read_bytes() == (tmp_path / f"one{suffix}").read_bytes(), name
+        markers = sorted(Path(f"{tmp_path / name}.parts").glob("*.json"))
+        assert len(markers) == 4, (name, [m.name for m in markers])
+        assert _peak_rss(proc.stdout)[1] > 0, "no worker process ran"
+        (entry,) = json.loads(Path(f"{tmp_path / name}.manifest.json").read_text())["files"]
+        assert entry["chunks"] == [0, 3] and entry["documents"] == 3 * len(_documents(corpus / "sample" / "train"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["plain", "zstd"])
+def test_a_single_file_killed_mid_way_resumes_from_its_committed_parts(big_file, corpus, tmp_path, layout):
+    """Killed mid-file and rerun: an uncompressed file's ranges (read by the workers) or a zstd file's
+    batches (read by the driver and fed to two workers) resume from the committed chunks."""
+    if layout == "zstd":
+        path = tmp_path / "big.jsonl.zst"
+        path.write_bytes(zstandard.ZstdCompressor().compress(big_file.read_bytes()))
+    else:
+        path = big_file
+    _tokenize([big_file], corpus / "tok.model", tmp_path / "clean")
+    prefix = tmp_path / "killed"
+    chunk = ["--chunk-bytes", str(big_file.stat().st_size // 12 + 1), "--batch-bytes", "4096", "--workers", "2"]
+    proc = subprocess.Popen(
+        _tokenize_cmd([path], corpus / "tok.model", prefix, *chunk),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    parts = Path(f"{prefix}.parts")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.json"))) < 3:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = len(list(parts.glob("*.json")))
+    assert 0 < committed < 12, f"{committed} of 12 parts committed when killed"
+    resumed = _tokenize([path], corpus / "tok.model", prefix, *chunk)
+    assert f"resuming: {committed} parts already tokenized" in resumed.stderr
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
+
+
+@pytest.mark.slow
+def test_bad_lines_are_numbered_in_their_file_whatever_the_parts(corpus, tmp_path):
+    lines = [b'{"text": "doc %d"}\n' % i for i in range(60)]
+    for at in (7, 23, 41, 58):
+        lines[at] = b'{"text": broken %d\n' % at
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"".join(lines))
+    compressed = tmp_path / "bad.jsonl.zst"
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(bad.read_bytes()))
+    expected = [at + 1 for at in (7, 23, 41, 58)]
+    for path in (bad, compressed):
+        for extra in ([], ["--chunk-bytes", "100", "--batch-bytes", "30", "--workers", "2"]):
+            prefix = tmp_path / f"out{len(extra)}{path.suffix}"
+            _tokenize([path], corpus / "tok.model", prefix, *extra)
+            (entry,) = json.loads(Path(f"{prefix}.manifest.json").read_text())["files"]
+            assert [b["line"] for b in entry["bad"]] == expected, (path.name, extra, entry["bad"])
+            assert entry["documents"] == 56 and entry["bad_lines"] == 4
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(corpus):
+    """A Llama-3-style byte-level BPE (Llama 3's split regex, <|begin_of_text|> added by the
+    post-processor, <|end_of_text|> the EOS) trained on the sample, as a checkpoint directory."""
+    _run(
+        "train_tokenizer.py",
+        "--input",
+        str(corpus / "sample" / "train"),
+        "--vocab-size",
+        "700",
+        "--format",
+        "huggingface",
+        "--out",
+        str(corpus / "hf_tok"),
+    )
+    return corpus / "hf_tok"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bos", [True, False])
+def test_huggingface_tokenizer_writes_what_megatron_lm_writes(hf_tokenizer, big_file, corpus, tmp_path, bos):
+    """Megatron-LM's preprocess_data.py --tokenizer-type HuggingFaceTokenizer --append-eod writes, per
+    document, ``AutoTokenizer.from_pretrained(DIR)(text).input_ids + [tokenizer.eos_token_id]``
+    (megatron/training/tokenizer/tokenizer.py, _HuggingFaceTokenizer.tokenize and .eod)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from transformers import AutoTokenizer
+
+    prefix = tmp_path / "hf"
+    extra = [] if bos else ["--no-bos"]
+    _tokenize([big_file], hf_tokenizer, prefix, "--workers", "2", "--batch-bytes", "50000", *extra)
+    reference = AutoTokenizer.from_pretrained(str(hf_tokenizer))
+    texts = [json.loads(line)["text"] for line in big_file.read_text().splitlines()]
+    ds = IndexedDataset(str(prefix))
+    assert len(ds) == len(texts) and ds.index.dtype == np.uint16
+    for i, text in enumerate(texts):
+        expected = [*reference(text, add_special_tokens=bos).input_ids, reference.eos_token_id]
+        assert ds[i].tolist() == expected, f"document {i} differs"
+    assert bool(ds[0][0] == reference.bos_token_id) is bos
+    manifest = json.loads((tmp_path / "hf.manifest.json").read_text())
+    from data_prep.tokenizer_loader import sha256_of
+
+    assert manifest["tokenizer_sha256"] == sha256_of(hf_tokenizer / "tokenizer.json")
+    assert manifest["tokenizer_kind"] == "huggingface" and manifest["vocab_size"] == len(reference)
+
+
+@pytest.mark.slow
+def test_a_vocabulary_of_65500_entries_or_more_gives_int32_tokens(corpus, tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from transformers import AutoTokenizer
+
+    big_vocab = tmp_path / "tok"
+    _run(
+        "train_tokenizer.py",
+        *("--input", str(corpus / "sample" / "train"), "--vocab-size", "600", "--format", "huggingface"),
+        *("--special-tokens", "65000", "--out", str(big_vocab)),
+    )
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "".join(json.dumps({"text": f"document {k} <|reserved_special_token_64990|>"}) + "\n" for k in range(5))
+    )
+    _tokenize([docs], big_vocab, tmp_path / "out")
+    reference = AutoTokenizer.from_pretrained(str(big_vocab))
+    assert len(reference) >= 65_500
+    ds = IndexedDataset(str(tmp_path / "out"))
+    assert ds.index.dtype == np.int32
+    for k in range(5):
+        expected = [*reference(f"document {k} <|reserved_special_token_64990|>").input_ids, reference.eos_token_id]
+        assert ds[k].tolist() == expected and max(expected) > 65_535
+
+
+@pytest.mark.slow
+def test_a_tokenizer_that_cannot_be_used_is_one_line(hf_tokenizer, corpus, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "tokenizer.json").write_bytes((hf_tokenizer / "tokenizer.json").read_bytes())
+    docs = corpus / "sample" / "train"
+    cases = [
+        (tmp_path, "the directory holds no tokenizer.json"),
+        (bare / "tokenizer.json", "no eos_token in tokenizer_config.json"),
+        (corpus / "sample" / "train" / "chunk1", "the directory holds no tokenizer.json"),
+    ]
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"not a model")
+    cases.append((junk, "is not a SentencePiece model"))
+    for tok, message in cases:
+        proc = _tokenize([docs], tok, tmp_path / "out", expect=2)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (tok, proc.stderr)
+    ok = _tokenize([docs], bare / "tokenizer.json", tmp_path / "out", "--eos-token", "<|end_of_text|>")
+    assert "EOS 701" in ok.stderr
+    wrong = _tokenize([docs], bare / "tokenizer.json", tmp_path / "out2", "--eos-token", "<nope>", expect=2)
+    assert "its EOS '<nope>' is not in the vocabulary" in wrong.stderr
+
+
+def test_huggingface_word_memo_equals_the_tokenizer(hf_tokenizer, corpus):
+    """The byte-level BPE memo gives the tokenizer's own ids on real and adversarial text: added tokens
+    in the text, characters the two regex engines may class differently (then encoded by the tokenizer),
+    with and without the post-processor's special tokens, across memo resets."""
+    from data_prep.hf_encoder import HuggingFaceEncoder
+
+    definition = (hf_tokenizer / "tokenizer.json").read_text()
+    texts = [t for t, _ in _documents(corpus / "sample" / "train")] + _adversarial_texts(2, 2000)
+    texts += [
+        "<|end_of_text|> inside <|begin_of_text|>text<|reserved_special_token_3|>",
+        "<|",
+        "|>",
+        "<|end_of_text",
+        "it's IT'S it'S  'll 'LL ſ 'ſ",  # case-insensitive contractions
+        "new letters \u0558\u088f and a tag \U000e0001 private \U000f0000 \x1c\x1d\x1e\x1f\x85\u2028",
+        "digits 1234567 ١٢٣ 12.5e3",
+        "\r\n\r\n  \t\n",
+    ]
+    for special_tokens in (True, False):
+        plain = HuggingFaceEncoder(definition, special_tokens=special_tokens, memo_words=0)
+        for memo_words in (1 << 20, 50):
+            memo = HuggingFaceEncoder(definition, special_tokens=special_tokens, memo_words=memo_words)
+            assert memo.memoised, memo.blocker
+            for start in range(0, len(texts), 301):
+                batch = texts[start : start + 301]
+                ids, lengths = memo.encode(batch)
+                expected_ids, expected_lengths = plain.encode(batch)
+                assert lengths.tolist() == expected_lengths.tolist()
+                assert ids.tolist() == expected_ids.tolist()
+    assert memo._known and len(memo._slots) < sum(len(t.split()) for t in texts)
+
+
+def test_huggingface_word_memo_refuses_tokenizers_it_cannot_reproduce(hf_tokenizer):
+    from data_prep.hf_encoder import HuggingFaceEncoder
+
+    spec = json.loads((hf_tokenizer / "tokenizer.json").read_text())
+    normalised = dict(spec, normalizer={"type": "NFKC"})
+    assert "normaliser NFKC" in HuggingFaceEncoder(json.dumps(normalised)).blocker
+    stripped = json.loads(json.dumps(spec))
+    stripped["added_tokens"][0]["lstrip"] = True
+    assert "not a plain special token" in HuggingFaceEncoder(json.dumps(stripped)).blocker
+    assert HuggingFaceEncoder(json.dumps(spec), memo_words=0).blocker == "memo_words=0"
+    memo = HuggingFaceEncoder(json.dumps(spec))
+    assert memo.check(["a sample"]) is None and memo.memoised
