@@ -18,7 +18,6 @@ memo off (``word memo: off (reason)``).  ``tests/data_prep`` compares both on ad
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -104,16 +103,17 @@ class HuggingFaceEncoder(WordMemo):
         # The Rust thread pool reads these once, at its first parallel batch: set them before any encoding.
         os.environ["RAYON_NUM_THREADS"] = str(threads)
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads > 1 else "false"
-        from tokenizers import Tokenizer
+        from data_prep.tokenizer_loader import parse_huggingface, parse_huggingface_json
 
-        self.tokenizer, self.special_tokens = Tokenizer.from_str(definition), special_tokens
-        self.blocker, pattern = memo_shape(json.loads(definition)) if memo_words > 0 else ("memo_words=0", None)
+        self.tokenizer, self.special_tokens = parse_huggingface(definition), special_tokens
+        spec = parse_huggingface_json(definition)
+        self.blocker, pattern = memo_shape(spec) if memo_words > 0 else ("memo_words=0", None)
         super().__init__(memo_words)
         self._known: set[str] = set()  # characters whose split has been compared with the tokenizer's
         self._unsafe: set[str] = set()  # ... and differs (or may: neighbours count)
         self._unsafe_re: re.Pattern | None = None
         if self.blocker is None and pattern is not None:
-            self._set_up_memo(json.loads(definition), pattern)
+            self._set_up_memo(spec, pattern)
 
     def _set_up_memo(self, spec: dict, pattern: str) -> None:
         import regex

@@ -19,6 +19,7 @@ costs seconds); the EOS comes from ``tokenizer_config.json`` (or ``special_token
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -101,12 +102,25 @@ def _config_eos(directory: Path) -> str | None:
     return None
 
 
-def _huggingface(path: Path, eos_token: str | None) -> TokenizerSpec:
+@functools.lru_cache(maxsize=2)
+def parse_huggingface(definition: str):
+    """The ``tokenizers.Tokenizer`` of a ``tokenizer.json`` text, parsed once per process (a 128k-entry
+    vocabulary takes most of a second)."""
     from tokenizers import Tokenizer
 
+    return Tokenizer.from_str(definition)
+
+
+@functools.lru_cache(maxsize=2)
+def parse_huggingface_json(definition: str) -> dict:
+    """A ``tokenizer.json`` text as a dict, parsed once per process (do not modify it)."""
+    return json.loads(definition)
+
+
+def _huggingface(path: Path, eos_token: str | None) -> TokenizerSpec:
     definition = path.read_text(encoding="utf-8")
     try:
-        tok = Tokenizer.from_str(definition)
+        tok = parse_huggingface(definition)
     except Exception as exc:
         raise BadTokenizer(f"--tokenizer {path} is not a Hugging Face tokenizer.json ({str(exc)[:200]})") from None
     eos = eos_token or _config_eos(path.parent)

@@ -150,31 +150,9 @@ def test_workers_and_batch_bound_do_not_change_the_output(many_files, corpus, tm
 def test_resume_after_sigkill_is_byte_identical(many_files, corpus, tmp_path):
     _tokenize([many_files], corpus / "tok.model", tmp_path / "clean")
     prefix = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "data_prep/tokenize_slimpajama.py",
-        "--input",
-        str(many_files),
-        "--tokenizer",
-        str(corpus / "tok.model"),
-        "--output-prefix",
-        str(prefix),
-        "--no-progress",
-        "--workers",
-        "1",
-        "--threads",
-        "1",
-        "--batch-bytes",
-        "2048",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    parts = Path(f"{prefix}.parts")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.json"))) < 4:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = len(list(parts.glob("*.json")))
+    committed = _kill_after_commits(
+        _tokenize_cmd([many_files], corpus / "tok.model", prefix, "--batch-bytes", "2048"), prefix, 4
+    )
     assert 0 < committed < 12, f"{committed} parts committed when killed: the kill came too late or too early"
     assert not Path(f"{prefix}.bin").exists()  # nothing final before completion
     resumed = _tokenize([many_files], corpus / "tok.model", prefix)
@@ -475,6 +453,19 @@ def test_memory_stays_bounded_on_a_file_larger_than_the_bound(corpus, tmp_path):
     assert max(growth) < 48, f"peak RSS (driver, worker) {peaks}: grew {growth} MiB on a 96 MB file"
 
 
+def _kill_after_commits(cmd: list[str], prefix: Path, parts: int) -> int:
+    """Start a tokenization, SIGKILL its process group once ``parts`` parts are committed; returns how
+    many were committed by then."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    markers = Path(f"{prefix}.parts")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(markers.glob("*.json"))) < parts:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list(markers.glob("*.json")))
+
+
 def _tokenize_cmd(inputs, tok, prefix, *extra) -> list[str]:
     return [
         sys.executable,
@@ -600,20 +591,7 @@ def test_a_single_file_killed_mid_way_resumes_from_its_committed_parts(big_file,
     _tokenize([big_file], corpus / "tok.model", tmp_path / "clean")
     prefix = tmp_path / "killed"
     chunk = ["--chunk-bytes", str(big_file.stat().st_size // 12 + 1), "--batch-bytes", "4096", "--workers", "2"]
-    proc = subprocess.Popen(
-        _tokenize_cmd([path], corpus / "tok.model", prefix, *chunk),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    parts = Path(f"{prefix}.parts")
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(list(parts.glob("*.json"))) < 3:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    committed = len(list(parts.glob("*.json")))
+    committed = _kill_after_commits(_tokenize_cmd([path], corpus / "tok.model", prefix, *chunk), prefix, 3)
     assert 0 < committed < 12, f"{committed} of 12 parts committed when killed"
     resumed = _tokenize([path], corpus / "tok.model", prefix, *chunk)
     assert f"resuming: {committed} parts already tokenized" in resumed.stderr
