@@ -230,11 +230,13 @@ def character_class(points: list[int]):
     return re.compile("[" + "".join(ranges) + "]")
 
 
-def frame(ids: np.ndarray, lens: np.ndarray, head: list[int], tail: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's ids between ``head`` and ``tail``."""
+def frame(
+    ids: np.ndarray, lens: np.ndarray, head: list[int], tail: list[int], dtype=np.int32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's ids between ``head`` and ``tail``, as ``dtype``."""
     framed_lens = lens + len(head) + len(tail)
     ends = np.cumsum(framed_lens)
-    out = np.empty(int(ends[-1]) if len(ends) else 0, np.int32)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype)
     is_text = np.ones(len(out), bool)
     starts = ends - framed_lens
     for k, token in enumerate(head):

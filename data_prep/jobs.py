@@ -33,7 +33,7 @@ from data_prep.corpus import (
     split_lines,
 )
 from data_prep.encoder import Encoder
-from data_prep.hf_encoder import HuggingFaceEncoder
+from data_prep.hf_encoder import HuggingFaceEncoder, frame
 from data_prep.parts import (
     MAX_BAD_LINES_LISTED,
     add_report,
@@ -274,16 +274,5 @@ def encode_items(items: Iterable[Document | BadLine | None]) -> tuple[dict, dict
 
 def with_bos_eos(ids: np.ndarray, lengths: np.ndarray, opts: dict) -> tuple[np.ndarray, np.ndarray]:
     """Each document's ids with the BOS (SentencePiece, unless --no-bos) before and the EOS after."""
-    head = 1 if opts["bos"] and opts["bos_id"] is not None else 0
-    seq_lengths = lengths + head + 1
-    ends = np.cumsum(seq_lengths)
-    out = np.empty(int(ends[-1]), opts["dtype"])
-    is_text = np.ones(len(out), bool)
-    is_text[ends - 1] = False
-    out[ends - 1] = opts["eos_id"]
-    if head:
-        starts = ends - seq_lengths
-        is_text[starts] = False
-        out[starts] = opts["bos_id"]
-    out[is_text] = ids
-    return out, seq_lengths
+    head = [opts["bos_id"]] if opts["bos"] and opts["bos_id"] is not None else []
+    return frame(ids, lengths, head, [opts["eos_id"]], opts["dtype"])

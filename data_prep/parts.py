@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from data_prep.corpus import is_plain
+from data_prep.merge_indexed import sum_sets
 from litespark.indexed_files import concatenate
 
 MAX_BAD_LINES_LISTED = 100  # per part and per file in the manifest; the count is always exact
@@ -86,10 +87,7 @@ def add_report(total: dict, report: dict) -> None:
     for name in ("documents", "tokens", "filtered_out", "bad_lines"):
         total[name] += report[name]
     total["bad"] = (total["bad"] + report["bad"])[:MAX_BAD_LINES_LISTED]
-    for name, entry in report["sets"].items():
-        acc = total["sets"].setdefault(name, {"documents": 0, "tokens": 0})
-        acc["documents"] += entry["documents"]
-        acc["tokens"] += entry["tokens"]
+    total["sets"] = sum_sets([total["sets"], report["sets"]])
 
 
 def commit_part(stem: Path, pieces: list[dict], dtype, marker: dict) -> dict:

@@ -371,19 +371,11 @@ def file_reports(parts: list[tuple[Path, dict]], sources: list[str]) -> list[dic
                 "size": source.get("size", 0),
                 "mtime": source.get("mtime"),
                 "chunks": [marker["chunk"], marker["chunk"]],
-                "documents": 0,
-                "tokens": 0,
-                "filtered_out": 0,
-                "bad_lines": 0,
-                "bad": [],
-                "sets": {},
+                **empty_report(),
             },
         )
         entry["chunks"][1] = marker["chunk"]
-        for name in ("documents", "tokens", "filtered_out", "bad_lines"):
-            entry[name] += report[name]
-        entry["bad"] = (entry["bad"] + report["bad"])[:MAX_BAD_LINES_LISTED]
-        entry["sets"] = sum_sets([entry["sets"], report["sets"]])
+        add_report(entry, report)
     return [by_source[s] for s in dict.fromkeys(sources) if s in by_source]
 
 
