@@ -226,6 +226,9 @@ class CheckpointConfig:
     """Save every N steps (0: only at the end and on a preemption signal)."""
     keep_last: int = 2
     """Complete checkpoints kept on disk."""
+    async_save: bool = True
+    """Write checkpoints in the background: training blocks only while the state is copied to host
+    memory (as much host memory as each process's share of the checkpoint, kept for the run)."""
     resume: bool = True
     """Resume from RUN_DIR/checkpoints/latest when it exists."""
     load: str | None = None

@@ -51,6 +51,8 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
         f"| steps | {s['steps']:,} |",
         f"| tokens trained | {s['tokens']:,} ({s['tokens'] / 1e9:.3f} B) |",
         f"| wall time | {_hms(s['wall_seconds'])} (training {_hms(s['train_seconds'])}) |",
+        f"| goodput (productive training time / wall time) | {_f(s['goodput'] and 100 * s['goodput'], '.1f', '%')}"
+        f" ({_f(s['goodput_excluding_setup'] and 100 * s['goodput_excluding_setup'], '.1f', '%')} without start-up) |",
         f"| GPU-hours | {s['gpu_hours']:.3f} |",
         f"| tokens/s per GPU (training intervals) | {_f(s['tokens_per_s_per_gpu'])} |",
         f"| MFU (token-weighted, of dense BF16 peak) | {_f(s['mfu'] and 100 * s['mfu'], '.1f', '%')} |",
@@ -88,16 +90,22 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
                 f"\nOnly {s['energy_intervals_measured']} of {s['energy_intervals']} intervals had a reading "
                 "from every GPU; the energy figures cover those intervals."
             )
-    lines += ["", "## Where the time went", "", "| phase | time | energy |", "|---|---|---|"]
+    lines += ["", "## Where the time went", "", "| phase | time | share | energy |", "|---|---|---|---|"]
     kwh = (lambda k: f"{e[k]:.4f} kWh") if e else (lambda k: "-")
+    share = (lambda k: _f(100 * s[k] / s["wall_seconds"], ".1f", "%")) if s["wall_seconds"] else (lambda k: "-")
     lines += [
-        f"| training intervals | {_hms(s['train_seconds'])} | {kwh('train_kwh')} |",
-        f"| ... of which waiting for data | {_hms(s['data_wait_seconds'])} | (inside the intervals) |",
-        f"| evaluation | {_hms(s['eval_seconds'])} | {kwh('eval_kwh')} |",
-        f"| checkpoint saves | {_hms(s['checkpoint_seconds'])} | {kwh('checkpoint_kwh')} |",
-        f"| start-up (model build, data, resume) | {_hms(s['setup_seconds'])} | {kwh('setup_kwh')} |",
+        f"| productive training (goodput) | {_hms(s['productive_seconds'])} | {share('productive_seconds')} | "
+        "(inside the intervals) |",
+        f"| training intervals | {_hms(s['train_seconds'])} | {share('train_seconds')} | {kwh('train_kwh')} |",
+        f"| ... of which waiting for data | {_hms(s['data_wait_seconds'])} | {share('data_wait_seconds')} | "
+        "(inside the intervals) |",
+        f"| evaluation | {_hms(s['eval_seconds'])} | {share('eval_seconds')} | {kwh('eval_kwh')} |",
+        f"| checkpoint saves (training blocked) | {_hms(s['checkpoint_seconds'])} | {share('checkpoint_seconds')} | "
+        f"{kwh('checkpoint_kwh')} |",
+        f"| start-up (model build, data, resume) | {_hms(s['setup_seconds'])} | {share('setup_seconds')} | "
+        f"{kwh('setup_kwh')} |",
         f"| lost to restarts ({s['redone_intervals']} intervals trained again after a resume) | "
-        f"{_hms(s['redone_seconds'])} | {kwh('redone_kwh')} |",
+        f"{_hms(s['redone_seconds'])} | {share('redone_seconds')} | {kwh('redone_kwh')} |",
     ]
     if s["skipped_lines"]:
         lines.append(

@@ -24,6 +24,16 @@ def _sum(records: list[dict], key: str) -> float:
     return float(sum(r.get(key) or 0.0 for r in records))
 
 
+def goodput(productive_s: float, wall_s: float, setup_s: float) -> dict:
+    """Goodput: the share of the wall time spent on training steps the final model went through, minus
+    waits for data; also without start-up, which a longer run amortises."""
+    return {
+        "productive_seconds": productive_s,
+        "goodput": productive_s / wall_s if wall_s > 0 else None,
+        "goodput_excluding_setup": productive_s / (wall_s - setup_s) if wall_s - setup_s > 0 else None,
+    }
+
+
 def summarize(
     run: Run, grid_gco2_per_kwh: float = DEFAULT_GRID_GCO2_PER_KWH, price_per_gpu_hour: float | None = None
 ) -> dict:
@@ -51,6 +61,7 @@ def summarize(
         "redone_seconds": redone_s,
         "redone_intervals": len(run.redone),
         "data_wait_seconds": _sum(run.train, "data_wait_s"),
+        **goodput(train_s - _sum(run.train, "data_wait_s"), wall, setup_s),
         "tokens_per_s_per_gpu": train_tokens / train_s / world if train_s else None,
         "final_loss": last["loss"],
         "final_valid_loss": run.valid[-1]["loss"] if run.valid else None,

@@ -33,7 +33,7 @@ from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
 from litespark.environment import collect_versions
 from litespark.files import FileLock, LockHeld, atomic_write_text, hold_lock
 from litespark.log import get_logger, setup_logging
-from litespark.training.checkpoint import CheckpointWriteError, remove_unfinished_saves, save_checkpoint
+from litespark.training.checkpoint import CheckpointSaver, CheckpointWriteError, remove_unfinished_saves
 from litespark.training.energy import EnergyMeter, PhaseMeter
 from litespark.training.metrics import count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
 from litespark.training.metrics_log import MetricsLog
@@ -222,10 +222,13 @@ class StopFlag:
     def _handle(self, signum, frame) -> None:
         self.signal = signum
 
-    def agreed(self, device: torch.device) -> bool:
-        flag = torch.tensor([1 if self.signal else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def agreed(self, device: torch.device, writing: bool = False) -> tuple[bool, bool]:
+        """Whether any rank got a stop signal, and whether any rank is still writing a checkpoint in the
+        background (one MAX all-reduce of both, once per step)."""
+        flags = torch.tensor([1 if self.signal else 0, 1 if writing else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, still_writing = flags.tolist()
+        return bool(stop), bool(still_writing)
 
 
 class TrainingRun:
@@ -255,6 +258,8 @@ class TrainingRun:
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.start_step = self.step_done = start_step
         self.last_saved: int | None = None
+        self.saver = CheckpointSaver(engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
+        self._save_reason = ""
         self.stop = StopFlag()
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
@@ -268,6 +273,8 @@ class TrainingRun:
             dynamic_ncols=True,
             mininterval=2.0,
         )
+        if cfg.checkpoint.enabled:
+            self.saver.prepare()  # the host buffers of asynchronous saves, allocated while training runs
         self._write_phase("setup", time.perf_counter() - t_setup, energy.interval_joules())
         self.phases = PhaseMeter(energy)  # the first training interval starts now
 
@@ -282,6 +289,8 @@ class TrainingRun:
             if self.rank == 0:
                 log.error("%s; stopping at step %d (exit %d)", exc, self.step_done, EXIT_WRITE_FAILED)
             return EXIT_WRITE_FAILED
+        finally:
+            self.saver.close()
 
     def _steps(self) -> int:
         from tqdm.contrib.logging import logging_redirect_tqdm
@@ -313,9 +322,12 @@ class TrainingRun:
                     self._evaluate()
                 if cfg.checkpoint.save_interval and self.step_done % cfg.checkpoint.save_interval == 0:
                     self._save("interval")
-                if self.stop.agreed(device):
-                    if self.last_saved != self.step_done:
-                        self._save("preemption signal")
+                pending = self.saver.pending
+                stop, writing = self.stop.agreed(device, pending is not None and not pending.is_written())
+                if pending is not None and not writing:
+                    self._commit()  # every rank's background write is done
+                if stop:
+                    self._save_now("preemption signal")
                     log.warning(
                         "stopping at step %d on a preemption signal; resume by running the same command", self.step_done
                     )
@@ -323,8 +335,7 @@ class TrainingRun:
                     return EXIT_PREEMPTED
                 fetch_start = time.perf_counter()
             self.progress.close()
-            if self.last_saved != self.step_done:
-                self._save("end of training")
+            self._save_now("end of training")
             log.info("done: %d steps", self.step_done)
             return 0
 
@@ -383,18 +394,59 @@ class TrainingRun:
         log.info("step %d validation loss %.4f", self.step_done, valid_loss)
 
     def _save(self, reason: str) -> None:
+        """Start a checkpoint of the current step: synchronous, or copied to host memory and written in
+        the background (committed by a later :meth:`_commit`).  A save still in flight is committed
+        first: at most one at a time."""
         cfg = self.cfg
         if not cfg.checkpoint.enabled:
             return
-        t = time.perf_counter()
+        if self.saver.pending is not None:
+            self._commit()
         step = self.step_done
         client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
-        path = self._side_phase(
-            "checkpoint",
-            lambda: save_checkpoint(self.engine, self.run_dir, step, client, cfg.checkpoint.keep_last),
-        )
+        self._save_reason = reason
+        if not cfg.checkpoint.async_save:
+
+            def write_and_commit() -> None:
+                self.saver.start(step, client)
+                self._commit_now()
+
+            self._side_phase("checkpoint", write_and_commit)
+            self.last_saved = step
+            return
+        pending = self._side_phase("checkpoint", lambda: self.saver.start(step, client))
         self.last_saved = step
-        log.info("saved checkpoint %s (%s, %.1f s)", path, reason, time.perf_counter() - t)
+        log.info(
+            "checkpoint of step %d (%s): state copied to host memory in %.2f s; writing in the background",
+            step,
+            reason,
+            pending.copy_seconds,
+        )
+
+    def _save_now(self, reason: str) -> None:
+        """Make sure the current step is saved and committed (end of training, preemption)."""
+        if self.saver.pending is not None:
+            self._commit()
+        if self.last_saved != self.step_done:
+            self._save(reason)
+        if self.saver.pending is not None:
+            self._commit()
+
+    def _commit(self) -> None:
+        """Commit the save in flight, waiting for its background write when it is not done yet (the
+        wait counts as checkpoint time: training is blocked)."""
+        self._side_phase("checkpoint", self._commit_now)
+
+    def _commit_now(self) -> None:
+        pending = self.saver.pending
+        assert pending is not None
+        path = self.saver.commit()
+        log.info(
+            "saved checkpoint %s (%s, %.1f s from start to commit)",
+            path,
+            self._save_reason,
+            time.perf_counter() - pending.started,
+        )
 
     def _side_phase(self, kind: str, fn: Callable):
         """Run an evaluation or a save outside the training interval's time and energy; record it."""

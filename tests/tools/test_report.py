@@ -95,6 +95,8 @@ def test_summary_arithmetic(tmp_path):
     assert e["co2_kg"] == pytest.approx(total_j / 3.6e6 * 100 / 1000)
     assert e["avg_power_w_per_gpu"] == pytest.approx(1_100_000 / 200 / 8)
     assert s["eval_seconds"] == 20 and s["checkpoint_seconds"] == 30 and s["data_wait_seconds"] == 1.0
+    assert s["goodput"] == pytest.approx((200 - 1.0) / 310)
+    assert s["goodput_excluding_setup"] == pytest.approx((200 - 1.0) / (310 - 60))
 
 
 def test_partial_energy_and_resumed_runs(tmp_path):
@@ -110,6 +112,7 @@ def test_partial_energy_and_resumed_runs(tmp_path):
     assert [r["step"] for r in run.train] == [10, 20, 30] and len(run.redone) == 1
     s = summarize(run)
     assert s["redone_seconds"] == 100.0 and s["energy_intervals_measured"] == 2 and s["energy_intervals"] == 3
+    assert s["goodput"] == pytest.approx((290 - 3 * 0.5) / (290 + 50 + 100))  # the redone interval is lost time
     assert s["energy"]["train_joules_per_token"] == pytest.approx(950_000 / (2 * 10 * 8 * 4096))
     assert s["energy"]["redone_kwh"] == pytest.approx(500_000 / 3.6e6)
 
