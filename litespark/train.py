@@ -4,6 +4,7 @@
     torchrun --nproc-per-node 8 -m litespark.train --preset llama-3b --data mock --train-iters 30 \
         --set data.global_batch_size=64
     python -m litespark.train --preset llama-3b --print-config
+    python -m litespark.train --preset llama-3b --plan 8 --gpu h100   # predicted memory and speed
     python -m litespark.train --preset tiny --smoke          # one forward/backward, checks finiteness
 
 Config and data errors print one line and exit with code 2; a run stopped by SIGTERM/SIGUSR1 saves a
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from litespark.config import ConfigError, LitesparkConfig, resolve_backend, to_dict
+from litespark.config import ConfigError, LitesparkConfig, micro_batch_size, resolve_backend, to_dict
 from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.training.metrics import count_parameters, flops_per_token
 
@@ -53,7 +54,7 @@ def smoke_step(cfg: LitesparkConfig) -> dict:
         model.to(device)
         gen = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
         tokens = torch.randint(
-            0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=gen
+            0, cfg.model.vocab_size, (micro_batch_size(cfg), cfg.model.seq_length + 1), generator=gen
         )
         tokens = tokens.to(device)
         inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
@@ -130,11 +131,31 @@ def preflight(cfg, world_size: int) -> str:
     tp = cfg.parallel.tensor_parallel
     return (
         f"preflight ok: {cfg.preset}, world {world_size} = TP {tp} x DP {world_size // tp}, ZeRO-{cfg.parallel.zero_stage}, "
-        f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
-        f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
+        + (
+            f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
+            if cfg.data.micro_batch_size is not None
+            else "micro-batch automatic (the planner's, on the GPU host; --plan shows it) "
+        )
+        + f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
         f"{' ' + ','.join(cfg.data.prefixes) if cfg.data.source == 'indexed' else ''}, run dir {run_dir}, "
         f"starts at {start}"
     )
+
+
+def plan(cfg: LitesparkConfig, world_size: int, gpu_spec: str | None, layouts: bool) -> str:
+    """``--plan``: the planner's tables for ``world_size`` GPUs (no GPU needed)."""
+    from litespark.config import validate
+    from litespark.planner.gpus import GPUS, gpu_of_this_host, parse_gpu
+    from litespark.planner.render import render_layouts, render_plan
+
+    if world_size < 1:
+        raise ConfigError(f"--plan {world_size}: the world size must be >= 1")
+    gpu = parse_gpu(gpu_spec) if gpu_spec else (gpu_of_this_host() or GPUS["h200"])
+    validate(cfg, world_size)
+    if cfg.kernels.backend == "torch":
+        raise ConfigError("--plan models the te backend (a GPU run); this config sets kernels.backend=torch")
+    text = render_plan(cfg, world_size, gpu)
+    return text + ("\n\n" + render_layouts(cfg, world_size, gpu) if layouts else "")
 
 
 @user_errors_exit_2("litespark.train")
@@ -159,6 +180,22 @@ def main(argv: list[str] | None = None) -> int:
         "processes (TP x DP), the data prefixes exist and the run directory is writable; "
         "print one line and exit (job scripts run this before queueing work)",
     )
+    parser.add_argument(
+        "--plan",
+        type=int,
+        metavar="WORLD_SIZE",
+        help="print, on any machine, the predicted memory per GPU, tokens/s and MFU of each micro-batch "
+        "on WORLD_SIZE GPUs, and the one the automatic setting takes; then exit",
+    )
+    parser.add_argument(
+        "--gpu",
+        default=None,
+        metavar="h200|h100|NAME:GiB:TFLOPS[:TB/s]",
+        help="the GPU --plan plans for (default: this host's GPU, else h200)",
+    )
+    parser.add_argument(
+        "--plan-layouts", action="store_true", help="with --plan: also compare every TP size and ZeRO stage"
+    )
     args = parser.parse_args(argv)
     shortcuts = []
     if args.data:
@@ -173,17 +210,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.preflight is not None:
         print(preflight(cfg, args.preflight))
         return 0
+    if args.plan is not None:
+        print(plan(cfg, args.plan, args.gpu, args.plan_layouts))
+        return 0
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.print_config:
         try:
-            resolve_backend(cfg)
+            resolve_backend(cfg, world_size)
         except ConfigError as exc:
             # Show the config a GPU host would run, and say why this host cannot run it.
             cfg.kernels.backend = "te"
-            resolve_backend(cfg)  # the other automatic choices, as that host resolves them
+            if cfg.data.micro_batch_size is None:
+                from litespark.planner import choose_micro_batch
+                from litespark.planner.gpus import GPUS
+
+                cfg.data.micro_batch_size = choose_micro_batch(cfg, world_size, GPUS["h200"])
+                exc = ConfigError(f"{exc}; data.micro_batch_size as planned for an H200")
+            resolve_backend(cfg, world_size)  # the other automatic choices, as that host resolves them
             print(f"# note: this host cannot run this config: {exc}", file=sys.stderr)
         print(describe(cfg))
         return 0
-    resolve_backend(cfg)
+    resolve_backend(cfg, world_size)
     if args.smoke:
         result = smoke_step(cfg)
         print(yaml.safe_dump({"smoke": result}, sort_keys=False).rstrip())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Llama-30B pretraining on 4 H200 nodes (32 GPUs): TP=4 inside a node, DP=8 across, ZeRO-1, FP8,
-# micro-batch 1, global batch 256 sequences of 4096 tokens (gradient accumulation 32).  The memory
-# arithmetic behind that choice is in docs/slurm.md.
+# global batch 256 sequences of 4096 tokens, the micro-batch the planner fits in the GPU (2 on an
+# H200).  python -m litespark.train --preset llama-30b --plan 32 shows the arithmetic (docs/planner.md).
 #
 #   LITESPARK_DATA=/data/slimpajama_train_text_document sbatch slurm/pretrain_30b.sh
 #   sbatch --nodes=8 slurm/pretrain_30b.sh                  # sbatch options override the lines below

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Llama-3B pretraining on one H200 node (8 GPUs): DP=8, ZeRO-1, FP8, micro-batch 4, global batch 256
-# sequences of 4096 tokens.
+# Llama-3B pretraining on one H200 node (8 GPUs): DP=8, ZeRO-1, FP8, global batch 256 sequences of
+# 4096 tokens, the micro-batch the planner fits in the GPU (8 on an H200; --plan 8 shows it).
 #
 #   LITESPARK_DATA=/data/slimpajama_train_text_document sbatch slurm/pretrain_3b.sh
 #   LITESPARK_SET="data.micro_batch_size=2" bash slurm/pretrain_3b.sh --dry-run
@@ -19,6 +19,6 @@
 #SBATCH --output=litespark-%x-%j.out
 export LITESPARK_PRESET=${LITESPARK_PRESET:-llama-3b}
 # The preset's batch is sized for one GPU; these fit a node.  LITESPARK_SET given by the user comes later and wins.
-export LITESPARK_SET="data.micro_batch_size=4 data.global_batch_size=256 ${LITESPARK_SET:-}"
+export LITESPARK_SET="data.global_batch_size=256 ${LITESPARK_SET:-}"
 export LITESPARK_HOME=${LITESPARK_HOME:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}}
 source "$LITESPARK_HOME/slurm/pretrain_common.sh"

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from litespark.config import LitesparkConfig
+from litespark.config import LitesparkConfig, micro_batch_size
 from litespark.config.automatic import fp8_output_layer
 
 STACKS: tuple[str, ...] = ("hf", "mcore-bf16", "mcore-fp8", "litespark", "litespark-bf16")
@@ -221,7 +221,7 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
     engine, _, _, _ = deepspeed.initialize(
         model=model.to(device),
         model_parameters=param_groups(model, cfg.optim.weight_decay),
-        config=naive_deepspeed_config(cfg, cfg.data.micro_batch_size),
+        config=naive_deepspeed_config(cfg, micro_batch_size(cfg)),
         mpu=MegatronMPU(),
         dist_init_required=False,
     )

@@ -20,7 +20,7 @@ from litespark.config.schema import (
     PrecisionConfig,
     RunConfig,
 )
-from litespark.config.validate import gradient_accumulation_steps, validate
+from litespark.config.validate import gradient_accumulation_steps, micro_batch_size, validate
 
 __all__ = [
     "CheckpointConfig",
@@ -37,6 +37,7 @@ __all__ = [
     "from_dict",
     "gradient_accumulation_steps",
     "load_yaml",
+    "micro_batch_size",
     "resolve_backend",
     "to_dict",
     "validate",

@@ -40,7 +40,8 @@ def cuda_graphs_refusal(cfg: LitesparkConfig) -> str | None:
 def _cuda_graphs_automatic(cfg: LitesparkConfig) -> bool:
     """What ``kernels.cuda_graphs=None`` resolves to: on where the layers can be captured and the
     micro-batch is at most GRAPHS_AUTO_MAX_MICRO_BATCH."""
-    return cuda_graphs_refusal(cfg) is None and cfg.data.micro_batch_size <= GRAPHS_AUTO_MAX_MICRO_BATCH
+    mb = cfg.data.micro_batch_size
+    return cuda_graphs_refusal(cfg) is None and mb is not None and mb <= GRAPHS_AUTO_MAX_MICRO_BATCH
 
 
 def _cuda_graphs_as_resolved(cfg: LitesparkConfig) -> bool:
@@ -128,11 +129,13 @@ def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> str | None:
     return None
 
 
-def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
-    """Replace the automatic kernel choices by what this host and config run (in place):
-    kernels.backend='auto' by the backend this host can run, kernels.cuda_graphs=None by whether the
-    layers are captured (Transformer Engine, TP 1, ZeRO 1/2, micro-batch <= GRAPHS_AUTO_MAX_MICRO_BATCH),
-    precision.fp32_grad_accumulation=None by :func:`fp32_grad_accumulation`.  Call it once the micro-batch size is final."""
+def resolve_backend(cfg: LitesparkConfig, world_size: int = 1) -> LitesparkConfig:
+    """Replace the automatic choices by what this host and config run (in place):
+    kernels.backend='auto' by the backend this host can run, data.micro_batch_size=None by the
+    planner's choice for this host's GPU and ``world_size`` (1 on the torch backend),
+    kernels.cuda_graphs=None by whether the layers are captured (Transformer Engine, TP 1, ZeRO 1/2,
+    micro-batch <= GRAPHS_AUTO_MAX_MICRO_BATCH), precision.fp32_grad_accumulation=None by
+    :func:`fp32_grad_accumulation`."""
     if cfg.kernels.backend == "auto":
         from litespark.environment import te_available  # local: avoids importing torch for config work
 
@@ -153,8 +156,34 @@ def resolve_backend(cfg: LitesparkConfig) -> LitesparkConfig:
             raise ConfigError(
                 "kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
             )
+    if cfg.data.micro_batch_size is None:
+        cfg.data.micro_batch_size = _automatic_micro_batch(cfg, world_size)
     if cfg.kernels.cuda_graphs is None:
         cfg.kernels.cuda_graphs = _cuda_graphs_automatic(cfg)
     if cfg.precision.fp32_grad_accumulation is None:
         cfg.precision.fp32_grad_accumulation = fp32_grad_accumulation(cfg)
     return cfg
+
+
+def _automatic_micro_batch(cfg: LitesparkConfig, world_size: int) -> int:
+    """What ``data.micro_batch_size=None`` becomes: the planner's choice for this host's GPU on the te
+    backend; 1 on the torch backend, which the planner does not model."""
+    if cfg.kernels.backend != "te":
+        return 1
+    from litespark.log import get_logger
+    from litespark.planner import choose_micro_batch
+    from litespark.planner.gpus import gpu_of_this_host
+
+    gpu = gpu_of_this_host()
+    if gpu is None:
+        raise ConfigError("data.micro_batch_size=null (automatic) needs a CUDA device to plan for")
+    mb = choose_micro_batch(cfg, world_size, gpu)
+    get_logger(__name__).info(
+        "data.micro_batch_size: %d, the fastest the planner fits in %s (%.0f GiB); python -m litespark.train --plan %d "
+        "shows the alternatives",
+        mb,
+        gpu.name,
+        gpu.memory_gib,
+        world_size,
+    )
+    return mb

@@ -35,7 +35,7 @@ def llama_3b() -> LitesparkConfig:
     m.ffn_hidden_size, m.vocab_size, m.seq_length = 8192, 32000, 4096
     m.rotary_base, m.norm_epsilon = 500000.0, 1e-5
     cfg.precision.fp8 = True
-    cfg.data.micro_batch_size, cfg.data.global_batch_size = 2, 8
+    cfg.data.micro_batch_size, cfg.data.global_batch_size = None, 8  # automatic: the planner's choice
     cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_iters = 3e-4, 3e-5, 100
     cfg.run.train_iters, cfg.run.log_interval = 1000, 10
     cfg.run.run_dir = "runs/llama-3b"
@@ -51,7 +51,7 @@ def llama_30b() -> LitesparkConfig:
     m.rotary_base, m.norm_epsilon = 10000.0, 1e-6
     cfg.precision.fp8 = True
     cfg.parallel.tensor_parallel, cfg.parallel.zero_stage = 4, 1  # sequence parallel: not yet in the trainer
-    cfg.data.micro_batch_size, cfg.data.global_batch_size = 1, 256
+    cfg.data.micro_batch_size, cfg.data.global_batch_size = None, 256  # automatic: the planner's choice
     cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_iters = 1.5e-4, 1.5e-5, 2000
     cfg.run.train_iters, cfg.run.log_interval = 100000, 10
     cfg.run.run_dir = "runs/llama-30b"

@@ -199,8 +199,10 @@ class DataConfig:
     """'indexed' reads the prefixes; 'mock' generates random tokens (benchmarks, tests)."""
     split: str = "98,2,0"
     """Train/valid/test split of each prefix, as Megatron's comma-separated weights."""
-    micro_batch_size: int = 2
-    """Sequences per forward/backward on each data-parallel rank."""
+    micro_batch_size: int | None = 2
+    """Sequences per forward/backward on each data-parallel rank.  None (automatic; the GPU presets):
+    the fastest that the planner predicts to fit in the GPU's memory (:mod:`litespark.planner`;
+    ``python -m litespark.train --plan``), 1 on the torch backend."""
     global_batch_size: int = 8
     """Sequences per optimizer step over all data-parallel ranks (micro x DP x accumulation)."""
     tokenizer: str | None = None
@@ -248,7 +250,8 @@ class RunConfig:
     eval_interval: int = 0
     """Steps between validation passes (0: never)."""
     eval_iters: int = 10
-    """Batches per validation pass."""
+    """Global batches (``data.global_batch_size`` sequences each) per validation pass, whatever the
+    micro-batch and data-parallel size, so that validation losses of runs on other GPUs compare."""
     run_dir: str = "runs/default"
     """Where checkpoints, metrics.jsonl and the resolved config go."""
 

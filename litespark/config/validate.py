@@ -39,11 +39,18 @@ def validate(cfg: LitesparkConfig, world_size: int | None = None) -> LitesparkCo
     return cfg
 
 
+def micro_batch_size(cfg: LitesparkConfig) -> int:
+    """``data.micro_batch_size`` once resolved (:func:`litespark.config.resolve_backend`)."""
+    if cfg.data.micro_batch_size is None:
+        raise ValueError("data.micro_batch_size is automatic: resolve it first (litespark.config.resolve_backend)")
+    return cfg.data.micro_batch_size
+
+
 def gradient_accumulation_steps(cfg: LitesparkConfig, world_size: int) -> int:
     """Micro-batches per optimizer step on each data-parallel rank."""
     validate(cfg, world_size)
     dp = world_size // cfg.parallel.tensor_parallel
-    return cfg.data.global_batch_size // (cfg.data.micro_batch_size * dp)
+    return cfg.data.global_batch_size // (micro_batch_size(cfg) * dp)
 
 
 def _check_finite(cfg: LitesparkConfig) -> None:
@@ -195,7 +202,7 @@ def _check_optim(cfg: LitesparkConfig) -> None:
 def _check_data(cfg: LitesparkConfig) -> None:
     """Batch sizes divide, indexed data has prefixes, blend weights and split are well formed."""
     d = cfg.data
-    if d.global_batch_size % d.micro_batch_size:
+    if d.micro_batch_size is not None and d.global_batch_size % d.micro_batch_size:
         raise ConfigError(
             f"data.global_batch_size ({d.global_batch_size}) is not a multiple of data.micro_batch_size ({d.micro_batch_size})"
         )
@@ -219,7 +226,11 @@ def _check_world_size(cfg: LitesparkConfig, world_size: int) -> None:
     if world_size % tp:
         raise ConfigError(f"parallel.tensor_parallel ({tp}) does not divide the world size ({world_size})")
     dp = world_size // tp
-    if d.global_batch_size % (d.micro_batch_size * dp):
+    if d.global_batch_size % dp:
+        raise ConfigError(
+            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of the data-parallel size ({dp})"
+        )
+    if d.micro_batch_size is not None and d.global_batch_size % (d.micro_batch_size * dp):
         raise ConfigError(
             f"data.global_batch_size ({d.global_batch_size}) is not a multiple of "
             f"data.micro_batch_size x data-parallel size ({d.micro_batch_size} x {dp})"

@@ -52,7 +52,7 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
         f"| tokens trained | {s['tokens']:,} ({s['tokens'] / 1e9:.3f} B) |",
         f"| wall time | {_hms(s['wall_seconds'])} (training {_hms(s['train_seconds'])}) |",
         f"| goodput (productive training time / wall time) | {_f(s['goodput'] and 100 * s['goodput'], '.1f', '%')}"
-        f" ({_f(s['goodput_excluding_setup'] and 100 * s['goodput_excluding_setup'], '.1f', '%')} without start-up) |",
+        f" ({_f(s['steady_goodput'] and 100 * s['steady_goodput'], '.1f', '%')} without start-up and the final save) |",
         f"| GPU-hours | {s['gpu_hours']:.3f} |",
         f"| tokens/s per GPU (training intervals) | {_f(s['tokens_per_s_per_gpu'])} |",
         f"| MFU (token-weighted, of dense BF16 peak) | {_f(s['mfu'] and 100 * s['mfu'], '.1f', '%')} |",
@@ -102,6 +102,8 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
         f"| evaluation | {_hms(s['eval_seconds'])} | {share('eval_seconds')} | {kwh('eval_kwh')} |",
         f"| checkpoint saves (training blocked) | {_hms(s['checkpoint_seconds'])} | {share('checkpoint_seconds')} | "
         f"{kwh('checkpoint_kwh')} |",
+        f"| final checkpoint (after the last step: its copy and write) | {_hms(s['final_checkpoint_seconds'])} | "
+        f"{share('final_checkpoint_seconds')} | (in the checkpoint energy) |",
         f"| start-up (model build, data, resume) | {_hms(s['setup_seconds'])} | {share('setup_seconds')} | "
         f"{kwh('setup_kwh')} |",
         f"| lost to restarts ({s['redone_intervals']} intervals trained again after a resume) | "

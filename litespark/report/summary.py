@@ -24,13 +24,15 @@ def _sum(records: list[dict], key: str) -> float:
     return float(sum(r.get(key) or 0.0 for r in records))
 
 
-def goodput(productive_s: float, wall_s: float, setup_s: float) -> dict:
+def goodput(productive_s: float, wall_s: float, once_per_job_s: float) -> dict:
     """Goodput: the share of the wall time spent on training steps the final model went through, minus
-    waits for data; also without start-up, which a longer run amortises."""
+    waits for data; also in steady state, without what each job pays once (start-up, and the wait for
+    its last checkpoint to be written), which a longer job amortises."""
+    steady = wall_s - once_per_job_s
     return {
         "productive_seconds": productive_s,
         "goodput": productive_s / wall_s if wall_s > 0 else None,
-        "goodput_excluding_setup": productive_s / (wall_s - setup_s) if wall_s - setup_s > 0 else None,
+        "steady_goodput": productive_s / steady if steady > 0 else None,
     }
 
 
@@ -42,6 +44,7 @@ def summarize(
     train_s = _sum(run.train, "seconds")
     train_tokens = _sum(run.train, "tokens")
     pause_s = {kind: _sum([p for p in run.pauses if p["split"] == kind], "seconds") for kind in ("eval", "checkpoint")}
+    final_save_s = _sum([p for p in run.pauses if p["split"] == "checkpoint" and p.get("final")], "seconds")
     setup_s = _sum(run.setup, "seconds")
     redone_s = _sum(run.redone, "seconds")
     wall = train_s + sum(pause_s.values()) + setup_s + redone_s
@@ -57,11 +60,12 @@ def summarize(
         "gpu_hours": wall * world / 3600.0,
         "setup_seconds": setup_s,
         "eval_seconds": pause_s["eval"],
-        "checkpoint_seconds": pause_s["checkpoint"],
+        "checkpoint_seconds": pause_s["checkpoint"] - final_save_s,
+        "final_checkpoint_seconds": final_save_s,
         "redone_seconds": redone_s,
         "redone_intervals": len(run.redone),
         "data_wait_seconds": _sum(run.train, "data_wait_s"),
-        **goodput(train_s - _sum(run.train, "data_wait_s"), wall, setup_s),
+        **goodput(train_s - _sum(run.train, "data_wait_s"), wall, setup_s + final_save_s),
         "tokens_per_s_per_gpu": train_tokens / train_s / world if train_s else None,
         "final_loss": last["loss"],
         "final_valid_loss": run.valid[-1]["loss"] if run.valid else None,

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from litespark.config import ConfigError, LitesparkConfig
+from litespark.config import ConfigError, LitesparkConfig, micro_batch_size
 from litespark.log import get_logger
 
 log = get_logger(__name__)
@@ -200,7 +200,7 @@ def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3
     layers = list(model.decoder.layers)[: cfg.kernels.cuda_graph_layers]
     config = layers[0].config
     device = torch.device("cuda", torch.cuda.current_device())
-    seq, mb = cfg.model.seq_length, cfg.data.micro_batch_size
+    seq, mb = cfg.model.seq_length, micro_batch_size(cfg)
     dtype = config.params_dtype
     rope = model.rotary_pos_emb(seq).to(device)
     t0 = time.perf_counter()

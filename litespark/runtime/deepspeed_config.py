@@ -8,7 +8,7 @@ can check.  The dict is passed to ``deepspeed.initialize(config=...)`` directly;
 
 from __future__ import annotations
 
-from litespark.config import LitesparkConfig, gradient_accumulation_steps, validate
+from litespark.config import LitesparkConfig, gradient_accumulation_steps, micro_batch_size, validate
 from litespark.config.automatic import fp32_grad_accumulation, zero_sub_group_size
 
 # Bucket sizes (elements) for gradient reduction and parameter all-gather; 5e8 is DeepSpeed's own
@@ -56,7 +56,7 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
         extra["communication_data_type"] = "fp32"
     return {
         "train_batch_size": d.global_batch_size,
-        "train_micro_batch_size_per_gpu": d.micro_batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size(cfg),
         "gradient_accumulation_steps": gradient_accumulation_steps(cfg, world_size),
         "gradient_clipping": o.clip_grad,
         "bf16": bf16,

@@ -196,10 +196,12 @@ class CheckpointSaver:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="litespark-checkpoint") if asynchronous else None
         self.pending: PendingSave | None = None
         self._reserved: Future | None = None
+        self._allocated_before = 0
 
     def prepare(self) -> None:
         """Allocate the host buffers of asynchronous saves in the background, before the first save
-        (collective; a no-op for synchronous saves).
+        (collective; a no-op for synchronous saves).  Call it once the state is complete: after the
+        first optimizer step, since Adam creates its moments there.
 
         Page-locking tens of GB takes seconds (llama-3b's 42 GB: about 17 s on an H200 host), which
         would otherwise block training at the first save.  A dry run of DeepSpeed's save, writing no
@@ -256,6 +258,8 @@ class CheckpointSaver:
                 log.info("checkpoint: host buffers were allocated in %.1f s, in the background", reserved.result())
             except Exception as exc:  # the copy allocates what is missing, and fails there if it must
                 log.warning("checkpoint: allocating the host buffers in the background failed (%s)", exc)
+            assert self.copies is not None
+            self._allocated_before = self.copies.bytes_allocated
         hashing = hashing_checkpoint_engine(engine)
         hashing.begin(self.copies)
         engine.save_checkpoint(str(root), tag=unfinished.name, client_state=client_state, save_latest=False)
@@ -281,6 +285,13 @@ class CheckpointSaver:
         assert self._writer is not None
         written = self._writer.submit(_write_all, files, root, self.run_dir)
         self.pending = PendingSave(step, root, self.run_dir, manifest, written, time.perf_counter() - t)
+        allocated = self.copies.bytes_allocated - self._allocated_before
+        self._allocated_before = self.copies.bytes_allocated
+        if allocated:
+            log.info(
+                "checkpoint: %.3f GB of host buffers allocated during this save (kept for the next ones)",
+                allocated / 1e9,
+            )
         return self.pending
 
     def commit(self) -> Path:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from litespark import indexed_files
-from litespark.config import ConfigError, LitesparkConfig
+from litespark.config import ConfigError, LitesparkConfig, micro_batch_size
 
 
 class _IdsTokenizer:
@@ -233,16 +233,22 @@ def iterate_micro_batches(
 ) -> Iterator[tuple[int, list[dict]]]:
     """Yield ``(step, [micro-batch dicts])`` from ``start_step`` to the end of training."""
     for step in range(start_step, cfg.run.train_iters):
-        indices = micro_batch_indices(step, cfg.data.micro_batch_size, cfg.data.global_batch_size, dp_size, dp_rank)
+        indices = micro_batch_indices(step, micro_batch_size(cfg), cfg.data.global_batch_size, dp_size, dp_rank)
         yield step, [_collate([dataset[i] for i in micro], device) for micro in indices]
 
 
 def eval_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, device: torch.device) -> Iterator[dict]:
-    """The fixed validation batches of one evaluation pass (same samples every pass)."""
-    micro, n = cfg.data.micro_batch_size, cfg.run.eval_iters
-    for k in range(n):
-        indices = [(k * dp_size + dp_rank) * micro + i for i in range(micro)]
-        yield _collate([dataset[i % len(dataset)] for i in indices], device)
+    """The fixed validation micro-batches of this rank in one evaluation pass (same samples every pass).
+
+    A pass is ``run.eval_iters`` global batches (``data.global_batch_size`` sequences each), as
+    Megatron-LM counts them, whatever the micro-batch and data-parallel size: the validation loss of
+    runs on other GPUs or layouts averages the same sequences."""
+    micro, gb = micro_batch_size(cfg), cfg.data.global_batch_size
+    per_rank = gb // dp_size
+    for k in range(cfg.run.eval_iters):
+        first = k * gb + dp_rank * per_rank
+        for start in range(first, first + per_rank, micro):
+            yield _collate([dataset[i % len(dataset)] for i in range(start, start + micro)], device)
 
 
 def _collate(samples: list[dict], device: torch.device) -> dict:

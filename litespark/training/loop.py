@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,15 +179,13 @@ def _log_summary(cfg: LitesparkConfig, world: int) -> None:
 
 def _build(cfg: LitesparkConfig, load_universal: bool = False):
     """The model inside its DeepSpeed engine, the LR scheduler, and the datasets of this run's sizes."""
-    from megatron.core import parallel_state as ps
 
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
     from litespark.training.data import build_datasets, check_token_ids
 
     engine, _, scheduler = build_engine(cfg, build_model(cfg), dist.get_world_size(), load_universal=load_universal)
-    dp_size = ps.get_data_parallel_world_size()
-    eval_samples = cfg.run.eval_iters * cfg.data.micro_batch_size * dp_size if cfg.run.eval_interval else 0
+    eval_samples = cfg.run.eval_iters * cfg.data.global_batch_size if cfg.run.eval_interval else 0
     datasets = build_datasets(cfg, eval_samples=eval_samples)
     check_token_ids(cfg)
     return engine, scheduler, datasets
@@ -211,24 +210,57 @@ def _restore(cfg: LitesparkConfig, engine, plan: ResumePlan, weights: Path | Non
 # The loop
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1; ranks agree on it with a MAX all-reduce so they stop at the same step."""
+@dataclass(frozen=True)
+class Agreed:
+    """What all ranks agreed on at one step (MAX over ranks)."""
+
+    stop: bool
+    """A rank got SIGTERM/SIGUSR1."""
+    writing: bool
+    """A rank was still writing the save in flight in the background."""
+    save_step: int | None
+    """The step of the save in flight then, if any."""
+
+
+class StepFlags:
+    """Per step, what every rank must agree on: a stop signal (SIGTERM/SIGUSR1) and whether the save
+    in flight is written everywhere.  One MAX all-reduce per step, read one step later, so that the
+    host never waits for the GPU to drain: the CPU stays at most one step ahead and the GPU never
+    idles for the check.  Every rank reads the same step's result, so they act at the same step."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
+        self._posted: tuple[torch.Tensor, torch.cuda.Event | None] | None = None
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum
 
-    def agreed(self, device: torch.device, writing: bool = False) -> tuple[bool, bool]:
-        """Whether any rank got a stop signal, and whether any rank is still writing a checkpoint in the
-        background (one MAX all-reduce of both, once per step)."""
-        flags = torch.tensor([1 if self.signal else 0, 1 if writing else 0], dtype=torch.int32, device=device)
+    def exchange(self, device: torch.device, writing: bool, save_step: int | None) -> Agreed | None:
+        """Post this step's flags; return what the ranks agreed on at the previous call (None at the first)."""
+        flags = torch.tensor(
+            [1 if self.signal else 0, 1 if writing else 0, -1 if save_step is None else save_step],
+            dtype=torch.int64,
+            device=device,
+        )
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        stop, still_writing = flags.tolist()
-        return bool(stop), bool(still_writing)
+        event = None
+        if device.type == "cuda":
+            host = torch.empty(3, dtype=torch.int64, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = flags
+        previous, self._posted = self._posted, (host, event)
+        if previous is None:
+            return None
+        values, done = previous
+        if done is not None:
+            done.synchronize()  # the previous step's work: the GPU is busy with this one meanwhile
+        stop, still_writing, step = values.tolist()
+        return Agreed(bool(stop), bool(still_writing), None if step < 0 else int(step))
 
 
 class TrainingRun:
@@ -260,7 +292,8 @@ class TrainingRun:
         self.last_saved: int | None = None
         self.saver = CheckpointSaver(engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
         self._save_reason = ""
-        self.stop = StopFlag()
+        self._final = False
+        self.flags = StepFlags()
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
         self.tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_length
@@ -273,8 +306,6 @@ class TrainingRun:
             dynamic_ncols=True,
             mininterval=2.0,
         )
-        if cfg.checkpoint.enabled:
-            self.saver.prepare()  # the host buffers of asynchronous saves, allocated while training runs
         self._write_phase("setup", time.perf_counter() - t_setup, energy.interval_joules())
         self.phases = PhaseMeter(energy)  # the first training interval starts now
 
@@ -307,6 +338,11 @@ class TrainingRun:
                 data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
                 loss_sum += train_step(self.engine, micro_batches)
                 self.step_done, interval_steps = step + 1, interval_steps + 1
+                if step == self.start_step and cfg.checkpoint.enabled:
+                    # After this process's first step, when the optimizer's state exists (Adam creates
+                    # its moments at the first step): the host buffers of asynchronous saves are then
+                    # allocated in the background, before the first save needs them.
+                    self.saver.prepare()
                 self.progress.update(1)
                 if self.step_done % cfg.run.log_interval == 0 or self.step_done == cfg.run.train_iters:
                     loss = self._log_interval(interval_steps, loss_sum, data_wait)
@@ -323,10 +359,12 @@ class TrainingRun:
                 if cfg.checkpoint.save_interval and self.step_done % cfg.checkpoint.save_interval == 0:
                     self._save("interval")
                 pending = self.saver.pending
-                stop, writing = self.stop.agreed(device, pending is not None and not pending.is_written())
-                if pending is not None and not writing:
+                agreed = self.flags.exchange(
+                    device, pending is not None and not pending.is_written(), pending.step if pending else None
+                )
+                if pending is not None and agreed and agreed.save_step == pending.step and not agreed.writing:
                     self._commit()  # every rank's background write is done
-                if stop:
+                if agreed and agreed.stop:
                     self._save_now("preemption signal")
                     log.warning(
                         "stopping at step %d on a preemption signal; resume by running the same command", self.step_done
@@ -424,7 +462,9 @@ class TrainingRun:
         )
 
     def _save_now(self, reason: str) -> None:
-        """Make sure the current step is saved and committed (end of training, preemption)."""
+        """Make sure the current step is saved and committed before the job ends (end of training,
+        preemption); its checkpoint records are marked ``final``: once per job, like the start-up."""
+        self._final = True
         if self.saver.pending is not None:
             self._commit()
         if self.last_saved != self.step_done:
@@ -464,6 +504,8 @@ class TrainingRun:
         record: dict[str, Any] = {"step": self.step_done, "split": kind, "seconds": seconds}
         if kind == "setup":
             record["world_size"] = self.world
+        if kind == "checkpoint" and self._final:
+            record["final"] = True
         if reporting == self.world:
             record["energy_j"] = total
         self.metrics.write(record)
@@ -479,5 +521,8 @@ class TrainingRun:
 
 def _peak_memory_gib() -> dict:
     if torch.cuda.is_available():
-        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+        return {
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        }
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}

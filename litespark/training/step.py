@@ -70,16 +70,18 @@ def dp_mean(value: torch.Tensor) -> float:
 
 
 def evaluate(engine, dataset, cfg: LitesparkConfig, device: torch.device) -> float:
-    """Mean validation loss over ``run.eval_iters`` fixed batches (averaged over DP ranks)."""
+    """Mean validation loss over ``run.eval_iters`` fixed global batches (averaged over this rank's
+    micro-batches, then over DP ranks)."""
     from megatron.core import parallel_state as ps
 
     from litespark.training.data import eval_batches
 
     engine.eval()
     refresh_fp8_weight_cache(engine)
-    total = torch.zeros((), device=device)
+    total, count = torch.zeros((), device=device), 0
     with torch.no_grad():
         for batch in eval_batches(dataset, cfg, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), device):
             total += forward_loss(engine, batch)
+            count += 1
     engine.train()
-    return dp_mean(total / cfg.run.eval_iters)
+    return dp_mean(total / max(count, 1))

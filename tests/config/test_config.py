@@ -262,9 +262,11 @@ def test_cli_print_config_llama_3b():
     assert "hidden_size: 3072" in proc.stdout
     assert "parameters: 2,917,051,392 (2.92 B)" in proc.stdout
     assert "backend: te" in proc.stdout  # what a GPU host runs, even when printed on CPU
-    assert "cuda_graphs: true" in proc.stdout  # micro-batch 2, TP 1, ZeRO-1: the automatic choice resolved
-    big = _cli("--preset", "llama-3b", "--print-config", "--set", "data.micro_batch_size=4")
-    assert big.returncode == 0 and "cuda_graphs: false" in big.stdout, big.stderr
+    # The automatic micro-batch as planned for an H200, and the graphs and fp32 gradients it implies.
+    assert "micro_batch_size: 8" in proc.stdout and "data.micro_batch_size as planned for an H200" in proc.stderr
+    assert "cuda_graphs: false" in proc.stdout and "fp32_grad_accumulation: true" in proc.stdout
+    small = _cli("--preset", "llama-3b", "--print-config", "--set", "data.micro_batch_size=2")
+    assert small.returncode == 0 and "cuda_graphs: true" in small.stdout, small.stderr
 
 
 def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
@@ -281,7 +283,9 @@ def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
     with pytest.raises(ConfigError, match="parallel.sequence_parallel=true needs Transformer Engine"):
         resolve_backend(cfg)
     monkeypatch.setattr(litespark.environment, "te_available", lambda: True)
-    assert resolve_backend(get_preset("llama-3b")).kernels.backend == "te"
+    assert resolve_backend(apply_overrides(get_preset("llama-3b"), ["data.micro_batch_size=2"])).kernels.backend == "te"
+    with pytest.raises(ConfigError, match="data.micro_batch_size=null .automatic. needs a CUDA device"):
+        resolve_backend(get_preset("llama-3b"))  # the automatic micro-batch plans for this host's GPU
 
 
 @pytest.mark.parametrize(

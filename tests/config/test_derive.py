@@ -101,6 +101,10 @@ def test_deepspeed_config_is_concrete(name, stage):
         get_preset(name),
         [f"parallel.zero_stage={stage}", "parallel.tensor_parallel=1", "parallel.sequence_parallel=false"],
     )
+    if cfg.data.micro_batch_size is None:  # automatic in the GPU presets: resolved on the GPU host
+        with pytest.raises(ValueError, match="resolve it first"):
+            to_deepspeed_config(cfg, world_size=1)
+        cfg.data.micro_batch_size = 2
     ds = to_deepspeed_config(cfg, world_size=cfg.data.global_batch_size // cfg.data.micro_batch_size)
     assert "auto" not in [v for v in _walk(ds) if isinstance(v, str)]
     json.dumps(ds)  # plain data only

@@ -96,7 +96,24 @@ def test_summary_arithmetic(tmp_path):
     assert e["avg_power_w_per_gpu"] == pytest.approx(1_100_000 / 200 / 8)
     assert s["eval_seconds"] == 20 and s["checkpoint_seconds"] == 30 and s["data_wait_seconds"] == 1.0
     assert s["goodput"] == pytest.approx((200 - 1.0) / 310)
-    assert s["goodput_excluding_setup"] == pytest.approx((200 - 1.0) / (310 - 60))
+    assert s["steady_goodput"] == pytest.approx((200 - 1.0) / (310 - 60))
+
+
+def test_the_final_save_counts_in_the_wall_time_and_apart_from_the_steady_state(tmp_path):
+    recs = [
+        {"split": "setup", "step": 0, "seconds": 40.0, "world_size": 8},
+        _interval(10, 100.0),
+        {"split": "checkpoint", "step": 10, "seconds": 1.0},  # the copy of an asynchronous save
+        _interval(20, 100.0),
+        {"split": "checkpoint", "step": 20, "seconds": 0.5, "final": True},
+        {"split": "checkpoint", "step": 20, "seconds": 30.0, "final": True},  # waiting for the last write
+    ]
+    _write_run(tmp_path / "r", recs)
+    s = summarize(load_run(tmp_path / "r"))
+    assert s["wall_seconds"] == 40 + 200 + 1 + 0.5 + 30
+    assert s["checkpoint_seconds"] == 1.0 and s["final_checkpoint_seconds"] == 30.5
+    assert s["goodput"] == pytest.approx(199 / 271.5)
+    assert s["steady_goodput"] == pytest.approx(199 / 201)  # start-up and the final save are once per job
 
 
 def test_partial_energy_and_resumed_runs(tmp_path):

@@ -127,3 +127,23 @@ def test_training_on_blended_indexed_data_and_bad_data_exit_2(tmp_path):
     )
     errors = [line for line in bad.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "nope.bin does not exist" in errors[0]
+
+
+@pytest.mark.parametrize(("micro", "dp"), [(1, 1), (2, 1), (4, 2), (1, 4)])
+def test_an_evaluation_pass_covers_the_same_sequences_whatever_the_micro_batch_and_dp(micro, dp):
+    """run.eval_iters global batches: the same sequences, so validation losses of runs with another
+    (e.g. automatic) micro-batch or data-parallel size compare."""
+    import torch
+
+    from litespark.training.data import eval_batches
+
+    cfg = apply_overrides(
+        get_preset("tiny"), [f"data.micro_batch_size={micro}", "data.global_batch_size=8", "run.eval_iters=3"]
+    )
+    dataset = [{k: torch.full((4,), i) for k in ("tokens", "labels", "loss_mask")} for i in range(100)]
+    seen = []
+    for rank in range(dp):
+        for batch in eval_batches(dataset, cfg, dp, rank, torch.device("cpu")):
+            assert batch["tokens"].shape == (micro, 4)
+            seen += batch["tokens"][:, 0].tolist()
+    assert sorted(seen) == list(range(24))
