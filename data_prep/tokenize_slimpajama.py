@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -236,6 +237,19 @@ class Workers:
 
 class WorkerDied(Exception):
     """A worker process ended without a result: ``main`` says so in one line (exit 1)."""
+
+
+class Terminated(Exception):
+    """SIGTERM or SIGHUP reached the driver (``scancel``, ``kill``, a closed terminal): raised in the main
+    thread so that the clean-up runs: the workers are stopped, not orphaned, and the lock released."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signum)
 
 
 class Committer:
@@ -454,8 +468,16 @@ def main(argv: list[str] | None = None) -> int:
     except (Refused, BadTokenizer) as exc:
         print(f"tokenize_slimpajama: error: {exc}", file=sys.stderr)
         return 2
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return tokenize(args, spec, sources, units, sizes, prefix)
+    except Terminated as exc:
+        print(
+            f"tokenize_slimpajama: stopped by {exc}; the workers were stopped, committed parts are kept and a "
+            "rerun resumes",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
     except WorkerDied as exc:
         print(f"tokenize_slimpajama: error: {exc}; committed parts are kept and a rerun resumes", file=sys.stderr)
         return 1
@@ -473,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         remove_temporaries(prefix)
         lock.release()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def tokenize(

@@ -756,3 +756,51 @@ def test_huggingface_word_memo_refuses_tokenizers_it_cannot_reproduce(hf_tokeniz
     assert HuggingFaceEncoder(json.dumps(spec), memo_words=0).blocker == "memo_words=0"
     memo = HuggingFaceEncoder(json.dumps(spec))
     assert memo.check(["a sample"]) is None and memo.memoised
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_driver_alone_stops_its_workers_and_the_rerun_resumes(big_file, corpus, tmp_path):
+    """``kill PID`` (or ``scancel`` signalling the driver only): one line, exit 143, no worker left
+    running, the lock free, and the rerun resumes to the output of an uninterrupted run."""
+    _tokenize([big_file], corpus / "tok.model", tmp_path / "clean")
+    prefix = tmp_path / "stopped"
+    extra = ["--chunk-bytes", str(big_file.stat().st_size // 12 + 1), "--batch-bytes", "4096", "--workers", "2"]
+    proc = subprocess.Popen(
+        _tokenize_cmd([big_file], corpus / "tok.model", prefix, *extra),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    markers = Path(f"{prefix}.parts")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(markers.glob("*.json")):
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert proc.poll() is None and workers, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = [line for line in err.splitlines() if line.startswith("tokenize_slimpajama:")]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0] and "Traceback" not in err, err
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "worker processes outlived the driver"
+    resumed = _tokenize([big_file], corpus / "tok.model", prefix, *extra)  # the lock is free
+    assert "resuming:" in resumed.stderr
+    for suffix in (".bin", ".idx"):
+        assert Path(f"{prefix}{suffix}").read_bytes() == (tmp_path / f"clean{suffix}").read_bytes()
