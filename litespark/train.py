@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan is not None:
         print(plan(cfg, args.plan, args.gpu, args.plan_layouts))
         return 0
+    # Before CUDA initialises (the automatic micro-batch asks for the GPU's memory): ZeRO's large flat
+    # buffers fragment the default allocator, leaving reserved memory that no allocation can use.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.print_config:
         try:
@@ -240,9 +243,6 @@ def main(argv: list[str] | None = None) -> int:
             and not result["params_with_nonfinite_grad"]
         )
         return 0 if ok else 1
-    # Before CUDA initialises: ZeRO's large flat buffers fragment the default allocator, leaving
-    # reserved memory that no allocation can use.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from litespark.training.loop import run
 
     return run(cfg)

@@ -97,7 +97,7 @@ def activation_bytes_per_token_layer(cfg: LitesparkConfig) -> float:
     m, tp = cfg.model, cfg.parallel.tensor_parallel
     h, f = m.hidden_size, m.ffn_hidden_size
     kv = m.num_query_groups * (h // m.num_attention_heads)
-    a = 1 if cfg.precision.fp8 else 2
+    a = 1 if cfg.precision.fp8 else 2 if cfg.precision.bf16 else 4
     wide = 2 if cfg.precision.bf16 else 4  # bytes of an activation kept in the compute format
     norms = 2 * wide * h
     gemm_inputs = a * h + a * h + (a * h / tp if cfg.precision.fp8 else 0) + a * f / tp

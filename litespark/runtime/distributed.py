@@ -131,6 +131,19 @@ def all_ranks_agree(ok: bool) -> bool:
     return bool(flag.item())
 
 
+def min_max_over_ranks(value: int) -> tuple[int, int]:
+    """The smallest and largest ``value`` over all ranks (collective, one all-reduce)."""
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.distributed.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    both = torch.tensor([value, -value], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX)
+    high, neg_low = both.tolist()
+    return -neg_low, high
+
+
 def gather_to_rank0(obj):
     """Every rank's ``obj`` as a list on rank 0 (None elsewhere); collective, any picklable object."""
     out = [None] * torch.distributed.get_world_size() if torch.distributed.get_rank() == 0 else None

@@ -16,6 +16,7 @@ checkpoint is complete.  Which checkpoint to load, and whether it fits this run,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -222,10 +223,13 @@ class CheckpointSaver:
             shutil.rmtree(probe, ignore_errors=True)
         dist.barrier()
         assert self._writer is not None
-        self._reserved = self._writer.submit(self._reserve, layouts)
+        device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self._reserved = self._writer.submit(self._reserve, layouts, device)
 
-    def _reserve(self, layouts: list[tuple[str, list]]) -> float:
+    def _reserve(self, layouts: list[tuple[str, list]], device: int | None) -> float:
         t = time.perf_counter()
+        if device is not None:
+            torch.cuda.set_device(device)  # a new thread starts on GPU 0: no context there for other ranks
         assert self.copies is not None
         for name, sizes in layouts:
             self.copies.reserve(name, sizes)
@@ -303,7 +307,10 @@ class CheckpointSaver:
         if pending is None:
             raise RuntimeError("no checkpoint save to commit")
         self.pending = None
-        records, error_text = pending.written.result()
+        try:
+            records, error_text = pending.written.result()
+        except Exception as exc:  # the writer failed outside its own handling: still one line on every rank
+            records, error_text = {}, f"checkpoint: writing step {pending.step} failed: {type(exc).__name__}: {exc}"
         root, rank, unfinished = pending.root, dist.get_rank(), pending.unfinished
         reason = first_reason(error_text)
         if reason is not None:
@@ -345,11 +352,12 @@ def _write_all(files: list[tuple[str, Any]], root: Path, run_dir: Path) -> tuple
     for path, obj in files:
         try:
             error = _write_hashed(obj, path, records)
+            if error is not None:
+                return records, _write_error_text(error, root, run_dir)
         except Exception as exc:  # not a filesystem error: still one line, on every rank
-            Path(path).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                Path(path).unlink(missing_ok=True)
             return records, f"checkpoint: writing {path} failed: {type(exc).__name__}: {exc}"
-        if error is not None:
-            return records, _write_error_text(error, root, run_dir)
     return records, None
 
 

@@ -106,7 +106,7 @@ class HostCopies:
         if self._pin_failed:
             return
         ptr, nbytes = buffer.data_ptr(), buffer.numel()
-        status = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 0)
+        status = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 1)  # cudaHostRegisterPortable
         if int(status) != 0:
             self._pin_failed = True
             log.warning(
@@ -128,8 +128,8 @@ def _rebuild(state: Any, storage_for: Callable[[torch.UntypedStorage, int], torc
     leaves: dict[int, Any] = {}  # copy.deepcopy's memo for the plain values
 
     def host_tensor(t: torch.Tensor) -> torch.Tensor | None:
-        if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.is_meta:
-            return t.detach().to("cpu", copy=True)  # tensor subclasses: a plain blocking copy
+        if type(t) not in (torch.Tensor, torch.nn.Parameter) or t.is_meta or t.is_conj() or t.is_neg():
+            return t.detach().to("cpu", copy=True)  # subclasses, lazy conjugates: a plain blocking copy
         source = t.untyped_storage()
         # Empty storages have no address to tell them apart: each is its own.
         key = (source.device, source.data_ptr(), source.nbytes()) if source.nbytes() else ("empty", id(t))
@@ -139,6 +139,8 @@ def _rebuild(state: Any, storage_for: Callable[[torch.UntypedStorage, int], torc
         if storage is None:
             return None
         out = torch.empty(0, dtype=t.dtype).set_(storage, t.storage_offset(), t.size(), t.stride())
+        if isinstance(t, torch.nn.Parameter):
+            return torch.nn.Parameter(out, requires_grad=t.requires_grad)
         return out.requires_grad_(t.requires_grad)
 
     def walk(obj: Any) -> Any:
@@ -148,6 +150,8 @@ def _rebuild(state: Any, storage_for: Callable[[torch.UntypedStorage, int], torc
             out: Any = host_tensor(obj)
         elif isinstance(obj, OrderedDict):
             out = OrderedDict((k, walk(v)) for k, v in obj.items())
+            # Module.state_dict() hangs the modules' versions on the dict (``_metadata``): pickled with it
+            out.__dict__.update(copy.deepcopy(obj.__dict__, leaves))
         elif isinstance(obj, dict):
             out = {k: walk(v) for k, v in obj.items()}
         elif isinstance(obj, list):

@@ -61,6 +61,7 @@ def train(cfg: LitesparkConfig) -> int:
     energy.interval_joules()  # the set-up phase's energy counts from here
     world = dist.get_world_size()
     validate(cfg, world)
+    _check_same_micro_batch(cfg)
     lock = _lock_run_dir(cfg)
     try:
         run_dir = Path(cfg.run.run_dir)
@@ -104,6 +105,21 @@ def _refuse_unsupported(cfg: LitesparkConfig) -> None:
         raise ConfigError(
             "parallel.sequence_parallel is not supported by the DeepSpeed trainer yet "
             "(norm-weight gradients would not be reduced over the TP group)"
+        )
+
+
+def _check_same_micro_batch(cfg: LitesparkConfig) -> None:
+    """Every rank resolved the automatic micro-batch for its own GPU, before the process group existed;
+    GPUs of different memory would pick different ones and the ranks would then hang in ZeRO's
+    reductions: refuse that in one line (collective)."""
+    from litespark.config import micro_batch_size
+    from litespark.runtime.distributed import min_max_over_ranks
+
+    low, high = min_max_over_ranks(micro_batch_size(cfg))
+    if low != high:
+        raise ConfigError(
+            f"data.micro_batch_size: the ranks chose different automatic micro-batches ({low} to {high}: GPUs "
+            "with different memory); set data.micro_batch_size explicitly"
         )
 
 
@@ -348,6 +364,8 @@ class TrainingRun:
                     loss = self._log_interval(interval_steps, loss_sum, data_wait)
                     if not math.isfinite(loss):
                         log.error("loss is %s at step %d; stopping", loss, self.step_done)
+                        if self.saver.pending is not None:
+                            self._commit()  # a save started earlier is finished, as a synchronous one would be
                         return EXIT_NONFINITE_LOSS
                     interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
                 if (

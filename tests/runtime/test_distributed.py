@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from litespark.runtime.distributed import expand_nodelist, launcher_env
@@ -41,3 +43,19 @@ def test_mpu_maps_model_parallel_to_tensor_parallel(dist_world_1):
     assert mpu.get_data_parallel_group() is ps.get_data_parallel_group()
     assert (mpu.get_model_parallel_world_size(), mpu.get_data_parallel_world_size()) == (1, 1)
     assert mpu.get_data_parallel_group_ranks() == [0]
+
+
+@pytest.mark.slow
+def test_ranks_that_resolved_different_micro_batches_are_refused_on_every_rank(tmp_path):
+    """The automatic micro-batch is resolved per process from its own GPU; a mixed allocation would
+    have ranks disagree and hang in ZeRO's reductions: every rank refuses in one line instead."""
+    from tests.helpers.processes import torchrun
+
+    for differ in (False, True):
+        out = tmp_path / f"differ{differ}"
+        torchrun("tests/helpers/workers/micro_batch_worker.py", 2, "--out", str(out), *(["--differ"] if differ else []))
+        said = [Path(f"{out}.rank{r}").read_text() for r in range(2)]
+        if differ:
+            assert all("ranks chose different automatic micro-batches (1 to 2" in s for s in said), said
+        else:
+            assert said == ["ok", "ok"]

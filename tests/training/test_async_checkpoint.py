@@ -31,8 +31,10 @@ def _state():
     step = torch.tensor(5)
     master = torch.zeros(4, requires_grad=True)
     betas = (0.9, 0.95)  # one object in two param groups, as in DeepSpeed's optimizer state
+    module = OrderedDict(weight=weight, bias=bias, scale=torch.nn.Parameter(torch.ones(2)))
+    module._metadata = OrderedDict({"": {"version": 1}})  # type: ignore[attr-defined]  # as Module.state_dict() has
     return flat, {
-        "module": OrderedDict(weight=weight, bias=bias),
+        "module": module,
         "optimizer": {
             "state": {0: {"step": step, "exp_avg": torch.ones(3)}},
             "param_groups": [{"lr": 0.1, "betas": betas}, {"lr": 0.1, "betas": betas}],
@@ -81,7 +83,7 @@ def test_buffers_reserved_from_the_storage_sizes_are_the_ones_the_first_copy_use
     _, state = _state()
     copies = HostCopies()
     sizes = copies.storage_sizes(state)
-    assert [n for n, _ in sizes] == [12 * 4, 8, 3 * 4, 4 * 4]  # the flat buffer once, then step, exp_avg, master
+    assert [n for n, _ in sizes] == [12 * 4, 2 * 4, 8, 3 * 4, 4 * 4]  # flat buffer once, scale, step, exp_avg, master
     assert copies.bytes_allocated == 0 and copies.bytes_copied == 0  # measuring copies nothing
     copies.reserve("model.pt", sizes)
     allocated = copies.bytes_allocated
