@@ -227,9 +227,15 @@ def main(argv: list[str] | None = None) -> int:
                 from litespark.planner import choose_micro_batch
                 from litespark.planner.gpus import GPUS
 
-                cfg.data.micro_batch_size = choose_micro_batch(cfg, world_size, GPUS["h200"])
-                exc = ConfigError(f"{exc}; data.micro_batch_size as planned for an H200")
-            resolve_backend(cfg, world_size)  # the other automatic choices, as that host resolves them
+                try:
+                    cfg.data.micro_batch_size = choose_micro_batch(cfg, world_size, GPUS["h200"])
+                    exc = ConfigError(
+                        f"{exc}; data.micro_batch_size as planned for an H200 and {world_size} process(es)"
+                    )
+                except ConfigError as no_fit:  # shown unresolved: the note says why
+                    exc = ConfigError(f"{exc}; data.micro_batch_size left automatic ({no_fit})")
+            if cfg.data.micro_batch_size is not None:
+                resolve_backend(cfg, world_size)  # the other automatic choices, as that host resolves them
             print(f"# note: this host cannot run this config: {exc}", file=sys.stderr)
         print(describe(cfg))
         return 0

@@ -81,7 +81,7 @@ echo "litespark job $JOB (restart $RESTART): $PRESET on $NODES node(s) x $PER_NO
 echo "launch: ${launch[*]}"
 if [ "$DRY_RUN" = 1 ]; then
   "$PY" -m litespark.train "${args[@]}" --preflight "$WORLD"
-  "$PY" -m litespark.train "${args[@]}" --print-config
+  WORLD_SIZE="$WORLD" "$PY" -m litespark.train "${args[@]}" --print-config
   exit 0
 fi
 
@@ -91,7 +91,7 @@ fi
 # One log directory per job start: resolved config, git revision, versions, the launch itself.
 logdir="$RUN_DIR/slurm/job-${JOB}-restart-${RESTART}"
 mkdir -p "$logdir"
-"$PY" -m litespark.train "${args[@]}" --print-config > "$logdir/config.yaml"
+WORLD_SIZE="$WORLD" "$PY" -m litespark.train "${args[@]}" --print-config > "$logdir/config.yaml"
 { git -C "$LITESPARK_HOME" rev-parse HEAD 2>/dev/null || echo "not a git checkout"
   git -C "$LITESPARK_HOME" status --short 2>/dev/null | sed -n '1,50p'; } > "$logdir/git.txt"
 "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|megatron|deepspeed|transformer|nvidia-nccl|numpy) ' > "$logdir/versions.txt" || true

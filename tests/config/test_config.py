@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -231,9 +232,14 @@ def test_validate_refuses_non_finite_numbers_set_in_code():
         validate(cfg)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "litespark.train", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "litespark.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -265,6 +271,11 @@ def test_cli_print_config_llama_3b():
     # The automatic micro-batch as planned for an H200, and the graphs and fp32 gradients it implies.
     assert "micro_batch_size: 8" in proc.stdout and "data.micro_batch_size as planned for an H200" in proc.stderr
     assert "cuda_graphs: false" in proc.stdout and "fp32_grad_accumulation: true" in proc.stdout
+    # llama-30b fits no single GPU: printed with the micro-batch left automatic, not refused; for the
+    # 32 processes of its job script (WORLD_SIZE, as slurm/pretrain_common.sh passes it) it is planned.
+    alone = _cli("--preset", "llama-30b", "--print-config")
+    assert alone.returncode == 0 and "micro_batch_size: null" in alone.stdout, alone.stderr
+    assert "micro_batch_size: 2" in _cli("--preset", "llama-30b", "--print-config", env={"WORLD_SIZE": "32"}).stdout
     small = _cli("--preset", "llama-3b", "--print-config", "--set", "data.micro_batch_size=2")
     assert small.returncode == 0 and "cuda_graphs: true" in small.stdout, small.stderr
 
