@@ -3,8 +3,9 @@
     python ds_configs/generate.py            # rewrite zero1.json, zero2.json, zero3.json
     python ds_configs/generate.py --check    # exit 1 if a file differs from what the code derives
 
-They are snapshots of ``to_deepspeed_config`` for the ``llama-3b`` preset on one 8-GPU H200 node
-(TP=1, global batch 64, the micro-batch the planner takes there), so that a reader can see the exact DeepSpeed settings a run uses; training never reads them.
+They are snapshots of ``to_deepspeed_config`` for the plan of the ``llama-3b`` preset on one 8-GPU H200
+node (TP=1, global batch 64, the te backend, the micro-batch the planner takes there), so that a reader
+can see the exact DeepSpeed settings a run uses; training never reads them.
 Never edit them by hand: ``tests/config/test_ds_configs.py`` fails when they drift from the code.
 """
 
@@ -17,9 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from litespark.config import apply_overrides
+from litespark.config import apply_overrides, resolve
 from litespark.config.presets import get_preset
-from litespark.planner import choose_micro_batch
 from litespark.planner.gpus import GPUS
 from litespark.runtime.deepspeed_config import to_deepspeed_config
 
@@ -30,8 +30,8 @@ PRESET, WORLD_SIZE = "llama-3b", 8
 def render(stage: int) -> str:
     """The JSON text of ``zero{stage}.json``."""
     cfg = apply_overrides(get_preset(PRESET), [f"parallel.zero_stage={stage}", "data.global_batch_size=64"])
-    cfg.data.micro_batch_size = choose_micro_batch(cfg, WORLD_SIZE, GPUS["h200"])
-    return json.dumps(to_deepspeed_config(cfg, WORLD_SIZE), indent=2, sort_keys=True) + "\n"
+    plan = resolve(cfg, WORLD_SIZE, backend="te", gpu=GPUS["h200"])  # the micro-batch: the planner's
+    return json.dumps(to_deepspeed_config(plan), indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     python -m litespark.train --preset tiny                                # train (CPU: torch backend)
     torchrun --nproc-per-node 8 -m litespark.train --preset llama-3b --data mock --train-iters 30 \
         --set data.global_batch_size=64
-    python -m litespark.train --preset llama-3b --print-config
+    python -m litespark.train --preset llama-3b --print-config    # the config, then what it resolves to
     python -m litespark.train --preset llama-3b --plan 8 --gpu h100   # predicted memory and speed
     python -m litespark.train --preset tiny --smoke          # one forward/backward, checks finiteness
 
@@ -22,16 +22,18 @@ from pathlib import Path
 
 import yaml
 
-from litespark.config import ConfigError, LitesparkConfig, micro_batch_size, resolve_backend, to_dict
+from litespark.config import ConfigError, LitesparkConfig, RunPlan, resolve, to_dict
 from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.training.metrics import count_parameters, flops_per_token
 
 
-def describe(cfg: LitesparkConfig) -> str:
-    """The resolved config as YAML plus the model arithmetic."""
+def describe(cfg: LitesparkConfig, plan: RunPlan | None) -> str:
+    """The config as YAML (automatic fields as given), the plan it resolves to (``plan:``, what the run
+    does), and the model arithmetic."""
     n = count_parameters(cfg.model)
     lines = [
         yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip(),
+        yaml.safe_dump({"plan": plan.to_dict() if plan else None}, sort_keys=False).rstrip(),
         "# --- derived ---",
         f"# parameters: {n.without_input_embedding:,} ({n.without_input_embedding / 1e9:.2f} B) "
         f"without the input embedding, LM head counted; {n.total:,} in all",
@@ -40,21 +42,22 @@ def describe(cfg: LitesparkConfig) -> str:
     return "\n".join(lines)
 
 
-def smoke_step(cfg: LitesparkConfig) -> dict:
+def smoke_step(plan: RunPlan) -> dict:
     """Build the model on this host and run one forward/backward on random tokens."""
     import torch
 
     from litespark.model.build import build_model, position_ids_for
     from litespark.runtime.distributed import destroy_distributed, init_distributed
 
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
+    cfg = plan.config
+    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=plan.cuda_graphs)
     try:
-        model = build_model(cfg)
+        model = build_model(plan)
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         model.to(device)
         gen = torch.Generator(device="cpu").manual_seed(cfg.run.seed)
         tokens = torch.randint(
-            0, cfg.model.vocab_size, (micro_batch_size(cfg), cfg.model.seq_length + 1), generator=gen
+            0, cfg.model.vocab_size, (plan.micro_batch_size, cfg.model.seq_length + 1), generator=gen
         )
         tokens = tokens.to(device)
         inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
@@ -86,13 +89,16 @@ RUNTIME_PACKAGES = ("torch", "megatron.core", "deepspeed")
 """What every training process imports; --preflight checks that this interpreter has them."""
 
 
-def preflight(cfg, world_size: int) -> str:
+def preflight(cfg: LitesparkConfig, world_size: int, gpu_spec: str | None) -> str:
     """What a launch of ``cfg`` on ``world_size`` processes needs, checked in seconds in one process
     (no GPU, no process group); ConfigError if not.  Job scripts run it before launching, so that a
-    mistake ends in one line instead of in every rank's traceback."""
+    mistake ends in one line instead of in every rank's traceback.  The config is resolved as the
+    job's GPU nodes will (the te backend); an automatic micro-batch is planned for ``gpu_spec`` when
+    given, else left to the nodes (the layout is then checked at micro-batch 1)."""
     import importlib.util
 
-    from litespark.config import gradient_accumulation_steps, validate
+    from litespark.config import plan_for, validate
+    from litespark.planner.gpus import parse_gpu
 
     if world_size < 1:
         raise ConfigError(f"--preflight {world_size}: the world size must be >= 1")
@@ -107,7 +113,14 @@ def preflight(cfg, world_size: int) -> str:
     from litespark.training.loop import RUN_DIR_LOCK
     from litespark.training.resume import plan_resume
 
-    validate(cfg, world_size)
+    backend = "te" if cfg.kernels.backend == "auto" else cfg.kernels.backend
+    if cfg.data.micro_batch_size is not None or gpu_spec:
+        run_plan: RunPlan | None = resolve(
+            cfg, world_size, backend=backend, gpu=parse_gpu(gpu_spec) if gpu_spec else None
+        )
+    else:
+        plan_for(validate(cfg), world_size, backend, 1)
+        run_plan = None
     if cfg.data.source == "indexed":
         from litespark.training.data import check_indexed_prefixes
 
@@ -132,8 +145,8 @@ def preflight(cfg, world_size: int) -> str:
     return (
         f"preflight ok: {cfg.preset}, world {world_size} = TP {tp} x DP {world_size // tp}, ZeRO-{cfg.parallel.zero_stage}, "
         + (
-            f"micro-batch {cfg.data.micro_batch_size} x accumulation {gradient_accumulation_steps(cfg, world_size)} "
-            if cfg.data.micro_batch_size is not None
+            f"micro-batch {run_plan.micro_batch_size} x accumulation {run_plan.gradient_accumulation_steps} "
+            if run_plan is not None
             else "micro-batch automatic (the planner's, on the GPU host; --plan shows it) "
         )
         + f"= global batch {cfg.data.global_batch_size}, data {cfg.data.source}"
@@ -145,17 +158,47 @@ def preflight(cfg, world_size: int) -> str:
 def plan(cfg: LitesparkConfig, world_size: int, gpu_spec: str | None, layouts: bool) -> str:
     """``--plan``: the planner's tables for ``world_size`` GPUs (no GPU needed)."""
     from litespark.config import validate
-    from litespark.planner.gpus import GPUS, gpu_of_this_host, parse_gpu
+    from litespark.planner.gpus import parse_gpu
     from litespark.planner.render import render_layouts, render_plan
 
     if world_size < 1:
         raise ConfigError(f"--plan {world_size}: the world size must be >= 1")
-    gpu = parse_gpu(gpu_spec) if gpu_spec else (gpu_of_this_host() or GPUS["h200"])
-    validate(cfg, world_size)
+    gpu = parse_gpu(gpu_spec) if gpu_spec else _gpu_to_plan_for()
+    validate(cfg)
     if cfg.kernels.backend == "torch":
         raise ConfigError("--plan models the te backend (a GPU run); this config sets kernels.backend=torch")
     text = render_plan(cfg, world_size, gpu)
     return text + ("\n\n" + render_layouts(cfg, world_size, gpu) if layouts else "")
+
+
+def _gpu_to_plan_for():
+    """This host's GPU, else an H200 (what the planner assumes on a host without one)."""
+    from litespark.planner.gpus import GPUS, gpu_of_this_host
+
+    return gpu_of_this_host() or GPUS["h200"]
+
+
+def print_config(cfg: LitesparkConfig, world_size: int, gpu_spec: str | None) -> str:
+    """``--print-config``: the config and its plan on this host (or on ``gpu_spec``).  A config this
+    host cannot run (FP8 on a CPU host) is shown with the plan a GPU host would make (``gpu_spec``,
+    else an H200), and a note on stderr says so; a config no host can run is shown without a plan."""
+    from litespark.planner.gpus import parse_gpu
+
+    from litespark.config import validate
+
+    validate(cfg)  # a config no host can run is refused (exit 2); only planning problems become the note
+    gpu = parse_gpu(gpu_spec) if gpu_spec else None
+    try:
+        return describe(cfg, resolve(cfg, world_size, gpu=gpu))
+    except ConfigError as here:
+        target = gpu or _gpu_to_plan_for()
+        try:
+            run_plan = resolve(cfg, world_size, backend="te", gpu=target)
+            note = f"this host cannot run this config: {here}; the plan is {target.name}'s"
+        except ConfigError as anywhere:
+            run_plan, note = None, f"this config cannot run as set: {anywhere}"
+        print(f"# note: {note}", file=sys.stderr)
+        return describe(cfg, run_plan)
 
 
 @user_errors_exit_2("litespark.train")
@@ -191,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu",
         default=None,
         metavar="h200|h100|NAME:GiB:TFLOPS[:TB/s]",
-        help="the GPU --plan plans for (default: this host's GPU, else h200)",
+        help="the GPU --plan, --print-config and --preflight plan for (default: this host's GPU, else h200; "
+        "--preflight: none, an automatic micro-batch is then left to the GPU nodes)",
     )
     parser.add_argument(
         "--plan-layouts", action="store_true", help="with --plan: also compare every TP size and ZeRO stage"
@@ -208,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         shortcuts.append(f"run.run_dir={args.run_dir}")
     cfg = load_config(args, extra_overrides=shortcuts)
     if args.preflight is not None:
-        print(preflight(cfg, args.preflight))
+        print(preflight(cfg, args.preflight, args.gpu))
         return 0
     if args.plan is not None:
         print(plan(cfg, args.plan, args.gpu, args.plan_layouts))
@@ -218,30 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.print_config:
-        try:
-            resolve_backend(cfg, world_size)
-        except ConfigError as exc:
-            # Show the config a GPU host would run, and say why this host cannot run it.
-            cfg.kernels.backend = "te"
-            if cfg.data.micro_batch_size is None:
-                from litespark.planner import choose_micro_batch
-                from litespark.planner.gpus import GPUS
-
-                try:
-                    cfg.data.micro_batch_size = choose_micro_batch(cfg, world_size, GPUS["h200"])
-                    exc = ConfigError(
-                        f"{exc}; data.micro_batch_size as planned for an H200 and {world_size} process(es)"
-                    )
-                except ConfigError as no_fit:  # shown unresolved: the note says why
-                    exc = ConfigError(f"{exc}; data.micro_batch_size left automatic ({no_fit})")
-            if cfg.data.micro_batch_size is not None:
-                resolve_backend(cfg, world_size)  # the other automatic choices, as that host resolves them
-            print(f"# note: this host cannot run this config: {exc}", file=sys.stderr)
-        print(describe(cfg))
+        print(print_config(cfg, world_size, args.gpu))
         return 0
-    resolve_backend(cfg, world_size)
+    run_plan = resolve(cfg, world_size)
     if args.smoke:
-        result = smoke_step(cfg)
+        result = smoke_step(run_plan)
         print(yaml.safe_dump({"smoke": result}, sort_keys=False).rstrip())
         ok = (
             math.isfinite(result["loss"])
@@ -251,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     from litespark.training.loop import run
 
-    return run(cfg)
+    return run(run_plan)
 
 
 if __name__ == "__main__":

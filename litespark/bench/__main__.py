@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from litespark.config import ConfigError, resolve_backend, to_dict, validate
+from litespark.config import ConfigError, resolve, to_dict
 from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.log import get_logger, setup_logging
 
@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--warmup and --steps must be >= 1")
     base = load_config(args, ["checkpoint.enabled=false", "checkpoint.resume=false"])
     base.run.train_iters = args.warmup + args.steps
-    # kernels.backend now (fails early without TE for fp8); kernels.cuda_graphs and
-    # precision.fp32_grad_accumulation, which depend on the micro-batch, per micro-batch below
-    requested = base.kernels.cuda_graphs, base.precision.fp32_grad_accumulation
-    resolve_backend(base)
-    base.kernels.cuda_graphs, base.precision.fp32_grad_accumulation = requested
+    resolve(base)  # a config this host cannot run (FP8 without Transformer Engine) fails here, in one line
     corpus_size = None
     if args.data != "random":
         from litespark.bench.data import corpus_tokens
@@ -193,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.micro_batch_size = mb
                 if not stack.startswith("litespark"):  # the baselines never capture graphs
                     cfg.kernels.cuda_graphs = False
-                resolve_backend(cfg)  # the automatic graphs and fp32 gradients depend on the micro-batch
-                validate(cfg)
+                resolve(cfg)  # checked here; the worker resolves it again, on this host: the same plan
                 status, result = run_attempt(stack, cfg, args.data, args.warmup, args.steps, Path(tmp), args.timeout)
                 attempts[stack].append({"micro_batch": mb, "status": status})
                 if status == "out of memory":  # where and how much, for the report

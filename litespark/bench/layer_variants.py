@@ -60,9 +60,15 @@ def _recipe(recipe_name: str, cfg):
         return None
     from megatron.core.fp8_utils import get_fp8_recipe
 
+    return get_fp8_recipe(_transformer_config(_config_for(recipe_name, cfg)))
+
+
+def _transformer_config(cfg):
+    """Megatron's config of ``cfg``'s layers on the te backend (one GPU; the micro-batch plays no part)."""
+    from litespark.config import plan_for
     from litespark.model.transformer_config import to_transformer_config
 
-    return get_fp8_recipe(to_transformer_config(_config_for(recipe_name, cfg)))
+    return to_transformer_config(plan_for(cfg, 1, "te", 1))
 
 
 def _error_text(exc: Exception) -> str:
@@ -87,16 +93,15 @@ def build_mlps(cfg) -> dict:
     from megatron.core.transformer.spec_utils import build_module
 
     from litespark.model.layer_spec import get_litespark_layer_spec
-    from litespark.model.transformer_config import to_transformer_config
 
     megatron_cfg = copy.deepcopy(cfg)
     megatron_cfg.kernels.te_swiglu = False
-    tc = to_transformer_config(megatron_cfg)
+    tc = _transformer_config(megatron_cfg)
     megatron = build_module(get_litespark_layer_spec("te", te_swiglu=False).submodules.mlp, config=tc).cuda()
     swiglu_cfg = copy.deepcopy(cfg)
     swiglu_cfg.kernels.te_swiglu = True
     te_swiglu = build_module(
-        get_litespark_layer_spec("te", te_swiglu=True).submodules.mlp, config=to_transformer_config(swiglu_cfg)
+        get_litespark_layer_spec("te", te_swiglu=True).submodules.mlp, config=_transformer_config(swiglu_cfg)
     ).cuda()
     te_swiglu.load_state_dict(megatron.state_dict(), strict=False)  # TE's SwiGLU adds an _extra_state
     fused = build_module(get_litespark_layer_spec("te", fused_mlp=True).submodules.mlp, config=tc).cuda()
@@ -292,7 +297,7 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from litespark.config import resolve_backend
+    from litespark.config import resolve
     from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings
     from litespark.environment import collect_versions
     from litespark.model.build import select_te_norm_kernels
@@ -309,13 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("layer_variants.py: error: needs a CUDA GPU", file=sys.stderr)
         return 2
-    cfg = resolve_backend(load_config(args, ["kernels.cuda_graphs=false"]))
-    if cfg.kernels.backend != "te":
+    plan = resolve(load_config(args, ["kernels.cuda_graphs=false", "data.micro_batch_size=1"]))
+    if plan.backend != "te":
         print(
-            f"layer_variants.py: error: needs Transformer Engine (kernels.backend resolved to {cfg.kernels.backend!r})",
+            f"layer_variants.py: error: needs Transformer Engine (kernels.backend resolved to {plan.backend!r})",
             file=sys.stderr,
         )
         return 2
+    cfg = plan.config
     init_distributed(1, cfg.run.seed)
     select_te_norm_kernels(cfg.kernels.norm_kernel)  # as build_model does: the shipped norm kernels
     rows = measure_mlps(cfg, args.micro_batch, args.warmup, args.iters)

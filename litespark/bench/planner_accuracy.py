@@ -60,10 +60,10 @@ def predict(preset: str, sets: list[str]) -> dict:
         raise SystemExit("planner_accuracy.py: needs a CUDA GPU to measure on")
     cfg = apply_overrides(get_preset(preset), sets)
     mb = cfg.data.micro_batch_size or choose_micro_batch(cfg, 1, gpu)
-    chosen = next(c for c in plan_candidates(cfg, 1, gpu) if c.choices.micro_batch == mb)
+    chosen = next(c for c in plan_candidates(cfg, 1, gpu) if c.plan.micro_batch_size == mb)
     return {
         "micro_batch": mb,
-        "cuda_graphs": chosen.choices.cuda_graphs,
+        "cuda_graphs": chosen.plan.cuda_graphs,
         "memory_gib": chosen.memory.total / 2**30,
         "memory_terms_gib": chosen.memory.gib(),
         "tokens_per_s": chosen.speed.tokens_per_s_per_gpu,

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from litespark.bench.data import load_windows
     from litespark.bench.stacks import STACKS, build_stack
-    from litespark.config import resolve_backend
+    from litespark.config import resolve
     from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings
     from litespark.runtime.distributed import init_distributed
     from litespark.training.metrics import flops_per_token
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # + the step run in sync debug mode and the one profiled with stacks
     n_steps = args.warmup + args.steps + 1 + (args.launch_sites > 0)
-    cfg = resolve_backend(
+    plan = resolve(
         load_config(
             args,
             [
@@ -364,10 +364,11 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
-    init_distributed(1, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
+    cfg = plan.config
+    init_distributed(1, cfg.run.seed, graph_safe_rng=plan.cuda_graphs)
     g = cfg.data.global_batch_size
     tokens = load_windows(args.data, n_steps * g, cfg.model.seq_length + 1, cfg.model.vocab_size, cfg.run.seed)
-    built = build_stack(args.stack, cfg)
+    built = build_stack(args.stack, plan)
 
     def batches(k):
         # As the bench's worker copies them: a blocking copy would make the host wait for the previous

@@ -28,8 +28,7 @@ from typing import Any
 
 import torch
 
-from litespark.config import LitesparkConfig, micro_batch_size
-from litespark.config.automatic import fp8_output_layer
+from litespark.config import LitesparkConfig, RunPlan
 
 STACKS: tuple[str, ...] = ("hf", "mcore-bf16", "mcore-fp8", "litespark", "litespark-bf16")
 NEEDS_TE: frozenset[str] = frozenset({"mcore-fp8"})
@@ -46,9 +45,9 @@ class BuiltStack:
 
 
 def _scheduler_params(cfg: LitesparkConfig) -> dict:
-    from litespark.runtime.deepspeed_config import to_deepspeed_config
+    from litespark.runtime.deepspeed_config import scheduler_params
 
-    return to_deepspeed_config(cfg, 1)["scheduler"]["params"]
+    return scheduler_params(cfg)
 
 
 def _device() -> torch.device:
@@ -178,7 +177,7 @@ def naive_deepspeed_config(cfg: LitesparkConfig, micro_batch: int) -> dict:
     }
 
 
-def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
+def build_mcore(cfg: LitesparkConfig, fp8: bool, micro_batch: int) -> BuiltStack:
     """GPTModel with Megatron-Core's TE layer spec (local spec without TE) under DeepSpeed ZeRO-1."""
     import deepspeed
     from megatron.core.models.gpt import GPTModel
@@ -221,7 +220,7 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
     engine, _, _, _ = deepspeed.initialize(
         model=model.to(device),
         model_parameters=param_groups(model, cfg.optim.weight_decay),
-        config=naive_deepspeed_config(cfg, micro_batch_size(cfg)),
+        config=naive_deepspeed_config(cfg, micro_batch),
         mpu=MegatronMPU(),
         dist_init_required=False,
     )
@@ -254,14 +253,14 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool) -> BuiltStack:
 # Litespark as shipped
 
 
-def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
+def build_litespark(plan: RunPlan) -> BuiltStack:
     """``build_model`` + ``build_engine`` + the trainer's ``train_step``."""
-    from litespark.config.automatic import zero_sub_group_size
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
     from litespark.training.step import train_step
 
-    engine, _, _ = build_engine(cfg, build_model(cfg), 1)
+    cfg = plan.config
+    engine, _, _ = build_engine(plan, build_model(plan))
     device = _device()
     ones: dict[torch.Size, torch.Tensor] = {}
 
@@ -272,11 +271,11 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
             batches.append({"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": mask})
         return train_step(engine, batches)
 
-    k, p = cfg.kernels, cfg.precision
+    p = cfg.precision
     numerics = f"FP8 {p.fp8_recipe}" if p.fp8 else ("BF16" if p.bf16 else "FP32")
-    if fp8_output_layer(cfg):
+    if plan.fp8_output_layer:
         numerics += " (output layer too)"
-    graphs = "" if not k.cuda_graphs else f", CUDA graphs ({k.cuda_graph_layers or cfg.model.num_layers} layers)"
+    graphs = f", CUDA graphs ({plan.cuda_graph_layers} layers)" if plan.cuda_graphs else ""
     # The engine's own reduction dtype: what ran, not what the config meant.
     reduced = (
         str(engine.communication_data_type)
@@ -284,8 +283,10 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
         .replace("float32", "fp32")
         .replace("bfloat16", "bf16")
     )
-    grads = f", fp32 gradients written by TE (BF16_Optimizer), reduced in {reduced}" if p.fp32_grad_accumulation else ""
-    group = zero_sub_group_size(cfg)
+    grads = (
+        f", fp32 gradients written by TE (BF16_Optimizer), reduced in {reduced}" if plan.fp32_grad_accumulation else ""
+    )
+    group = plan.zero_sub_group_size
     groups = f", optimizer groups of <= {group:,} parameters" if group else ", one optimizer group for the matrices"
     # What the built model's Megatron config switched on (to_transformer_config decides it).
     tc = engine.module.config
@@ -303,25 +304,28 @@ def build_litespark(cfg: LitesparkConfig) -> BuiltStack:
     ]
     kernels = f" ({', '.join(fused)})" if fused else ""
     what = (
-        f"Litespark spec ({k.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
+        f"Litespark spec ({plan.backend}{kernels}), {numerics}, DeepSpeed ZeRO-{cfg.parallel.zero_stage} "
         f"fp32 master, torch AdamW fused{graphs}{grads}{groups}"
         f"{', DeepSpeed step patches' if cfg.optim.deepspeed_step_patches else ''}"
     )
     return BuiltStack(step, what, engine)
 
 
-def build_stack(name: str, cfg: LitesparkConfig) -> BuiltStack:
-    """Build stack ``name`` for ``cfg`` (shape, batch and optimizer settings come from ``cfg``)."""
+def build_stack(name: str, plan: RunPlan) -> BuiltStack:
+    """Build stack ``name`` for ``plan`` (shape, batch and optimizer settings come from its config)."""
+    cfg = plan.config
     if name == "hf":
         return build_hf(cfg)
     if name in ("mcore-bf16", "mcore-fp8"):
-        return build_mcore(cfg, fp8=name == "mcore-fp8")
+        return build_mcore(cfg, fp8=name == "mcore-fp8", micro_batch=plan.micro_batch_size)
     if name == "litespark":
-        return build_litespark(cfg)
+        return build_litespark(plan)
     if name == "litespark-bf16":
         import copy
 
-        cfg = copy.deepcopy(cfg)
-        cfg.precision.fp8 = False
-        return build_litespark(cfg)
+        from litespark.config import plan_for
+
+        bf16 = copy.deepcopy(cfg)
+        bf16.precision.fp8 = False
+        return build_litespark(plan_for(bf16, plan.world_size, plan.backend, plan.micro_batch_size))
     raise ValueError(f"unknown stack {name!r} (known: {', '.join(STACKS)})")

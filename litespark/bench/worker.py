@@ -52,8 +52,8 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> dict:
-    """Build ``stack`` for ``cfg``, run ``warmup + steps`` optimizer steps on ``tokens``, return figures.
+def measure(stack: str, plan, tokens: torch.Tensor, warmup: int, steps: int) -> dict:
+    """Build ``stack`` for ``plan`` (a :class:`~litespark.config.RunPlan`), run ``warmup + steps`` optimizer steps on ``tokens``, return figures.
 
     ``tokens`` is [(warmup + steps) * global_batch, seq + 1]; step k uses rows [k*G, (k+1)*G).
     """
@@ -61,10 +61,11 @@ def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> d
     from litespark.training.energy import EnergyMeter
     from litespark.training.metrics import flops_per_token, peak_bf16_tflops
 
+    cfg = plan.config
     d = cfg.data
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     t0 = time.perf_counter()
-    built = build_stack(stack, cfg)
+    built = build_stack(stack, plan)
     build_s = time.perf_counter() - t0
 
     def batches(k: int) -> list[torch.Tensor]:
@@ -118,13 +119,13 @@ def measure(stack: str, cfg, tokens: torch.Tensor, warmup: int, steps: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     from litespark.bench.data import load_windows
-    from litespark.config import from_dict
+    from litespark.config import from_dict, resolve
     from litespark.config.cli import quiet_optional_dependency_warnings
     from litespark.runtime.distributed import destroy_distributed, init_distributed
 
     p = argparse.ArgumentParser(prog="litespark.bench.worker")
     p.add_argument("--stack", required=True)
-    p.add_argument("--config-json", required=True, help="resolved LitesparkConfig as JSON (micro-batch included)")
+    p.add_argument("--config-json", required=True, help="LitesparkConfig as JSON (micro-batch set)")
     p.add_argument("--data", required=True, help="'random' or an indexed-dataset prefix")
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--steps", type=int, required=True)
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quiet_optional_dependency_warnings()
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    cfg = from_dict(json.loads(Path(args.config_json).read_text()))
+    plan = resolve(from_dict(json.loads(Path(args.config_json).read_text())))
+    cfg = plan.config
     out = Path(args.out)
-    init_distributed(1, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
+    init_distributed(1, cfg.run.seed, graph_safe_rng=plan.cuda_graphs)
     try:
         tokens = load_windows(
             args.data,
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.model.vocab_size,
             cfg.run.seed,
         )
-        result = measure(args.stack, cfg, tokens, args.warmup, args.steps)
+        result = measure(args.stack, plan, tokens, args.warmup, args.steps)
     except Exception as exc:
         if is_oom(exc):
             out.write_text(

@@ -1,13 +1,14 @@
 """The typed configuration of a Litespark run, and what its automatic settings become.
 
 ``schema`` defines the fields, ``overrides`` builds a config from YAML / ``--set`` / dicts,
-``validate`` checks that the fields agree, ``automatic`` resolves the automatic choices, ``presets``
-holds the named starting points and ``cli`` the shared command-line plumbing.  The names most code
+``validate`` checks that the fields agree, ``automatic`` holds the rules of the automatic choices and
+``resolve`` decides them once into a frozen :class:`RunPlan`, ``presets`` holds the named starting
+points and ``cli`` the shared command-line plumbing.  The names most code
 needs are importable from here.
 """
 
-from litespark.config.automatic import resolve_backend
 from litespark.config.overrides import apply_overrides, from_dict, load_yaml, to_dict
+from litespark.config.resolve import RunPlan, plan_for, resolve
 from litespark.config.schema import (
     CheckpointConfig,
     ConfigError,
@@ -20,7 +21,7 @@ from litespark.config.schema import (
     PrecisionConfig,
     RunConfig,
 )
-from litespark.config.validate import gradient_accumulation_steps, micro_batch_size, validate
+from litespark.config.validate import validate
 
 __all__ = [
     "CheckpointConfig",
@@ -33,12 +34,12 @@ __all__ = [
     "ParallelConfig",
     "PrecisionConfig",
     "RunConfig",
+    "RunPlan",
     "apply_overrides",
     "from_dict",
-    "gradient_accumulation_steps",
     "load_yaml",
-    "micro_batch_size",
-    "resolve_backend",
+    "plan_for",
+    "resolve",
     "to_dict",
     "validate",
 ]

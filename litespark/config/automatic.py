@@ -1,26 +1,52 @@
-"""What the automatic settings of a config become.
+"""The rules that decide the automatic settings of a config, each a pure function of the config and
+of what has been decided before it.
 
-Fields left ``None`` (or ``'auto'``) are decided here, from the rest of the config and, for the
-backend, from the host: whether the layers run as CUDA graphs, whether gradients accumulate in fp32
-buffers that Transformer Engine writes, whether the output layer runs in FP8, how the optimizer's
-parameters are grouped, and which kernel backend fills the layer spec.  Each rule also says why an
-explicit setting would be refused (the ``*_refusal`` functions), which is what
-:func:`litespark.config.validate.validate` reports.  docs/performance.md has the measurements the
-rules follow.
+Fields left ``None`` (or ``'auto'``) are decided by :func:`litespark.config.resolve.resolve`, in this
+order: the kernel backend (from the host), the micro-batch (from the planner), whether the layers run
+as CUDA graphs, whether gradients accumulate in fp32 buffers that Transformer Engine writes, whether
+the output layer runs in FP8, and how the optimizer's parameters are grouped.  Each rule also says
+why an explicit setting would be refused (the ``*_refusal`` functions).  docs/performance.md has
+the measurements the rules follow.
 """
 
 from __future__ import annotations
 
-from litespark.config.schema import ConfigError, LitesparkConfig
+from litespark.config.schema import LitesparkConfig
 
 # kernels.cuda_graphs=None turns the graphs on up to this micro-batch, where the step is launch-bound.
 GRAPHS_AUTO_MAX_MICRO_BATCH = 2
 
+# parallel.zero_sub_group_size=None splits the optimizer step into groups of this many parameters,
+# except where fp32 gradients are on.
+ZERO_SUB_GROUP_SIZE = 250_000_000
 
-def cuda_graphs_refusal(cfg: LitesparkConfig) -> str | None:
-    """Why the layers of ``cfg`` cannot be captured as CUDA graphs (validate's error), or None when
-    they can; the automatic setting turns them on only where this is None."""
-    if cfg.kernels.backend == "torch":
+
+def host_backend() -> str:
+    """The kernel backend this host runs for ``kernels.backend='auto'``: 'te' with CUDA and
+    Transformer Engine, else 'torch'."""
+    from litespark.environment import te_available  # local: avoids importing torch for config work
+
+    return "te" if te_available() else "torch"
+
+
+def backend_refusal(cfg: LitesparkConfig, backend: str) -> str | None:
+    """Why ``cfg`` cannot run on kernel backend ``backend`` (what it resolved to), or None."""
+    if backend == "te":
+        return qkv_rope_kernel_refusal(cfg)
+    how = "needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
+    if cfg.precision.fp8:
+        return f"precision.fp8=true {how}"
+    if cfg.parallel.sequence_parallel:
+        return f"parallel.sequence_parallel=true {how}"
+    if cfg.kernels.cuda_graphs:
+        return f"kernels.cuda_graphs=true {how}"
+    return None
+
+
+def cuda_graphs_refusal(cfg: LitesparkConfig, backend: str) -> str | None:
+    """Why the layers of ``cfg`` cannot be captured as CUDA graphs on ``backend``, or None when they
+    can; the automatic setting turns them on only where this is None."""
+    if backend == "torch":
         return "kernels.cuda_graphs=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)"
     if cfg.parallel.tensor_parallel != 1:
         return (
@@ -37,16 +63,12 @@ def cuda_graphs_refusal(cfg: LitesparkConfig) -> str | None:
     return None
 
 
-def _cuda_graphs_automatic(cfg: LitesparkConfig) -> bool:
-    """What ``kernels.cuda_graphs=None`` resolves to: on where the layers can be captured and the
-    micro-batch is at most GRAPHS_AUTO_MAX_MICRO_BATCH."""
-    mb = cfg.data.micro_batch_size
-    return cuda_graphs_refusal(cfg) is None and mb is not None and mb <= GRAPHS_AUTO_MAX_MICRO_BATCH
-
-
-def _cuda_graphs_as_resolved(cfg: LitesparkConfig) -> bool:
-    """``kernels.cuda_graphs``, or what its automatic setting (None) resolves to on a GPU host with TE."""
-    return cfg.kernels.cuda_graphs if cfg.kernels.cuda_graphs is not None else _cuda_graphs_automatic(cfg)
+def cuda_graphs(cfg: LitesparkConfig, backend: str, micro_batch: int) -> bool:
+    """Whether the layers run as CUDA graphs: ``kernels.cuda_graphs``, or (None) on where they can be
+    captured and the micro-batch is at most GRAPHS_AUTO_MAX_MICRO_BATCH."""
+    if cfg.kernels.cuda_graphs is not None:
+        return cfg.kernels.cuda_graphs
+    return cuda_graphs_refusal(cfg, backend) is None and micro_batch <= GRAPHS_AUTO_MAX_MICRO_BATCH
 
 
 def fp8_output_layer(cfg: LitesparkConfig) -> bool:
@@ -62,9 +84,9 @@ def fp8_output_layer(cfg: LitesparkConfig) -> bool:
     return not cfg.model.tie_embeddings
 
 
-def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> str | None:
-    """Why ``precision.fp32_grad_accumulation=true`` cannot be used with ``cfg`` (validate's error), or
-    None."""
+def fp32_grad_accumulation_refusal(cfg: LitesparkConfig, graphs: bool) -> str | None:
+    """Why ``precision.fp32_grad_accumulation=true`` cannot be used with ``cfg`` whose layers are
+    (``graphs``) or are not captured as CUDA graphs, or None."""
     if not cfg.precision.bf16:
         return (
             "precision.fp32_grad_accumulation=true needs precision.bf16=true (fp32 training has fp32 gradients already)"
@@ -74,7 +96,7 @@ def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> str | None:
             f"precision.fp32_grad_accumulation=true needs parallel.zero_stage=1, not {cfg.parallel.zero_stage} "
             "(DeepSpeed's BF16 optimizer, which owns the fp32 buffers, is ZeRO-1 only)"
         )
-    if cfg.kernels.cuda_graphs:
+    if graphs:
         return (
             "precision.fp32_grad_accumulation=true cannot be combined with kernels.cuda_graphs=true "
             "(not supported together; the graphs are for memory-bound micro-batches)"
@@ -82,27 +104,18 @@ def fp32_grad_accumulation_refusal(cfg: LitesparkConfig) -> str | None:
     return None
 
 
-def fp32_grad_accumulation(cfg: LitesparkConfig) -> bool:
+def fp32_grad_accumulation(cfg: LitesparkConfig, backend: str, graphs: bool) -> bool:
     """Whether ``cfg`` accumulates gradients in fp32 buffers (``precision.fp32_grad_accumulation``).
 
     The automatic setting (None) is on with the te backend where it is allowed: BF16, ZeRO-1, and
     the layers not captured as CUDA graphs (graphs are used at small micro-batches, where memory is
-    short and the extra 4 bytes per parameter would not fit).  A config whose
-    backend or graphs are still automatic is judged as it resolves on a GPU host with Transformer
-    Engine, so that ``to_deepspeed_config`` stays a pure function of the config.
-    """
+    short and the extra 4 bytes per parameter would not fit)."""
     if cfg.precision.fp32_grad_accumulation is not None:
         return cfg.precision.fp32_grad_accumulation
-    graphs = _cuda_graphs_as_resolved(cfg)
-    return cfg.kernels.backend != "torch" and not graphs and cfg.precision.bf16 and cfg.parallel.zero_stage == 1
+    return backend == "te" and not graphs and cfg.precision.bf16 and cfg.parallel.zero_stage == 1
 
 
-# parallel.zero_sub_group_size=None splits the optimizer step into groups of this many parameters,
-# except where fp32 gradients are on.
-ZERO_SUB_GROUP_SIZE = 250_000_000
-
-
-def zero_sub_group_size(cfg: LitesparkConfig) -> int | None:
+def zero_sub_group_size(cfg: LitesparkConfig, fp32_grads: bool) -> int | None:
     """The most parameters per optimizer group (``parallel.zero_sub_group_size``), None for one group.
 
     The groups bound the transient fp32 copy that DeepSpeed's ZeRO optimizer makes of each group's
@@ -112,7 +125,7 @@ def zero_sub_group_size(cfg: LitesparkConfig) -> int | None:
     """
     if cfg.parallel.zero_sub_group_size is not None:
         return cfg.parallel.zero_sub_group_size
-    if cfg.parallel.zero_stage != 3 and fp32_grad_accumulation(cfg):
+    if cfg.parallel.zero_stage != 3 and fp32_grads:
         return None
     return ZERO_SUB_GROUP_SIZE
 
@@ -127,63 +140,3 @@ def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> str | None:
             "set kernels.qkv_rope_kernel=te"
         )
     return None
-
-
-def resolve_backend(cfg: LitesparkConfig, world_size: int = 1) -> LitesparkConfig:
-    """Replace the automatic choices by what this host and config run (in place):
-    kernels.backend='auto' by the backend this host can run, data.micro_batch_size=None by the
-    planner's choice for this host's GPU and ``world_size`` (1 on the torch backend),
-    kernels.cuda_graphs=None by whether the layers are captured (Transformer Engine, TP 1, ZeRO 1/2,
-    micro-batch <= GRAPHS_AUTO_MAX_MICRO_BATCH), precision.fp32_grad_accumulation=None by
-    :func:`fp32_grad_accumulation`."""
-    if cfg.kernels.backend == "auto":
-        from litespark.environment import te_available  # local: avoids importing torch for config work
-
-        cfg.kernels.backend = "te" if te_available() else "torch"
-    refusal = qkv_rope_kernel_refusal(cfg) if cfg.kernels.backend == "te" else None
-    if refusal:
-        raise ConfigError(refusal)
-    if cfg.kernels.backend != "te":
-        if cfg.precision.fp8:
-            raise ConfigError(
-                "precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
-            )
-        if cfg.parallel.sequence_parallel:
-            raise ConfigError(
-                "parallel.sequence_parallel=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
-            )
-        if cfg.kernels.cuda_graphs:
-            raise ConfigError(
-                "kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')"
-            )
-    if cfg.data.micro_batch_size is None:
-        cfg.data.micro_batch_size = _automatic_micro_batch(cfg, world_size)
-    if cfg.kernels.cuda_graphs is None:
-        cfg.kernels.cuda_graphs = _cuda_graphs_automatic(cfg)
-    if cfg.precision.fp32_grad_accumulation is None:
-        cfg.precision.fp32_grad_accumulation = fp32_grad_accumulation(cfg)
-    return cfg
-
-
-def _automatic_micro_batch(cfg: LitesparkConfig, world_size: int) -> int:
-    """What ``data.micro_batch_size=None`` becomes: the planner's choice for this host's GPU on the te
-    backend; 1 on the torch backend, which the planner does not model."""
-    if cfg.kernels.backend != "te":
-        return 1
-    from litespark.log import get_logger
-    from litespark.planner import choose_micro_batch
-    from litespark.planner.gpus import gpu_of_this_host
-
-    gpu = gpu_of_this_host()
-    if gpu is None:
-        raise ConfigError("data.micro_batch_size=null (automatic) needs a CUDA device to plan for")
-    mb = choose_micro_batch(cfg, world_size, gpu)
-    get_logger(__name__).info(
-        "data.micro_batch_size: %d, the fastest the planner fits in %s (%.0f GiB); python -m litespark.train --plan %d "
-        "shows the alternatives",
-        mb,
-        gpu.name,
-        gpu.memory_gib,
-        world_size,
-    )
-    return mb

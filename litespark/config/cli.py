@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: preset + YAML + ``--set`` into a validated config, and the
+"""Shared command-line plumbing: preset + YAML + ``--set`` into a config, and the
 one-line-error / exit-code-2 contract for user mistakes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-from litespark.config import ConfigError, LitesparkConfig, apply_overrides, load_yaml, validate
+from litespark.config import ConfigError, LitesparkConfig, apply_overrides, load_yaml
 from litespark.config.presets import PRESETS, get_preset
 
 EXIT_USAGE = 2
@@ -30,12 +30,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, extra_overrides: list[str] | None = None) -> LitesparkConfig:
-    """Build and validate the config that ``args`` describe."""
+    """Build the config that ``args`` describe (each field parsed and type-checked; whether the fields
+    agree is checked once, when it is resolved: :func:`litespark.config.resolve`)."""
     cfg = get_preset(args.preset)
     if args.config:
         load_yaml(cfg, args.config)
     apply_overrides(cfg, list(extra_overrides or []) + list(args.overrides))
-    return validate(cfg)
+    return cfg
 
 
 def quiet_optional_dependency_warnings() -> None:

@@ -1,10 +1,9 @@
 """Checking that a config's fields agree with each other, before anything is built.
 
 :func:`validate` runs one named check per section, in a fixed order, and stops at the first problem
-with a one-line :class:`~litespark.config.schema.ConfigError` that names the field.  Checks that need
-to know how an automatic choice resolves (CUDA graphs, fp32 gradients, the Triton RoPE) ask
-:mod:`litespark.config.automatic` why a setting would be refused, so the refusal reads the same
-wherever it is found.
+with a one-line :class:`~litespark.config.schema.ConfigError` that names the field.  These are the checks
+of the config alone; what depends on how an automatic choice resolves, or on the world size, is
+checked where it is decided (:func:`litespark.config.resolve.resolve`).
 """
 
 from __future__ import annotations
@@ -12,20 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from litespark.config.automatic import (
-    cuda_graphs_refusal,
-    fp32_grad_accumulation_refusal,
-    qkv_rope_kernel_refusal,
-)
 from litespark.config.schema import ConfigError, LitesparkConfig
 
 
-def validate(cfg: LitesparkConfig, world_size: int | None = None) -> LitesparkConfig:
-    """Reject impossible configurations with a one-line :class:`ConfigError` naming the field.
-
-    ``world_size`` adds the checks that need the process count (TP must divide it, the global batch
-    must be micro x DP x accumulation).
-    """
+def validate(cfg: LitesparkConfig) -> LitesparkConfig:
+    """Reject impossible configurations with a one-line :class:`ConfigError` naming the field."""
     _check_finite(cfg)
     _check_sizes(cfg)
     _check_model_shape(cfg)
@@ -34,23 +24,7 @@ def validate(cfg: LitesparkConfig, world_size: int | None = None) -> LitesparkCo
     _check_kernels(cfg)
     _check_optim(cfg)
     _check_data(cfg)
-    if world_size is not None:
-        _check_world_size(cfg, world_size)
     return cfg
-
-
-def micro_batch_size(cfg: LitesparkConfig) -> int:
-    """``data.micro_batch_size`` once resolved (:func:`litespark.config.resolve_backend`)."""
-    if cfg.data.micro_batch_size is None:
-        raise ValueError("data.micro_batch_size is automatic: resolve it first (litespark.config.resolve_backend)")
-    return cfg.data.micro_batch_size
-
-
-def gradient_accumulation_steps(cfg: LitesparkConfig, world_size: int) -> int:
-    """Micro-batches per optimizer step on each data-parallel rank."""
-    validate(cfg, world_size)
-    dp = world_size // cfg.parallel.tensor_parallel
-    return cfg.data.global_batch_size // (micro_batch_size(cfg) * dp)
 
 
 def _check_finite(cfg: LitesparkConfig) -> None:
@@ -133,17 +107,11 @@ def _check_parallel(cfg: LitesparkConfig) -> None:
         )
     if par.sequence_parallel and tp == 1:
         raise ConfigError("parallel.sequence_parallel needs parallel.tensor_parallel > 1")
-    if par.sequence_parallel and cfg.kernels.backend == "torch":
-        raise ConfigError("parallel.sequence_parallel needs kernels.backend 'te' (TE norms and reduce-scatter)")
 
 
 def _check_precision(cfg: LitesparkConfig) -> None:
-    """FP8 needs the TE backend and BF16; the FP8 output layer needs untied embeddings."""
+    """FP8 needs BF16; the FP8 output layer needs untied embeddings."""
     prec = cfg.precision
-    if prec.fp8 and cfg.kernels.backend == "torch":
-        raise ConfigError(
-            "precision.fp8=true needs kernels.backend 'te' (or 'auto' on a CUDA host with Transformer Engine)"
-        )
     if prec.fp8 and not prec.bf16:
         raise ConfigError("precision.fp8=true needs precision.bf16=true (non-FP8 ops run in BF16)")
     if prec.fp8 and prec.fp8_output_layer is True and cfg.model.tie_embeddings:
@@ -163,18 +131,8 @@ def _check_kernels(cfg: LitesparkConfig) -> None:
             f"kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not {prec.fp8_recipe} "
             "(TE's op fuser: NaN gradients with delayed, no blockwise support)"
         )
-    refusal = qkv_rope_kernel_refusal(cfg)
-    if k.backend == "te" and refusal:
-        raise ConfigError(refusal)
     if k.fp8_attention and not prec.fp8:
         raise ConfigError("kernels.fp8_attention=true needs precision.fp8=true")
-    if prec.fp32_grad_accumulation:
-        refusal = fp32_grad_accumulation_refusal(cfg)
-        if refusal:
-            raise ConfigError(refusal)
-    refusal = cuda_graphs_refusal(cfg)
-    if k.cuda_graphs and refusal:
-        raise ConfigError(refusal)
     n_graphed = k.cuda_graph_layers
     if n_graphed is not None:
         if k.cuda_graphs is not True:
@@ -218,20 +176,3 @@ def _check_data(cfg: LitesparkConfig) -> None:
         raise ConfigError(f"data.split {d.split!r} must be comma-separated numbers such as 98,2,0") from None
     if len(split) != 3 or any(s < 0 for s in split) or sum(split) <= 0:
         raise ConfigError(f"data.split {d.split!r} must be three non-negative numbers such as 98,2,0")
-
-
-def _check_world_size(cfg: LitesparkConfig, world_size: int) -> None:
-    """TP divides the world; the global batch is micro-batch x DP x accumulation."""
-    tp, d = cfg.parallel.tensor_parallel, cfg.data
-    if world_size % tp:
-        raise ConfigError(f"parallel.tensor_parallel ({tp}) does not divide the world size ({world_size})")
-    dp = world_size // tp
-    if d.global_batch_size % dp:
-        raise ConfigError(
-            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of the data-parallel size ({dp})"
-        )
-    if d.micro_batch_size is not None and d.global_batch_size % (d.micro_batch_size * dp):
-        raise ConfigError(
-            f"data.global_batch_size ({d.global_batch_size}) is not a multiple of "
-            f"data.micro_batch_size x data-parallel size ({d.micro_batch_size} x {dp})"
-        )

@@ -15,8 +15,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 import megatron_patches
-from litespark.config import ConfigError, LitesparkConfig
-from litespark.config.automatic import fp8_output_layer
+from litespark.config import ConfigError, LitesparkConfig, RunPlan
 from litespark.log import get_logger
 from litespark.model.layer_spec import get_final_norm_spec, get_litespark_layer_spec
 from litespark.model.transformer_config import to_transformer_config
@@ -29,8 +28,8 @@ def padded_vocab_size(cfg: LitesparkConfig) -> int:
     return -(-cfg.model.vocab_size // multiple) * multiple
 
 
-def build_model(cfg: LitesparkConfig) -> GPTModel:
-    """The Litespark Llama for ``cfg`` on this rank's TP shard (needs :func:`init_distributed`).
+def build_model(plan: RunPlan) -> GPTModel:
+    """The Litespark Llama of ``plan`` on this rank's TP shard (needs :func:`init_distributed`).
 
     Weights stay on the CPU in ``params_dtype``; the engine moves them to the device.
     """
@@ -39,20 +38,16 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
             "build_model needs Megatron's parallel_state: call litespark.runtime.distributed.init_distributed first"
         )
     megatron_patches.apply_all()
-    backend = cfg.kernels.backend
-    if backend == "auto":
-        raise ValueError(
-            "build_model needs kernels.backend resolved to 'te' or 'torch' (litespark.config.resolve_backend)"
-        )
+    cfg, backend = plan.config, plan.backend
     if backend == "te":
         select_te_norm_kernels(cfg.kernels.norm_kernel)
-    _select_qkv_rope_kernel(cfg)
+    _select_qkv_rope_kernel(cfg, backend)
     layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
     block = TransformerBlockSubmodules(
         layer_specs=[layer] * cfg.model.num_layers, layer_norm=get_final_norm_spec(backend)
     )
     model = GPTModel(
-        config=to_transformer_config(cfg),
+        config=to_transformer_config(plan),
         transformer_layer_spec=block,
         vocab_size=padded_vocab_size(cfg),
         max_sequence_length=cfg.model.seq_length,
@@ -63,7 +58,7 @@ def build_model(cfg: LitesparkConfig) -> GPTModel:
         rotary_base=cfg.model.rotary_base,
         parallel_output=True,
     )
-    if backend == "te" and fp8_output_layer(cfg):
+    if backend == "te" and plan.fp8_output_layer:
         from litespark.model.modules.fp8_output_layer import use_fp8_output_layer
 
         use_fp8_output_layer(model)
@@ -97,7 +92,7 @@ _qkv_rope_choice: str | None = None
 """The ``kernels.qkv_rope_kernel`` that the last model calling Megatron's single-QKV RoPE chose."""
 
 
-def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
+def _select_qkv_rope_kernel(cfg: LitesparkConfig, backend: str) -> None:
     """Bind Megatron's single-QKV RoPE to the kernels ``kernels.qkv_rope_kernel`` names (process-wide).
 
     Only a model that calls that name (TE backend, rope_fusion, fused_qkv_rope) moves the binding; a
@@ -106,7 +101,7 @@ def _select_qkv_rope_kernel(cfg: LitesparkConfig) -> None:
     """
     global _qkv_rope_choice
     k = cfg.kernels
-    if not (k.backend == "te" and k.rope_fusion and k.fused_qkv_rope):
+    if not (backend == "te" and k.rope_fusion and k.fused_qkv_rope):
         return
     if _qkv_rope_choice not in (None, k.qkv_rope_kernel):
         get_logger(__name__).warning(

@@ -1,4 +1,4 @@
-"""``to_transformer_config``: the Megatron ``TransformerConfig`` of a Litespark config (pure)."""
+"""``to_transformer_config``: the Megatron ``TransformerConfig`` of a run plan (pure)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,20 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from litespark.config import LitesparkConfig, validate
+from litespark.config import RunPlan
 
 
-def to_transformer_config(cfg: LitesparkConfig) -> TransformerConfig:
-    """Megatron's config for the model described by ``cfg`` (backend must already be resolved).
+def to_transformer_config(plan: RunPlan) -> TransformerConfig:
+    """Megatron's config for the model of ``plan``.
 
     Llama semantics are fixed here: RMSNorm, SwiGLU (``gated_linear_unit`` + SiLU), no biases, no
     dropout, RoPE with ``rotary_base``.  ``gradient_accumulation_fusion`` stays off: it would also send
     Megatron's own output layer through APEX's fused kernel; the TE linears get the same fusion into
     DeepSpeed's fp32 buffers from :mod:`litespark.runtime.fp32_grads` (``precision.fp32_grad_accumulation``).
     """
-    validate(cfg)
+    cfg = plan.config
     m, par, prec, k = cfg.model, cfg.parallel, cfg.precision, cfg.kernels
-    if k.backend not in ("te", "torch"):
-        raise ValueError(f"kernels.backend must be resolved to 'te' or 'torch' first, got {k.backend!r}")
-    te = k.backend == "te"
+    te = plan.backend == "te"
     # TE's SwiGLU in the MLP's activation slot (layer_spec, te_swiglu; the fused MLP has its own).
     te_activation = te and k.te_swiglu and not k.fused_mlp
     fp8 = {}

@@ -9,12 +9,11 @@ their assumptions.  The automatic micro-batch is the fastest candidate whose pre
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
-from litespark.config import ConfigError, LitesparkConfig
+from litespark.config import ConfigError, LitesparkConfig, RunPlan, plan_for
 from litespark.planner.gpus import Gpu
-from litespark.planner.memory import Choices, MemoryEstimate, choices_for, estimate_memory
+from litespark.planner.memory import MemoryEstimate, estimate_memory
 from litespark.planner.speed import SpeedEstimate, estimate_speed
 
 MEMORY_HEADROOM = 0.95
@@ -24,7 +23,7 @@ the model's error (docs/planner.md)."""
 
 @dataclass(frozen=True)
 class Candidate:
-    choices: Choices
+    plan: RunPlan
     memory: MemoryEstimate
     speed: SpeedEstimate
     fits: bool
@@ -42,15 +41,14 @@ def micro_batch_candidates(cfg: LitesparkConfig, world_size: int) -> list[int]:
 
 
 def plan_candidates(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> list[Candidate]:
-    """Every candidate micro-batch of ``cfg`` on ``world_size`` ``gpu``s, smallest first."""
+    """Every candidate micro-batch of ``cfg`` (validated) on ``world_size`` ``gpu``s, smallest first
+    (the te backend: the planner models GPU runs)."""
     out = []
     for mb in micro_batch_candidates(cfg, world_size):
-        choices = choices_for(cfg, mb)
-        memory = estimate_memory(cfg, world_size, choices)
-        sized = copy.deepcopy(cfg)
-        sized.data.micro_batch_size = mb
-        speed = estimate_speed(sized, world_size, gpu, choices)
-        out.append(Candidate(choices, memory, speed, memory.total <= MEMORY_HEADROOM * gpu.memory_gib * 2**30))
+        plan = plan_for(cfg, world_size, "te", mb, f"planner candidate for {gpu.name}")
+        memory = estimate_memory(plan)
+        speed = estimate_speed(plan, gpu)
+        out.append(Candidate(plan, memory, speed, memory.total <= MEMORY_HEADROOM * gpu.memory_gib * 2**30))
     return out
 
 
@@ -71,4 +69,4 @@ def choose_micro_batch(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> int:
             f"more than {MEMORY_HEADROOM:.0%} of the {gpu.memory_gib:.1f} GiB of {gpu.name} "
             "(more GPUs with ZeRO-2/3 or tensor parallelism would split it): see python -m litespark.train --plan"
         )
-    return chosen.choices.micro_batch
+    return chosen.plan.micro_batch_size

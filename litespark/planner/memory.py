@@ -25,17 +25,10 @@ docs/planner.md compares the prediction with measured peaks.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 
-from litespark.config import LitesparkConfig
-from litespark.config.automatic import (
-    _cuda_graphs_automatic,
-    fp8_output_layer,
-    fp32_grad_accumulation,
-    zero_sub_group_size,
-)
+from litespark.config import LitesparkConfig, RunPlan
 from litespark.training.metrics import count_parameters
 
 GIB = 2**30
@@ -43,33 +36,6 @@ WORKSPACE_BYTES = 1.0 * GIB
 """cuBLAS and TE workspaces, RNG states, the allocator's rounding: a fixed allowance."""
 REDUCE_BUCKET_ELEMENTS = 500_000_000
 """DeepSpeed's reduce bucket (litespark.runtime.deepspeed_config), BF16 elements, ZeRO-2."""
-
-
-@dataclass(frozen=True)
-class Choices:
-    """The automatic settings as they resolve for one micro-batch on a GPU host with TE."""
-
-    micro_batch: int
-    cuda_graphs: bool
-    fp32_grads: bool
-    fp8_output_layer: bool
-    sub_group: int | None
-
-
-def choices_for(cfg: LitesparkConfig, micro_batch: int) -> Choices:
-    """How ``cfg``'s automatic settings resolve at ``micro_batch`` on the te backend (pure)."""
-    c = copy.deepcopy(cfg)
-    c.data.micro_batch_size = micro_batch
-    c.kernels.backend = "te"
-    if c.kernels.cuda_graphs is None:
-        c.kernels.cuda_graphs = _cuda_graphs_automatic(c)
-    return Choices(
-        micro_batch=micro_batch,
-        cuda_graphs=bool(c.kernels.cuda_graphs),
-        fp32_grads=fp32_grad_accumulation(c),
-        fp8_output_layer=fp8_output_layer(c),
-        sub_group=zero_sub_group_size(c),
-    )
 
 
 @dataclass(frozen=True)
@@ -107,18 +73,18 @@ def activation_bytes_per_token_layer(cfg: LitesparkConfig) -> float:
     return norms + gemm_inputs + qkv + attention_out + swiglu_in
 
 
-def estimate_memory(cfg: LitesparkConfig, world_size: int, choices: Choices) -> MemoryEstimate:
-    """Peak bytes per GPU of ``cfg`` on ``world_size`` GPUs with ``choices`` (te backend)."""
+def estimate_memory(plan: RunPlan) -> MemoryEstimate:
+    """Peak bytes per GPU of ``plan`` (te backend)."""
+    cfg = plan.config
     m, par, prec = cfg.model, cfg.parallel, cfg.precision
-    tp = par.tensor_parallel
-    dp = max(1, world_size // tp)
+    tp, dp = plan.tensor_parallel, plan.data_parallel
     n = count_parameters(m)
     params = n.total / tp
     weight_bytes = 2 if prec.bf16 else 4
     shard = dp if par.zero_stage == 3 else 1
     weights = params * weight_bytes / shard
     optimizer = params * (12 if prec.bf16 else 8) / dp
-    if choices.fp32_grads:
+    if plan.fp32_grad_accumulation:
         gradients = params * 4
     else:
         grad_shard = 1 if par.zero_stage == 1 else dp
@@ -126,13 +92,13 @@ def estimate_memory(cfg: LitesparkConfig, world_size: int, choices: Choices) -> 
         if par.zero_stage == 2:
             gradients += REDUCE_BUCKET_ELEMENTS * weight_bytes
         if prec.bf16:
-            group = min(choices.sub_group or params, params / dp)
+            group = min(plan.zero_sub_group_size or params, params / dp)
             gradients += group * 4
     fp8_caches = 0.0
     if prec.fp8:
-        fp8_params = n.transformer_matmul + (n.lm_head if choices.fp8_output_layer else 0)
+        fp8_params = n.transformer_matmul + (n.lm_head if plan.fp8_output_layer else 0)
         fp8_caches = 2 * fp8_params / tp
-    tokens = choices.micro_batch * m.seq_length
+    tokens = plan.micro_batch_size * m.seq_length
     activations = tokens * m.num_layers * activation_bytes_per_token_layer(cfg)
     logits = tokens * m.vocab_size / tp * 6
     return MemoryEstimate(weights, optimizer, gradients, fp8_caches, activations, logits, WORKSPACE_BYTES)

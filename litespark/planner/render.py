@@ -32,8 +32,8 @@ def render_plan(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
         g = c.memory.gib()
         mark = " <- automatic" if c is chosen else ""
         lines.append(
-            f"| {c.choices.micro_batch}{mark} | {'yes' if c.choices.cuda_graphs else 'no'} | "
-            f"{'yes' if c.choices.fp32_grads else 'no'} | "
+            f"| {c.plan.micro_batch_size}{mark} | {'yes' if c.plan.cuda_graphs else 'no'} | "
+            f"{'yes' if c.plan.fp32_grad_accumulation else 'no'} | "
             + " | ".join(f"{g[t]:.1f}" for t in _TERMS)
             + f" | {g['total']:.1f} | {'yes' if c.fits else 'no'} | {c.speed.tokens_per_s_per_gpu:,.0f} | "
             f"{100 * c.speed.mfu:.1f}% |"
@@ -43,7 +43,7 @@ def render_plan(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
         lines.append("nothing fits: use more GPUs, ZeRO-2/3 or tensor parallelism (--plan-layouts compares them)")
     else:
         terms = ", ".join(f"{k} {v:.3f}" for k, v in chosen.speed.terms.items() if v)
-        lines.append(f"automatic micro-batch: {chosen.choices.micro_batch}; seconds per step by cost: {terms}")
+        lines.append(f"automatic micro-batch: {chosen.plan.micro_batch_size}; seconds per step by cost: {terms}")
     return "\n".join(lines)
 
 
@@ -61,7 +61,7 @@ def render_layouts(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
             continue
         for stage in (1, 2, 3):
             if stage == 3 and tp > 1:
-                continue  # refused by validate: ZeRO-3 needs TP 1
+                continue  # refused: ZeRO-3 needs TP 1
             c = copy.deepcopy(cfg)
             c.parallel.tensor_parallel, c.parallel.zero_stage = tp, stage
             try:
@@ -75,7 +75,7 @@ def render_layouts(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
             rows.append(
                 (
                     chosen.speed.tokens_per_s_per_gpu,
-                    f"| {tp} | {world_size // tp} | {stage} | {chosen.choices.micro_batch} | "
+                    f"| {tp} | {world_size // tp} | {stage} | {chosen.plan.micro_batch_size} | "
                     f"{chosen.memory.total / 2**30:.1f} | {chosen.speed.tokens_per_s_per_gpu:,.0f} | "
                     f"{100 * chosen.speed.mfu:.1f}% |",
                 )

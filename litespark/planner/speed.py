@@ -29,9 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from litespark.config import LitesparkConfig
+from litespark.config import RunPlan
 from litespark.planner.gpus import Gpu
-from litespark.planner.memory import Choices
 from litespark.training.metrics import count_parameters, flops_per_token
 
 GEMM_EFFICIENCY = 0.75
@@ -60,21 +59,21 @@ def _ring_seconds(nbytes: float, ranks: int, gb_per_s: float) -> float:
     return 0.0 if ranks <= 1 else 2 * (ranks - 1) / ranks * nbytes / (gb_per_s * 1e9)
 
 
-def estimate_speed(cfg: LitesparkConfig, world_size: int, gpu: Gpu, choices: Choices) -> SpeedEstimate:
-    """Seconds per optimizer step and tokens/s per GPU of ``cfg`` on ``world_size`` ``gpu``s."""
+def estimate_speed(plan: RunPlan, gpu: Gpu) -> SpeedEstimate:
+    """Seconds per optimizer step and tokens/s per GPU of ``plan`` on ``gpu``s."""
+    cfg, world_size = plan.config, plan.world_size
     m, par, prec = cfg.model, cfg.parallel, cfg.precision
-    tp = par.tensor_parallel
-    dp = max(1, world_size // tp)
-    micro_batches = cfg.data.global_batch_size // (choices.micro_batch * dp)
-    tokens = choices.micro_batch * m.seq_length
+    tp, dp = plan.tensor_parallel, plan.data_parallel
+    micro_batches = plan.gradient_accumulation_steps
+    tokens = plan.micro_batch_size * m.seq_length
     n = count_parameters(m)
-    fp8_params = (n.transformer_matmul + (n.lm_head if choices.fp8_output_layer else 0)) if prec.fp8 else 0
+    fp8_params = (n.transformer_matmul + (n.lm_head if plan.fp8_output_layer else 0)) if prec.fp8 else 0
     bf16_params = n.matmul - fp8_params
     bf16_peak = gpu.bf16_tflops * 1e12 * (1.0 if prec.bf16 else 0.5)
     gemm = 6 * tokens * (fp8_params / (gpu.fp8_tflops * 1e12) + bf16_params / bf16_peak) / tp / GEMM_EFFICIENCY
     attention = 12 * m.num_layers * m.hidden_size * m.seq_length * tokens / tp / (bf16_peak * ATTENTION_EFFICIENCY)
     elementwise = tokens * m.num_layers * ELEMENTWISE_BYTES_PER_H * m.hidden_size / tp / (gpu.hbm_tb_per_s * 1e12)
-    launches = 0.0 if choices.cuda_graphs else m.num_layers * KERNELS_PER_LAYER * LAUNCH_SECONDS
+    launches = 0.0 if plan.cuda_graphs else m.num_layers * KERNELS_PER_LAYER * LAUNCH_SECONDS
     tp_comm = m.num_layers * 4 * _ring_seconds(tokens * m.hidden_size * 2, tp, NVLINK_BUS_GB_S)
     params = n.total / tp
     zero3_gather = 0.0
@@ -93,7 +92,7 @@ def estimate_speed(cfg: LitesparkConfig, world_size: int, gpu: Gpu, choices: Cho
         * OPTIMIZER_BYTES_PER_PARAMETER
         / (gpu.hbm_tb_per_s * 1e12)
         + STEP_SECONDS,
-        "data_parallel": _ring_seconds(params * (4 if choices.fp32_grads else 2), dp, _dp_link(world_size)),
+        "data_parallel": _ring_seconds(params * (4 if plan.fp32_grad_accumulation else 2), dp, _dp_link(world_size)),
     }
     step = sum(terms.values())
     tokens_per_s = cfg.data.global_batch_size * m.seq_length / step / world_size

@@ -104,7 +104,7 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
         f"{kwh('checkpoint_kwh')} |",
         f"| final checkpoint (after the last step: its copy and write) | {_hms(s['final_checkpoint_seconds'])} | "
         f"{share('final_checkpoint_seconds')} | (in the checkpoint energy) |",
-        f"| start-up (model build, data, resume) | {_hms(s['setup_seconds'])} | {share('setup_seconds')} | "
+        f"| start-up (model build, data, resume, each start's first step) | {_hms(s['setup_seconds'])} | {share('setup_seconds')} | "
         f"{kwh('setup_kwh')} |",
         f"| lost to restarts ({s['redone_intervals']} intervals trained again after a resume) | "
         f"{_hms(s['redone_seconds'])} | {share('redone_seconds')} | {kwh('redone_kwh')} |",

@@ -2,7 +2,8 @@
 
 The trainer appends one JSON object per event to ``metrics.jsonl`` on rank 0, with energy already
 summed over every rank of every node: ``setup`` (process start to the first step), ``train``
-(a logging interval: time and energy of training alone), ``eval`` and ``checkpoint`` (pauses, with
+(a logging interval: time and energy of training alone; the first step of each start is an interval
+of its own marked ``warmup``), ``eval`` and ``checkpoint`` (pauses, with
 their own time and energy) and ``valid`` (validation loss).  A run that is still going or was killed
 may end in a half-written line; it is skipped and counted, never fatal.  A resumed run logs again
 the steps after its checkpoint; the later records are the ones the final model trained through,

@@ -41,11 +41,15 @@ def summarize(
 ) -> dict:
     """Totals, rates and the energy account of ``run`` (see the module docstring)."""
     world = run.world_size
-    train_s = _sum(run.train, "seconds")
-    train_tokens = _sum(run.train, "tokens")
+    # The first step of each start (``warmup``) counts with the start-up: first launches, FP8 state,
+    # the checkpoint buffers.  Its tokens are trained tokens all the same.
+    steady = [r for r in run.train if not r.get("warmup")]
+    warmup = [r for r in run.train if r.get("warmup")]
+    train_s = _sum(steady, "seconds")
+    train_tokens = _sum(steady, "tokens")
     pause_s = {kind: _sum([p for p in run.pauses if p["split"] == kind], "seconds") for kind in ("eval", "checkpoint")}
     final_save_s = _sum([p for p in run.pauses if p["split"] == "checkpoint" and p.get("final")], "seconds")
-    setup_s = _sum(run.setup, "seconds")
+    setup_s = _sum(run.setup, "seconds") + _sum(warmup, "seconds")
     redone_s = _sum(run.redone, "seconds")
     wall = train_s + sum(pause_s.values()) + setup_s + redone_s
     last = run.train[-1]
@@ -64,17 +68,17 @@ def summarize(
         "final_checkpoint_seconds": final_save_s,
         "redone_seconds": redone_s,
         "redone_intervals": len(run.redone),
-        "data_wait_seconds": _sum(run.train, "data_wait_s"),
-        **goodput(train_s - _sum(run.train, "data_wait_s"), wall, setup_s + final_save_s),
+        "data_wait_seconds": _sum(steady, "data_wait_s"),
+        **goodput(train_s - _sum(steady, "data_wait_s"), wall, setup_s + final_save_s),
         "tokens_per_s_per_gpu": train_tokens / train_s / world if train_s else None,
         "final_loss": last["loss"],
         "final_valid_loss": run.valid[-1]["loss"] if run.valid else None,
         "skipped_lines": run.skipped_lines,
     }
-    mfus = [(r["mfu"], r["tokens"]) for r in run.train if r.get("mfu") is not None]
+    mfus = [(r["mfu"], r["tokens"]) for r in steady if r.get("mfu") is not None]
     out["mfu"] = sum(m * t for m, t in mfus) / sum(t for _, t in mfus) if mfus else None
-    measured = [r for r in run.train if r.get("energy_j") is not None]
-    out["energy_intervals_measured"], out["energy_intervals"] = len(measured), len(run.train)
+    measured = [r for r in steady if r.get("energy_j") is not None]
+    out["energy_intervals_measured"], out["energy_intervals"] = len(measured), len(steady)
     if not measured:
         out["energy"] = None
         if price_per_gpu_hour is not None:
@@ -84,7 +88,7 @@ def summarize(
     measured_tokens = _sum(measured, "tokens")
     measured_s = _sum(measured, "seconds")
     pause_j = {kind: _sum([p for p in run.pauses if p["split"] == kind], "energy_j") for kind in ("eval", "checkpoint")}
-    setup_j, redone_j = _sum(run.setup, "energy_j"), _sum(run.redone, "energy_j")
+    setup_j, redone_j = _sum(run.setup, "energy_j") + _sum(warmup, "energy_j"), _sum(run.redone, "energy_j")
     total_j = train_j + sum(pause_j.values()) + setup_j + redone_j
     kwh = total_j / JOULES_PER_KWH
     out["energy"] = {

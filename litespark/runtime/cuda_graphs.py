@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from litespark.config import ConfigError, LitesparkConfig, micro_batch_size
+from litespark.config import ConfigError, RunPlan
 from litespark.log import get_logger
 
 log = get_logger(__name__)
@@ -185,10 +185,10 @@ def release_retained_grad_nodes(model: torch.nn.Module) -> None:
         )
 
 
-def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3) -> list[_ReplayingForward]:
-    """Capture the first ``cfg.kernels.cuda_graph_layers`` (default: all) decoder layers of ``model``
-    (a GPTModel, after ``deepspeed.initialize``) for micro-batches of ``cfg.data.micro_batch_size`` x
-    ``cfg.model.seq_length``; returns the installed replaying forwards.  Numerics are those of the
+def capture_layer_graphs(model: Any, plan: RunPlan, warmup_iters: int = 3) -> list[_ReplayingForward]:
+    """Capture the first ``plan.cuda_graph_layers`` decoder layers of ``model`` (a GPTModel, after
+    ``deepspeed.initialize``) for micro-batches of ``plan.micro_batch_size`` x ``model.seq_length``;
+    returns the installed replaying forwards.  Numerics are those of the
     eager layers (tests/runtime/test_cuda_graphs_gpu.py)."""
     import time
 
@@ -197,10 +197,10 @@ def capture_layer_graphs(model: Any, cfg: LitesparkConfig, warmup_iters: int = 3
     if not torch.cuda.is_available():
         raise ConfigError("kernels.cuda_graphs=true needs a CUDA device")
     release_retained_grad_nodes(model)
-    layers = list(model.decoder.layers)[: cfg.kernels.cuda_graph_layers]
+    layers = list(model.decoder.layers)[: plan.cuda_graph_layers]
     config = layers[0].config
     device = torch.device("cuda", torch.cuda.current_device())
-    seq, mb = cfg.model.seq_length, micro_batch_size(cfg)
+    seq, mb = plan.config.model.seq_length, plan.micro_batch_size
     dtype = config.params_dtype
     rope = model.rotary_pos_emb(seq).to(device)
     t0 = time.perf_counter()

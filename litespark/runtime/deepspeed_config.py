@@ -1,4 +1,4 @@
-"""``to_deepspeed_config``: the DeepSpeed config dict of a Litespark config (pure).
+"""``to_deepspeed_config``: the DeepSpeed config dict of a run plan (pure).
 
 Every value is concrete.  ``"auto"`` is a Hugging Face Trainer convenience that raw
 ``deepspeed.initialize`` rejects, and a config that hides the batch arithmetic is a config nobody
@@ -8,20 +8,17 @@ can check.  The dict is passed to ``deepspeed.initialize(config=...)`` directly;
 
 from __future__ import annotations
 
-from litespark.config import LitesparkConfig, gradient_accumulation_steps, micro_batch_size, validate
-from litespark.config.automatic import fp32_grad_accumulation, zero_sub_group_size
+from litespark.config import LitesparkConfig, RunPlan
 
 # Bucket sizes (elements) for gradient reduction and parameter all-gather; 5e8 is DeepSpeed's own
 # default, written out so that the snapshot says what runs.
 _BUCKET = 500_000_000
 
 
-def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
-    """DeepSpeed config for ``cfg`` on ``world_size`` processes (TP x DP)."""
-    validate(cfg, world_size)
+def to_deepspeed_config(plan: RunPlan) -> dict:
+    """DeepSpeed config of ``plan`` (its world size: TP x DP)."""
+    cfg = plan.config
     o, par, prec, d = cfg.optim, cfg.parallel, cfg.precision, cfg.data
-    warmup = max(1, o.warmup_iters)  # WarmupCosineLR refuses 0 (and itself warms up >= 2 steps)
-    decay = o.decay_iters if o.decay_iters is not None else max(cfg.run.train_iters - warmup, 1)
     zero: dict = {
         "stage": par.zero_stage,
         "overlap_comm": True,
@@ -39,12 +36,12 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
                 "stage3_param_persistence_threshold": 100_000,
                 "stage3_max_live_parameters": 1_000_000_000,
                 "stage3_gather_16bit_weights_on_model_save": False,
-                "sub_group_size": zero_sub_group_size(cfg),
+                "sub_group_size": plan.zero_sub_group_size,
             }
         )
     bf16: dict = {"enabled": prec.bf16}
     extra: dict = {}
-    if fp32_grad_accumulation(cfg):
+    if plan.fp32_grad_accumulation:
         # fp32 gradient accumulation makes ZeRO-1 use DeepSpeed's BF16_Optimizer, whose fp32 gradient
         # buffers the TE linears write into (litespark.runtime.fp32_grads); the few gradients that stay bf16
         # (embedding, output layer, norms) are added to them as soon as they are computed and freed.
@@ -56,8 +53,8 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
         extra["communication_data_type"] = "fp32"
     return {
         "train_batch_size": d.global_batch_size,
-        "train_micro_batch_size_per_gpu": micro_batch_size(cfg),
-        "gradient_accumulation_steps": gradient_accumulation_steps(cfg, world_size),
+        "train_micro_batch_size_per_gpu": plan.micro_batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
         "gradient_clipping": o.clip_grad,
         "bf16": bf16,
         "fp16": {"enabled": False},
@@ -76,17 +73,22 @@ def to_deepspeed_config(cfg: LitesparkConfig, world_size: int) -> dict:
                 "fused": True,
             },
         },
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": warmup + decay,
-                "warmup_num_steps": warmup,
-                "warmup_min_ratio": 0.0,
-                "warmup_type": "linear",
-                "cos_min_ratio": o.min_lr / o.lr,
-            },
-        },
+        "scheduler": {"type": "WarmupCosineLR", "params": scheduler_params(cfg)},
         "steps_per_print": 10**9,  # Litespark logs its own metrics
         "wall_clock_breakdown": False,
         **extra,
+    }
+
+
+def scheduler_params(cfg: LitesparkConfig) -> dict:
+    """DeepSpeed's ``WarmupCosineLR`` parameters for ``cfg.optim`` (the benchmark's baselines use them too)."""
+    o = cfg.optim
+    warmup = max(1, o.warmup_iters)  # WarmupCosineLR refuses 0 (and itself warms up >= 2 steps)
+    decay = o.decay_iters if o.decay_iters is not None else max(cfg.run.train_iters - warmup, 1)
+    return {
+        "total_num_steps": warmup + decay,
+        "warmup_num_steps": warmup,
+        "warmup_min_ratio": 0.0,
+        "warmup_type": "linear",
+        "cos_min_ratio": o.min_lr / o.lr,
     }

@@ -1,6 +1,6 @@
 """``build_engine``: DeepSpeed ZeRO over the Litespark GPTModel.
 
-The DeepSpeed config is ``to_deepspeed_config(cfg, world_size)`` passed as a dict; ZeRO shards and
+The DeepSpeed config is ``to_deepspeed_config(plan)`` passed as a dict; ZeRO shards and
 reduces over Megatron's data-parallel group through :class:`litespark.runtime.megatron_mpu.MegatronMPU`.  Weights are
 bf16 (or fp32) in the module, DeepSpeed keeps fp32 master weights in the optimizer.  FP8 needs no
 engine support: Megatron's ``TransformerBlock`` enters TE's ``fp8_autocast`` itself, with the amax
@@ -18,8 +18,7 @@ import io
 import torch
 
 import deepspeed_patches
-from litespark.config import LitesparkConfig
-from litespark.config.automatic import fp32_grad_accumulation, zero_sub_group_size
+from litespark.config import RunPlan
 from litespark.log import get_logger
 from litespark.runtime.deepspeed_config import to_deepspeed_config
 from litespark.runtime.megatron_mpu import MegatronMPU
@@ -71,15 +70,16 @@ def init_deepspeed_comm() -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
-def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int, load_universal: bool = False):
-    """Wrap ``model`` in a DeepSpeed engine; returns ``(engine, optimizer, lr_scheduler)``.
+def build_engine(plan: RunPlan, model: torch.nn.Module, load_universal: bool = False):
+    """Wrap ``model`` in the DeepSpeed engine of ``plan``; returns ``(engine, optimizer, lr_scheduler)``.
 
     ``load_universal``: the engine will load a universal checkpoint (a checkpoint resharded for another
     data-parallel size, :mod:`litespark.training.resume`); DeepSpeed reads that choice at initialisation.
     """
     import deepspeed
 
-    ds_config = to_deepspeed_config(cfg, world_size)
+    cfg = plan.config
+    ds_config = to_deepspeed_config(plan)
     if load_universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
@@ -96,7 +96,7 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int, 
                 model,
                 cfg.optim.weight_decay,
                 # ZeRO-3 bounds its step with sub_group_size (deepspeed_config)
-                None if cfg.parallel.zero_stage == 3 else zero_sub_group_size(cfg),
+                None if cfg.parallel.zero_stage == 3 else plan.zero_sub_group_size,
             ),
             config=ds_config,
             mpu=MegatronMPU(),
@@ -104,13 +104,13 @@ def build_engine(cfg: LitesparkConfig, model: torch.nn.Module, world_size: int, 
         )
     if printed.getvalue():
         log.debug("deepspeed.initialize printed:\n%s", printed.getvalue().rstrip())
-    if fp32_grad_accumulation(cfg):
+    if plan.fp32_grad_accumulation:
         from litespark.runtime.fp32_grads import link_fp32_main_grads
 
         engine.litespark_fp32_grads = link_fp32_main_grads(engine.module, optimizer)
-    if cfg.kernels.cuda_graphs:
+    if plan.cuda_graphs:
         # After initialize: DeepSpeed has moved the weights into its flat buffers by now.
         from litespark.runtime.cuda_graphs import capture_layer_graphs
 
-        capture_layer_graphs(engine.module, cfg)
+        capture_layer_graphs(engine.module, plan)
     return engine, optimizer, scheduler

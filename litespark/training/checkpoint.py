@@ -8,8 +8,8 @@ background thread writes the files (:class:`CheckpointSaver`).  A write that fai
 quota) is recorded instead of raised, so that every rank reaches the same point; then all ranks agree,
 and on failure the unfinished directory is removed and :class:`CheckpointWriteError` names the
 filesystem, what is free and what the checkpoint needs.  On success rank 0 writes the manifest,
-renames the directory to ``step_N``, rewrites ``latest`` and prunes: a checkpoint is deleted only
-when ``checkpoint.keep_last`` newer ones are complete.  Nothing existing is touched before the new
+renames the directory to ``step_N``, rewrites ``latest`` and prunes: a checkpoint is retired (renamed
+at once, deleted in the background) only when ``checkpoint.keep_last`` newer ones are complete.  Nothing existing is touched before the new
 checkpoint is complete.  Which checkpoint to load, and whether it fits this run, is
 :mod:`litespark.training.resume`.
 """
@@ -164,6 +164,8 @@ class PendingSave:
     """Resolves to ``(records, error text or None)`` once this rank's files are on disk."""
     copy_seconds: float = 0.0
     """How long training was blocked copying the state to host memory (asynchronous saves)."""
+    reason: str = ""
+    """Why it was taken (``interval``, ``end of training``...), for the log."""
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -196,20 +198,21 @@ class CheckpointSaver:
         self.copies = HostCopies() if asynchronous else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="litespark-checkpoint") if asynchronous else None
         self.pending: PendingSave | None = None
-        self._reserved: Future | None = None
         self._allocated_before = 0
 
-    def prepare(self) -> None:
-        """Allocate the host buffers of asynchronous saves in the background, before the first save
-        (collective; a no-op for synchronous saves).  Call it once the state is complete: after the
-        first optimizer step, since Adam creates its moments there.
+    def prepare(self) -> float:
+        """Allocate and page-lock the host buffers of asynchronous saves now, before the first save
+        (collective; a no-op for synchronous saves); returns the seconds it took.  Call it once the
+        state is complete: after the first optimizer step, since Adam creates its moments there.
 
-        Page-locking tens of GB takes seconds (llama-3b's 42 GB: about 17 s on an H200 host), which
-        would otherwise block training at the first save.  A dry run of DeepSpeed's save, writing no
-        file, gives the sizes of the storages each file will hold; the writer thread then allocates
-        them while training runs, ahead of the first save's write."""
+        A dry run of DeepSpeed's save, writing no file, gives the sizes of the storages each file
+        will hold.  Page-locking them takes seconds (tens of GB), and it cannot overlap training:
+        while ``cudaHostRegister`` pins pages the driver holds up the training thread's CUDA calls
+        too.  So it is done here, once per job, in the first step's time (which the report counts
+        as start-up), with the pages faulted in by several threads first."""
         if self.copies is None:
-            return
+            return 0.0
+        t = time.perf_counter()
         root, rank = checkpoint_dir(self.run_dir), dist.get_rank()
         probe = root / (INCOMPLETE + "layout-probe")
         if rank == 0:
@@ -221,21 +224,20 @@ class CheckpointSaver:
         hashing.begin(None)
         if rank == 0:
             shutil.rmtree(probe, ignore_errors=True)
-        dist.barrier()
-        assert self._writer is not None
-        device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        self._reserved = self._writer.submit(self._reserve, layouts, device)
-
-    def _reserve(self, layouts: list[tuple[str, list]], device: int | None) -> float:
-        t = time.perf_counter()
-        if device is not None:
-            torch.cuda.set_device(device)  # a new thread starts on GPU 0: no context there for other ranks
-        assert self.copies is not None
         for name, sizes in layouts:
             self.copies.reserve(name, sizes)
-        return time.perf_counter() - t
+        self._allocated_before = self.copies.bytes_allocated
+        dist.barrier()
+        seconds = time.perf_counter() - t
+        log.info(
+            "checkpoint: %.1f GB of host buffers for asynchronous saves allocated and page-locked in %.1f s "
+            "(once per job)",
+            self.copies.bytes_allocated / 1e9,
+            seconds,
+        )
+        return seconds
 
-    def start(self, step: int, client_state: dict) -> PendingSave:
+    def start(self, step: int, client_state: dict, reason: str = "") -> PendingSave:
         """Write (synchronous) or copy to host memory and start writing (asynchronous) the checkpoint of
         step ``step`` (all ranks call this, with no save pending).  Raises
         :class:`CheckpointWriteError` on every rank when the directory cannot be made or, synchronously,
@@ -252,18 +254,10 @@ class CheckpointSaver:
                     shutil.rmtree(unfinished)  # leftover of a save that crashed
             except OSError as exc:
                 error = exc
-        reason = first_reason(_write_error_text(error, root, self.run_dir) if error else None)
-        if reason is not None:
-            raise CheckpointWriteError(reason)
+        failure = first_reason(_write_error_text(error, root, self.run_dir) if error else None)
+        if failure is not None:
+            raise CheckpointWriteError(failure)
         t = time.perf_counter()
-        if self._reserved is not None:  # the buffers of the first save: normally ready long before
-            reserved, self._reserved = self._reserved, None
-            try:
-                log.info("checkpoint: host buffers were allocated in %.1f s, in the background", reserved.result())
-            except Exception as exc:  # the copy allocates what is missing, and fails there if it must
-                log.warning("checkpoint: allocating the host buffers in the background failed (%s)", exc)
-            assert self.copies is not None
-            self._allocated_before = self.copies.bytes_allocated
         hashing = hashing_checkpoint_engine(engine)
         hashing.begin(self.copies)
         engine.save_checkpoint(str(root), tag=unfinished.name, client_state=client_state, save_latest=False)
@@ -281,14 +275,14 @@ class CheckpointSaver:
             if error is None:
                 error = _write_hashed(_rng_state(), rng_path, records)
             written.set_result((records, _write_error_text(error, root, self.run_dir) if error else None))
-            self.pending = PendingSave(step, root, self.run_dir, manifest, written)
+            self.pending = PendingSave(step, root, self.run_dir, manifest, written, reason=reason)
             return self.pending
         files = [*hashing.deferred, (rng_path, _rng_state())]
         hashing.begin(None)
         self.copies.wait()
         assert self._writer is not None
         written = self._writer.submit(_write_all, files, root, self.run_dir)
-        self.pending = PendingSave(step, root, self.run_dir, manifest, written, time.perf_counter() - t)
+        self.pending = PendingSave(step, root, self.run_dir, manifest, written, time.perf_counter() - t, reason)
         allocated = self.copies.bytes_allocated - self._allocated_before
         self._allocated_before = self.copies.bytes_allocated
         if allocated:
@@ -324,17 +318,21 @@ class CheckpointSaver:
             files = {name: record for part in every_rank for name, record in part.items()}
             manifest = {**pending.manifest, "files": dict(sorted(files.items()))}
             atomic_write_text(unfinished / MANIFEST, write_manifest_text(manifest))
-            if final.exists():  # re-saving a step (e.g. after a resume): replace only once complete
-                stale = root / (INCOMPLETE + "old-" + final.name)
-                os.replace(final, stale)
-                os.replace(unfinished, final)
-                shutil.rmtree(stale)
-            else:
-                os.replace(unfinished, final)
+            retired = [retire(final)] if final.exists() else []  # re-saving a step (e.g. after a resume)
+            os.replace(unfinished, final)
             atomic_write_text(root / LATEST, final.name + "\n")
-            prune(root, self.keep_last)
+            retired += prune(root, self.keep_last)
+            self._delete(retired)
         dist.barrier()
         return final
+
+    def _delete(self, retired: list[Path]) -> None:
+        """Delete retired checkpoint directories: in the background with asynchronous saves (removing
+        tens of GB takes seconds), before the next save's write, which queues behind it."""
+        if self._writer is None:
+            _delete_all(retired)
+        elif retired:
+            self._writer.submit(_delete_all, retired)
 
     def close(self) -> None:
         """Stop the writer thread (after the write in flight, if any) and free the host buffers."""
@@ -402,16 +400,32 @@ def _last_checkpoint_bytes(run_dir: str | Path) -> int | None:
     return None
 
 
-def prune(root: Path, keep_last: int) -> None:
-    """Delete the complete checkpoints older than the newest ``keep_last`` complete ones.
+def prune(root: Path, keep_last: int) -> list[Path]:
+    """Retire the complete checkpoints older than the newest ``keep_last`` complete ones; returns the
+    retired directories, for the caller to delete.
 
     Only a checkpoint with ``keep_last`` newer complete checkpoints goes (complete: the manifest and
     every file it lists, of the listed size); one that is damaged or unfinished never counts as a
     newer one, and is itself left for the next start to report."""
     steps = sorted(p for p in root.glob(PREFIX + "*") if p.is_dir())
     complete = [p for p in steps if check_complete(p) is None]
-    for old in complete[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    return [retire(old) for old in complete[:-keep_last]]
+
+
+def retire(path: Path) -> Path:
+    """Rename checkpoint ``path`` out of the way at once (``.incomplete-old-step_N``: no longer a
+    checkpoint, and removed by the next start if this process dies before deleting it); returns the
+    new path."""
+    retired = path.parent / (INCOMPLETE + "old-" + path.name)
+    if retired.exists():  # left by a process that died while deleting it
+        shutil.rmtree(retired, ignore_errors=True)
+    os.replace(path, retired)
+    return retired
+
+
+def _delete_all(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def remove_unfinished_saves(run_dir: str | Path) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from litespark import indexed_files
-from litespark.config import ConfigError, LitesparkConfig, micro_batch_size
+from litespark.config import ConfigError, LitesparkConfig, RunPlan
 
 
 class _IdsTokenizer:
@@ -229,21 +229,23 @@ def micro_batch_indices(step: int, micro: int, global_batch: int, dp_size: int, 
 
 
 def iterate_micro_batches(
-    dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, start_step: int, device: torch.device
+    dataset, plan: RunPlan, dp_size: int, dp_rank: int, start_step: int, device: torch.device
 ) -> Iterator[tuple[int, list[dict]]]:
     """Yield ``(step, [micro-batch dicts])`` from ``start_step`` to the end of training."""
+    cfg = plan.config
     for step in range(start_step, cfg.run.train_iters):
-        indices = micro_batch_indices(step, micro_batch_size(cfg), cfg.data.global_batch_size, dp_size, dp_rank)
+        indices = micro_batch_indices(step, plan.micro_batch_size, cfg.data.global_batch_size, dp_size, dp_rank)
         yield step, [_collate([dataset[i] for i in micro], device) for micro in indices]
 
 
-def eval_batches(dataset, cfg: LitesparkConfig, dp_size: int, dp_rank: int, device: torch.device) -> Iterator[dict]:
+def eval_batches(dataset, plan: RunPlan, dp_size: int, dp_rank: int, device: torch.device) -> Iterator[dict]:
     """The fixed validation micro-batches of this rank in one evaluation pass (same samples every pass).
 
     A pass is ``run.eval_iters`` global batches (``data.global_batch_size`` sequences each), as
     Megatron-LM counts them, whatever the micro-batch and data-parallel size: the validation loss of
     runs on other GPUs or layouts averages the same sequences."""
-    micro, gb = micro_batch_size(cfg), cfg.data.global_batch_size
+    cfg = plan.config
+    micro, gb = plan.micro_batch_size, cfg.data.global_batch_size
     per_rank = gb // dp_size
     for k in range(cfg.run.eval_iters):
         first = k * gb + dp_rank * per_rank

@@ -91,6 +91,9 @@ class HostCopies:
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         self.bytes_allocated += nbytes
         if device.type == "cuda" and nbytes:
+            # Fault the pages in with torch's CPU threads first: cudaHostRegister would fault them one
+            # by one, inside the driver call.
+            buffer.zero_()
             self._pin(key, buffer)
         self._buffers[key] = buffer
         return buffer

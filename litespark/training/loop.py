@@ -1,6 +1,6 @@
 """The training loop: config -> model -> DeepSpeed engine -> data -> steps, metrics, checkpoints.
 
-:func:`train` reads top to bottom as the job runs: set up the processes and the run directory, build
+:func:`train` runs a :class:`~litespark.config.RunPlan` and reads top to bottom as the job runs: set up the processes and the run directory, build
 the model, the engine and the datasets, restore the newest checkpoint, then :class:`TrainingRun`
 steps until ``run.train_iters``, logging an interval every ``run.log_interval`` steps, evaluating and
 saving at their intervals, and stopping cleanly on a preemption signal.  Evaluations and saves are
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
+from litespark.config import ConfigError, LitesparkConfig, RunPlan, to_dict
 from litespark.environment import collect_versions
 from litespark.files import FileLock, LockHeld, atomic_write_text, hold_lock
 from litespark.log import get_logger, setup_logging
@@ -49,46 +49,50 @@ RUN_DIR_LOCK = "litespark.lock"
 log = get_logger(__name__)
 
 
-def train(cfg: LitesparkConfig) -> int:
-    """Run (or resume) the training job described by ``cfg``; returns the process exit code."""
+def train(plan: RunPlan) -> int:
+    """Run (or resume) the training job of ``plan``; returns the process exit code."""
     from litespark.runtime.distributed import init_distributed
 
+    cfg = plan.config
     _refuse_unsupported(cfg)
     t_setup = time.perf_counter()
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=bool(cfg.kernels.cuda_graphs))
+    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=plan.cuda_graphs)
     setup_logging()
     energy = EnergyMeter()
     energy.interval_joules()  # the set-up phase's energy counts from here
     world = dist.get_world_size()
-    validate(cfg, world)
-    _check_same_micro_batch(cfg)
+    if world != plan.world_size:
+        raise ConfigError(f"the run was planned for {plan.world_size} process(es) but launched with {world}")
+    _check_same_micro_batch(plan)
     lock = _lock_run_dir(cfg)
     try:
         run_dir = Path(cfg.run.run_dir)
         # Read-only until the checkpoint to start from is known to fit: a refused run touches nothing.
-        plan = plan_resume(cfg, run_dir, world) if cfg.checkpoint.resume else ResumePlan()
-        weights = check_weights_source(cfg, cfg.checkpoint.load) if plan.path is None and cfg.checkpoint.load else None
-        _prepare_run_dir(cfg, world)
-        _log_summary(cfg, world)
-        engine, scheduler, datasets = _build(cfg, load_universal=plan.saved_data_parallel is not None)
-        start_step = _restore(cfg, engine, plan, weights)
+        resume = plan_resume(cfg, run_dir, world) if cfg.checkpoint.resume else ResumePlan()
+        weights = (
+            check_weights_source(cfg, cfg.checkpoint.load) if resume.path is None and cfg.checkpoint.load else None
+        )
+        _prepare_run_dir(plan)
+        _log_summary(plan)
+        engine, scheduler, datasets = _build(plan, load_universal=resume.saved_data_parallel is not None)
+        start_step = _restore(cfg, engine, resume, weights)
         if start_step >= cfg.run.train_iters:
             log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
             return 0
-        training = TrainingRun(cfg, engine, scheduler, datasets, run_dir, energy, start_step, t_setup)
+        training = TrainingRun(plan, engine, scheduler, datasets, run_dir, energy, start_step, t_setup)
         return training.run()
     finally:
         if lock is not None:
             lock.release()
 
 
-def run(cfg: LitesparkConfig) -> int:
+def run(plan: RunPlan) -> int:
     """:func:`train` with the process group torn down afterwards (CLI entry)."""
     from litespark.runtime.distributed import destroy_distributed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     try:
-        return train(cfg)
+        return train(plan)
     finally:
         destroy_distributed()
 
@@ -108,14 +112,13 @@ def _refuse_unsupported(cfg: LitesparkConfig) -> None:
         )
 
 
-def _check_same_micro_batch(cfg: LitesparkConfig) -> None:
+def _check_same_micro_batch(plan: RunPlan) -> None:
     """Every rank resolved the automatic micro-batch for its own GPU, before the process group existed;
     GPUs of different memory would pick different ones and the ranks would then hang in ZeRO's
     reductions: refuse that in one line (collective)."""
-    from litespark.config import micro_batch_size
     from litespark.runtime.distributed import min_max_over_ranks
 
-    low, high = min_max_over_ranks(micro_batch_size(cfg))
+    low, high = min_max_over_ranks(plan.micro_batch_size)
     if low != high:
         raise ConfigError(
             f"data.micro_batch_size: the ranks chose different automatic micro-batches ({low} to {high}: GPUs "
@@ -143,14 +146,16 @@ def _lock_run_dir(cfg: LitesparkConfig) -> FileLock | None:
     return lock
 
 
-def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> None:
-    """Record the resolved config and the environment, and remove what saves killed mid-way left
-    (rank 0, holding the run directory's lock)."""
+def _prepare_run_dir(plan: RunPlan) -> None:
+    """Record the config (as given), its plan and the environment, and remove what saves killed
+    mid-way left (rank 0, holding the run directory's lock)."""
     from megatron.core import parallel_state as ps
 
+    cfg, world = plan.config, plan.world_size
     run_dir = Path(cfg.run.run_dir)
     if dist.get_rank() == 0:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        atomic_write_text(run_dir / "plan.yaml", yaml.safe_dump(plan.to_dict(), sort_keys=False))
         atomic_write_text(
             run_dir / "environment.json",
             json.dumps(
@@ -170,37 +175,42 @@ def _prepare_run_dir(cfg: LitesparkConfig, world: int) -> None:
             )
 
 
-def _log_summary(cfg: LitesparkConfig, world: int) -> None:
-    """One line: the model's size and FLOPs, the layout, the backend and the number format."""
-    from megatron.core import parallel_state as ps
-
+def _log_summary(plan: RunPlan) -> None:
+    """One line: the model's size and FLOPs, the layout, the batch, the backend and the number format."""
+    cfg = plan.config
     n = count_parameters(cfg.model).without_input_embedding
     size = f"{n / 1e9:.3f} B" if n >= 1e9 else f"{n / 1e6:.3f} M"
     p = cfg.precision
     numerics = f", FP8 {p.fp8_recipe}" if p.fp8 else (", BF16" if p.bf16 else ", FP32")
     log.info(
-        "llama %d x %d, %s parameters (no input embedding), %.3g GFLOP/token; world %d = TP %d x DP %d, ZeRO-%d, %s%s",
+        "llama %d x %d, %s parameters (no input embedding), %.3g GFLOP/token; world %d = TP %d x DP %d, ZeRO-%d, "
+        "micro-batch %d (%s) x accumulation %d, %s%s%s",
         cfg.model.num_layers,
         cfg.model.hidden_size,
         size,
         flops_per_token(cfg.model) / 1e9,
-        world,
-        cfg.parallel.tensor_parallel,
-        ps.get_data_parallel_world_size(),
+        plan.world_size,
+        plan.tensor_parallel,
+        plan.data_parallel,
         cfg.parallel.zero_stage,
-        cfg.kernels.backend,
+        plan.micro_batch_size,
+        plan.micro_batch_source,
+        plan.gradient_accumulation_steps,
+        plan.backend,
         numerics,
+        ", CUDA graphs" if plan.cuda_graphs else "",
     )
 
 
-def _build(cfg: LitesparkConfig, load_universal: bool = False):
+def _build(plan: RunPlan, load_universal: bool = False):
     """The model inside its DeepSpeed engine, the LR scheduler, and the datasets of this run's sizes."""
 
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
     from litespark.training.data import build_datasets, check_token_ids
 
-    engine, _, scheduler = build_engine(cfg, build_model(cfg), dist.get_world_size(), load_universal=load_universal)
+    cfg = plan.config
+    engine, _, scheduler = build_engine(plan, build_model(plan), load_universal=load_universal)
     eval_samples = cfg.run.eval_iters * cfg.data.global_batch_size if cfg.run.eval_interval else 0
     datasets = build_datasets(cfg, eval_samples=eval_samples)
     check_token_ids(cfg)
@@ -288,7 +298,7 @@ class TrainingRun:
 
     def __init__(
         self,
-        cfg: LitesparkConfig,
+        plan: RunPlan,
         engine,
         scheduler,
         datasets,
@@ -300,15 +310,15 @@ class TrainingRun:
         from megatron.core import parallel_state as ps
         from tqdm import tqdm
 
-        self.cfg, self.engine, self.scheduler, self.datasets, self.run_dir = cfg, engine, scheduler, datasets, run_dir
+        cfg = plan.config
+        self.plan, self.cfg, self.engine, self.scheduler = plan, cfg, engine, scheduler
+        self.datasets, self.run_dir = datasets, run_dir
         self.device = engine.device if isinstance(engine.device, torch.device) else torch.device(engine.device)
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.start_step = self.step_done = start_step
         self.last_saved: int | None = None
         self.saver = CheckpointSaver(engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
-        self._save_reason = ""
-        self._final = False
         self.flags = StepFlags()
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
@@ -349,19 +359,20 @@ class TrainingRun:
         with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
             fetch_start = time.perf_counter()
             for step, micro_batches in iterate_micro_batches(
-                self.datasets.train, cfg, self.dp_size, self.dp_rank, self.start_step, device
+                self.datasets.train, self.plan, self.dp_size, self.dp_rank, self.start_step, device
             ):
                 data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
                 loss_sum += train_step(self.engine, micro_batches)
                 self.step_done, interval_steps = step + 1, interval_steps + 1
-                if step == self.start_step and cfg.checkpoint.enabled:
-                    # After this process's first step, when the optimizer's state exists (Adam creates
-                    # its moments at the first step): the host buffers of asynchronous saves are then
-                    # allocated in the background, before the first save needs them.
+                first = step == self.start_step
+                if first and cfg.checkpoint.enabled:
+                    # Once the optimizer's state exists (Adam creates its moments at the first step).
                     self.saver.prepare()
                 self.progress.update(1)
-                if self.step_done % cfg.run.log_interval == 0 or self.step_done == cfg.run.train_iters:
-                    loss = self._log_interval(interval_steps, loss_sum, data_wait)
+                # The first step of each start is an interval of its own, marked warm-up: it pays once
+                # for the kernels' first launches, FP8 state and the checkpoint buffers.
+                if first or self.step_done % cfg.run.log_interval == 0 or self.step_done == cfg.run.train_iters:
+                    loss = self._log_interval(interval_steps, loss_sum, data_wait, warmup=first)
                     if not math.isfinite(loss):
                         log.error("loss is %s at step %d; stopping", loss, self.step_done)
                         if self.saver.pending is not None:
@@ -395,8 +406,10 @@ class TrainingRun:
             log.info("done: %d steps", self.step_done)
             return 0
 
-    def _log_interval(self, interval_steps: int, loss_sum: torch.Tensor, data_wait: float) -> float:
-        """Close the training interval: write its metrics record and log line; returns its mean loss."""
+    def _log_interval(self, interval_steps: int, loss_sum: torch.Tensor, data_wait: float, warmup: bool) -> float:
+        """Close the training interval: write its metrics record and log line; returns its mean loss.
+        A ``warmup`` interval (the first step of a start) is marked so: the report counts its time
+        with the start-up."""
         cfg = self.cfg
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -425,11 +438,13 @@ class TrainingRun:
             ),
             **_peak_memory_gib(),
         }
+        if warmup:
+            record["warmup"] = True
         self.metrics.write(record)
         if self.rank == 0:
             self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             log.info(
-                "step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s",
+                "step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s%s",
                 self.step_done,
                 cfg.run.train_iters,
                 record["loss"],
@@ -441,36 +456,43 @@ class TrainingRun:
                 f" {record['power_w_per_gpu']:.0f} W/gpu {record['joules_per_token']:.4f} J/token"
                 if "energy_j" in record
                 else "",
+                f" (first step: warm-up, {seconds:.1f} s, counted as start-up)" if warmup else "",
             )
         return record["loss"]
 
     def _evaluate(self) -> None:
-        valid_loss = self._side_phase("eval", lambda: evaluate(self.engine, self.datasets.valid, self.cfg, self.device))
+        valid_loss = self._side_phase(
+            "eval", lambda: evaluate(self.engine, self.datasets.valid, self.plan, self.device)
+        )
         self.metrics.write({"step": self.step_done, "split": "valid", "loss": valid_loss})
         log.info("step %d validation loss %.4f", self.step_done, valid_loss)
 
-    def _save(self, reason: str) -> None:
+    def _save(self, reason: str, final: bool = False) -> None:
         """Start a checkpoint of the current step: synchronous, or copied to host memory and written in
         the background (committed by a later :meth:`_commit`).  A save still in flight is committed
-        first: at most one at a time."""
+        first: at most one at a time.  ``final``: the save that ends the job (its records say so)."""
         cfg = self.cfg
         if not cfg.checkpoint.enabled:
             return
         if self.saver.pending is not None:
-            self._commit()
+            self._commit(final)
         step = self.step_done
-        client = {"step": step, "consumed_samples": step * cfg.data.global_batch_size, "config": to_dict(cfg)}
-        self._save_reason = reason
+        client = {
+            "step": step,
+            "consumed_samples": step * cfg.data.global_batch_size,
+            "config": to_dict(cfg),
+            "plan": self.plan.to_dict(),
+        }
         if not cfg.checkpoint.async_save:
 
             def write_and_commit() -> None:
-                self.saver.start(step, client)
+                self.saver.start(step, client, reason)
                 self._commit_now()
 
-            self._side_phase("checkpoint", write_and_commit)
+            self._side_phase("checkpoint", write_and_commit, final)
             self.last_saved = step
             return
-        pending = self._side_phase("checkpoint", lambda: self.saver.start(step, client))
+        pending = self._side_phase("checkpoint", lambda: self.saver.start(step, client, reason), final)
         self.last_saved = step
         log.info(
             "checkpoint of step %d (%s): state copied to host memory in %.2f s; writing in the background",
@@ -482,18 +504,15 @@ class TrainingRun:
     def _save_now(self, reason: str) -> None:
         """Make sure the current step is saved and committed before the job ends (end of training,
         preemption); its checkpoint records are marked ``final``: once per job, like the start-up."""
-        self._final = True
-        if self.saver.pending is not None:
-            self._commit()
         if self.last_saved != self.step_done:
-            self._save(reason)
+            self._save(reason, final=True)
         if self.saver.pending is not None:
-            self._commit()
+            self._commit(final=True)
 
-    def _commit(self) -> None:
+    def _commit(self, final: bool = False) -> None:
         """Commit the save in flight, waiting for its background write when it is not done yet (the
         wait counts as checkpoint time: training is blocked)."""
-        self._side_phase("checkpoint", self._commit_now)
+        self._side_phase("checkpoint", self._commit_now, final)
 
     def _commit_now(self) -> None:
         pending = self.saver.pending
@@ -502,27 +521,27 @@ class TrainingRun:
         log.info(
             "saved checkpoint %s (%s, %.1f s from start to commit)",
             path,
-            self._save_reason,
+            pending.reason,
             time.perf_counter() - pending.started,
         )
 
-    def _side_phase(self, kind: str, fn: Callable):
+    def _side_phase(self, kind: str, fn: Callable, final: bool = False):
         """Run an evaluation or a save outside the training interval's time and energy; record it."""
         self.phases.pause()
         result = fn()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds, joules = self.phases.resume()
-        self._write_phase(kind, seconds, joules)
+        self._write_phase(kind, seconds, joules, final)
         return result
 
-    def _write_phase(self, kind: str, seconds: float, joules: float | None) -> None:
+    def _write_phase(self, kind: str, seconds: float, joules: float | None, final: bool = False) -> None:
         """A set-up, evaluation or checkpoint record, with every GPU's energy when all of them reported."""
         total, reporting = self._all_gpus_joules(joules)
         record: dict[str, Any] = {"step": self.step_done, "split": kind, "seconds": seconds}
         if kind == "setup":
             record["world_size"] = self.world
-        if kind == "checkpoint" and self._final:
+        if final:
             record["final"] = True
         if reporting == self.world:
             record["energy_j"] = total

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from litespark.config import LitesparkConfig
+from litespark.config import RunPlan
 
 
 def forward_loss(engine, batch: dict) -> torch.Tensor:
@@ -69,7 +69,7 @@ def dp_mean(value: torch.Tensor) -> float:
     return float(value) / ps.get_data_parallel_world_size()
 
 
-def evaluate(engine, dataset, cfg: LitesparkConfig, device: torch.device) -> float:
+def evaluate(engine, dataset, plan: RunPlan, device: torch.device) -> float:
     """Mean validation loss over ``run.eval_iters`` fixed global batches (averaged over this rank's
     micro-batches, then over DP ranks)."""
     from megatron.core import parallel_state as ps
@@ -80,7 +80,9 @@ def evaluate(engine, dataset, cfg: LitesparkConfig, device: torch.device) -> flo
     refresh_fp8_weight_cache(engine)
     total, count = torch.zeros((), device=device), 0
     with torch.no_grad():
-        for batch in eval_batches(dataset, cfg, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), device):
+        for batch in eval_batches(
+            dataset, plan, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), device
+        ):
             total += forward_loss(engine, batch)
             count += 1
     engine.train()

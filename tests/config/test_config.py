@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from litespark.config import (
     ConfigError,
     LitesparkConfig,
     apply_overrides,
     from_dict,
-    gradient_accumulation_steps,
     load_yaml,
-    resolve_backend,
+    resolve,
     to_dict,
     validate,
 )
-from litespark.config.automatic import _cuda_graphs_as_resolved, fp8_output_layer
+from litespark.config.automatic import fp8_output_layer
 from litespark.config.presets import PRESETS, get_preset
+from litespark.planner.gpus import GPUS
 from litespark.training.metrics import count_parameters
 from tests.helpers.processes import ROOT
 
@@ -127,23 +129,10 @@ def test_bad_overrides_name_the_field(override, message):
             "data.global_batch_size (6) is not a multiple of data.micro_batch_size (4)",
         ),
         (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor_parallel > 1"),
-        (["precision.fp8=true"], "precision.fp8=true needs kernels.backend 'te'"),
-        (
-            ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
-            "parallel.sequence_parallel needs kernels.backend 'te'",
-        ),
+        (["precision.fp8=true"], "precision.fp8=true needs precision.bf16=true"),
         (
             ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
             "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed",
-        ),
-        (["kernels.cuda_graphs=true", "kernels.backend=torch"], "kernels.cuda_graphs=true needs kernels.backend 'te'"),
-        (
-            ["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.tensor_parallel=2"],
-            "kernels.cuda_graphs=true needs parallel.tensor_parallel=1",
-        ),
-        (
-            ["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.zero_stage=3"],
-            "kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2",
         ),
         (["kernels.cuda_graph_layers=1"], "kernels.cuda_graph_layers needs kernels.cuda_graphs=true"),
         (
@@ -173,10 +162,6 @@ def test_bad_overrides_name_the_field(override, message):
             ],
             "precision.fp8_output_layer=true does not support model.tie_embeddings=true",
         ),
-        (
-            ["kernels.backend=te", "model.hidden_size=96"],
-            "kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got 24: set kernels.qkv_rope_kernel=te",
-        ),
     ],
 )
 def test_invalid_combinations_are_rejected(overrides, field):
@@ -185,17 +170,71 @@ def test_invalid_combinations_are_rejected(overrides, field):
         validate(cfg)
     assert field in str(info.value)
     assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        resolve(cfg)  # resolve validates first
+
+
+@pytest.mark.parametrize(
+    "overrides, world_size, field",
+    [
+        (
+            ["precision.bf16=true", "precision.fp8=true"],
+            1,
+            "precision.fp8=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')",
+        ),
+        (
+            ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
+            2,
+            "parallel.sequence_parallel=true needs Transformer Engine on a CUDA host",
+        ),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=torch"],
+            1,
+            "kernels.cuda_graphs=true needs Transformer Engine on a CUDA host (kernels.backend resolved to 'torch')",
+        ),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.tensor_parallel=2"],
+            2,
+            "kernels.cuda_graphs=true needs parallel.tensor_parallel=1",
+        ),
+        (
+            ["kernels.cuda_graphs=true", "kernels.backend=te", "parallel.zero_stage=3"],
+            1,
+            "kernels.cuda_graphs=true needs parallel.zero_stage 1 or 2",
+        ),
+        (
+            ["kernels.backend=te", "model.hidden_size=96"],
+            1,
+            "kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got 24: set kernels.qkv_rope_kernel=te",
+        ),
+        (["parallel.tensor_parallel=2"], 3, "parallel.tensor_parallel (2) does not divide the world size (3)"),
+        (
+            ["data.global_batch_size=6", "data.micro_batch_size=2"],
+            4,
+            "data.global_batch_size (6) is not a multiple of the data-parallel size (4)",
+        ),
+    ],
+)
+def test_what_depends_on_the_backend_or_world_size_is_refused_by_resolve(overrides, world_size, field):
+    cfg = apply_overrides(get_preset("tiny"), overrides)
+    validate(cfg)  # the config alone is fine: the refusal is resolve's
+    with pytest.raises(ConfigError) as info:
+        resolve(cfg, world_size)
+    assert field in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_batch_arithmetic_needs_world_size():
     cfg = apply_overrides(
         get_preset("tiny"), ["data.micro_batch_size=2", "data.global_batch_size=12", "parallel.tensor_parallel=2"]
     )
-    assert gradient_accumulation_steps(cfg, world_size=4) == 3  # DP=2: 12 = 2 x 2 x 3
+    plan = resolve(cfg, world_size=4)
+    assert (plan.data_parallel, plan.micro_batch_size, plan.gradient_accumulation_steps) == (2, 2, 3)  # 12 = 2 x 2 x 3
+    validate(cfg)  # no world size: nothing to refuse
     with pytest.raises(ConfigError, match=r"not a multiple of data.micro_batch_size x data-parallel size \(2 x 4\)"):
-        validate(cfg, world_size=8)
+        resolve(cfg, world_size=8)
     with pytest.raises(ConfigError, match=r"does not divide the world size \(3\)"):
-        validate(cfg, world_size=3)
+        resolve(cfg, world_size=3)
 
 
 def test_yaml_file_then_overrides(tmp_path):
@@ -267,36 +306,54 @@ def test_cli_print_config_llama_3b():
     assert proc.returncode == 0, proc.stderr
     assert "hidden_size: 3072" in proc.stdout
     assert "parameters: 2,917,051,392 (2.92 B)" in proc.stdout
-    assert "backend: te" in proc.stdout  # what a GPU host runs, even when printed on CPU
+    printed = yaml.safe_load(proc.stdout)  # the config as given, then its plan (``plan:``)
+    assert printed["kernels"]["backend"] == "auto" and printed["data"]["micro_batch_size"] is None
+    plan = printed["plan"]
+    assert plan["backend"] == "te"  # what a GPU host runs, even when printed on CPU
     # The automatic micro-batch as planned for an H200, and the graphs and fp32 gradients it implies.
-    assert "micro_batch_size: 8" in proc.stdout and "data.micro_batch_size as planned for an H200" in proc.stderr
-    assert "cuda_graphs: false" in proc.stdout and "fp32_grad_accumulation: true" in proc.stdout
-    # llama-30b fits no single GPU: printed with the micro-batch left automatic, not refused; for the
-    # 32 processes of its job script (WORLD_SIZE, as slurm/pretrain_common.sh passes it) it is planned.
+    assert plan["micro_batch_size"] == 8 and "H200" in plan["micro_batch_source"] and "H200" in proc.stderr
+    assert plan["cuda_graphs"] is False and plan["fp32_grad_accumulation"] is True
+    # llama-30b fits no single GPU: printed without a plan, not refused; for the 32 processes of its
+    # job script (WORLD_SIZE, as slurm/pretrain_common.sh passes it) it is planned.
     alone = _cli("--preset", "llama-30b", "--print-config")
-    assert alone.returncode == 0 and "micro_batch_size: null" in alone.stdout, alone.stderr
-    assert "micro_batch_size: 2" in _cli("--preset", "llama-30b", "--print-config", env={"WORLD_SIZE": "32"}).stdout
+    assert alone.returncode == 0, alone.stderr
+    printed = yaml.safe_load(alone.stdout)
+    assert printed["plan"] is None and printed["data"]["micro_batch_size"] is None
+    assert "world size (1)" in alone.stderr
+    planned = yaml.safe_load(_cli("--preset", "llama-30b", "--print-config", env={"WORLD_SIZE": "32"}).stdout)
+    assert planned["plan"]["micro_batch_size"] == 2 and planned["plan"]["data_parallel"] == 8
     small = _cli("--preset", "llama-3b", "--print-config", "--set", "data.micro_batch_size=2")
-    assert small.returncode == 0 and "cuda_graphs: true" in small.stdout, small.stderr
+    assert small.returncode == 0, small.stderr
+    printed = yaml.safe_load(small.stdout)
+    assert printed["plan"]["cuda_graphs"] is True and printed["kernels"]["cuda_graphs"] is None
 
 
-def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
+def test_resolve_refuses_what_this_host_cannot_run(monkeypatch):
     import litespark.environment
-    from litespark.config import resolve_backend
+    import litespark.planner.gpus
 
     monkeypatch.setattr(litespark.environment, "te_available", lambda: False)
     cfg = get_preset("llama-3b")  # fp8 with backend auto
     with pytest.raises(ConfigError, match="precision.fp8=true needs Transformer Engine on a CUDA host"):
-        resolve_backend(cfg)
+        resolve(cfg)
+    assert resolve(cfg, backend="te", gpu=GPUS["h200"]).backend == "te"  # a named host's backend is taken
     cfg = apply_overrides(
         get_preset("llama-3b"), ["precision.fp8=false", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true"]
     )
     with pytest.raises(ConfigError, match="parallel.sequence_parallel=true needs Transformer Engine"):
-        resolve_backend(cfg)
+        resolve(cfg, 2)
     monkeypatch.setattr(litespark.environment, "te_available", lambda: True)
-    assert resolve_backend(apply_overrides(get_preset("llama-3b"), ["data.micro_batch_size=2"])).kernels.backend == "te"
+    cfg = apply_overrides(get_preset("llama-3b"), ["data.micro_batch_size=2"])
+    plan = resolve(cfg)
+    assert (plan.backend, plan.micro_batch_size, plan.micro_batch_source) == ("te", 2, "data.micro_batch_size")
+    assert cfg.kernels.backend == "auto" and plan.config.kernels.backend == "auto"  # the config is not changed
+    monkeypatch.setattr(litespark.planner.gpus, "gpu_of_this_host", lambda: None)  # a host without a CUDA device
+    cfg = get_preset("llama-3b")
     with pytest.raises(ConfigError, match="data.micro_batch_size=null .automatic. needs a CUDA device"):
-        resolve_backend(get_preset("llama-3b"))  # the automatic micro-batch plans for this host's GPU
+        resolve(cfg)  # the automatic micro-batch plans for this host's GPU
+    plan = resolve(cfg, gpu=GPUS["h200"])
+    assert plan.micro_batch_size == 8 and "H200" in plan.micro_batch_source
+    assert cfg.kernels.backend == "auto" and cfg.data.micro_batch_size is None
 
 
 @pytest.mark.parametrize(
@@ -313,11 +370,13 @@ def test_resolve_backend_refuses_what_this_host_cannot_run(monkeypatch):
     ],
 )
 def test_cuda_graphs_auto_resolves_where_they_pay_and_run(overrides, graphs):
-    from litespark.config import resolve_backend
-
     cfg = apply_overrides(get_preset("tiny"), ["data.global_batch_size=8", *overrides])
-    assert cfg.kernels.cuda_graphs is (None if not any("cuda_graphs" in o for o in overrides) else graphs)
-    assert resolve_backend(cfg).kernels.cuda_graphs is graphs
+    setting = None if not any("cuda_graphs" in o for o in overrides) else graphs
+    assert cfg.kernels.cuda_graphs is setting
+    plan = resolve(cfg, cfg.parallel.tensor_parallel)
+    assert plan.cuda_graphs is graphs
+    assert plan.cuda_graph_layers == (cfg.model.num_layers if graphs else 0)
+    assert cfg.kernels.cuda_graphs is setting and plan.config.kernels.cuda_graphs is setting  # decided in the plan only
 
 
 @pytest.mark.parametrize(
@@ -330,7 +389,7 @@ def test_cuda_graphs_auto_resolves_where_they_pay_and_run(overrides, graphs):
     ids=["torch-backend", "te-kernel", "split-rope"],
 )
 def test_a_head_dimension_the_triton_rope_cannot_take_is_fine_where_it_does_not_run(overrides):
-    validate(apply_overrides(get_preset("tiny"), ["model.hidden_size=96", *overrides]))
+    resolve(apply_overrides(get_preset("tiny"), ["model.hidden_size=96", *overrides]))
 
 
 def test_auto_backend_refuses_the_triton_rope_for_such_a_head_dimension_only_when_it_resolves_to_te(monkeypatch):
@@ -342,15 +401,17 @@ def test_auto_backend_refuses_the_triton_rope_for_such_a_head_dimension_only_whe
         validate(cfg)
         if refused:
             with pytest.raises(ConfigError, match="power-of-two head dimension, got 24"):
-                resolve_backend(cfg)
+                resolve(cfg)
         else:
-            assert resolve_backend(cfg).kernels.backend == "torch"
+            assert resolve(cfg).backend == "torch"
+        assert cfg.kernels.backend == "auto"
 
 
 def test_the_fp8_output_layer_switch_is_ignored_without_fp8():
     cfg = apply_overrides(get_preset("tiny"), ["precision.fp8_output_layer=true", "model.tie_embeddings=true"])
     validate(cfg)
     assert fp8_output_layer(cfg) is False
+    assert resolve(cfg).fp8_output_layer is False
 
 
 @pytest.mark.parametrize(
@@ -379,6 +440,6 @@ def test_the_automatic_fp8_output_layer_is_on_with_fp8_unless_tied(setting, tied
             "data.global_batch_size=8",
         ],
     )
-    validate(cfg)
-    assert _cuda_graphs_as_resolved(cfg) is (micro_batch == 2)  # the case covers the path it names
-    assert fp8_output_layer(cfg) is expected
+    plan = resolve(cfg)
+    assert plan.cuda_graphs is (micro_batch == 2)  # the case covers the path it names
+    assert fp8_output_layer(cfg) is expected and plan.fp8_output_layer is expected

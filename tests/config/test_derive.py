@@ -1,4 +1,4 @@
-"""to_transformer_config and to_deepspeed_config are pure, concrete and consistent with the config."""
+"""to_transformer_config and to_deepspeed_config are pure, concrete and consistent with the plan."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import pytest
 import torch.nn.functional as F
 
-from litespark.config import apply_overrides, resolve_backend
+from litespark.config import apply_overrides, resolve
 from litespark.config.presets import PRESETS, get_preset
 from litespark.model.transformer_config import to_transformer_config
+from litespark.planner.gpus import GPUS
 from litespark.runtime.deepspeed_config import to_deepspeed_config
 
 
@@ -26,7 +27,7 @@ def _walk(obj):
 
 def test_transformer_config_is_llama():
     cfg = apply_overrides(get_preset("tiny"), ["model.rotary_base=50000", "model.norm_epsilon=1e-6"])
-    tc = to_transformer_config(cfg)
+    tc = to_transformer_config(resolve(cfg))
     assert tc.normalization == "RMSNorm" and tc.layernorm_epsilon == 1e-6
     assert tc.gated_linear_unit and tc.activation_func is F.silu
     assert not tc.add_bias_linear and tc.hidden_dropout == 0 and tc.attention_dropout == 0
@@ -45,15 +46,16 @@ def test_transformer_config_is_llama():
 
 
 def _te_transformer_config_fields(cfg) -> dict:
-    """The keyword arguments ``to_transformer_config`` passes for a te-backend ``cfg`` (building a real
-    TE TransformerConfig would need TE for some fusions; the fields are what is checked here)."""
+    """The keyword arguments ``to_transformer_config`` passes for ``cfg`` resolved on an H200 host with
+    TE (building a real TE TransformerConfig would need TE for some fusions; the fields are what is
+    checked here)."""
     from litespark.model import transformer_config as mod
 
     captured = {}
     original = mod.TransformerConfig
     mod.TransformerConfig = lambda **kw: captured.update(kw) or kw
     try:
-        to_transformer_config(cfg)
+        to_transformer_config(resolve(cfg, backend="te", gpu=GPUS["h200"]))
     finally:
         mod.TransformerConfig = original
     return captured
@@ -86,12 +88,18 @@ def test_transformer_config_kernel_switches(overrides, qkv_rope, ce_impl):
     assert captured["cross_entropy_loss_fusion"] and captured["cross_entropy_fusion_impl"] == ce_impl
 
 
-def test_unresolved_backend_is_refused():
+def test_an_automatic_backend_is_decided_in_the_plan_not_in_the_config(monkeypatch):
+    import litespark.environment
+
+    monkeypatch.setattr(litespark.environment, "te_available", lambda: False)  # a CPU host
     cfg = get_preset("tiny")
     cfg.kernels.backend = "auto"
-    with pytest.raises(ValueError, match="must be resolved"):
-        to_transformer_config(cfg)
-    assert resolve_backend(cfg).kernels.backend == "torch"  # this CPU host
+    plan = resolve(cfg)
+    assert plan.backend == "torch"
+    assert cfg.kernels.backend == "auto" and plan.config.kernels.backend == "auto"
+    tc = to_transformer_config(plan)  # the plan's backend, not the config's 'auto'
+    assert not tc.apply_rope_fusion and not tc.bias_activation_fusion
+    assert _te_transformer_config_fields(cfg)["apply_rope_fusion"]  # the same config on a TE host
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -101,16 +109,16 @@ def test_deepspeed_config_is_concrete(name, stage):
         get_preset(name),
         [f"parallel.zero_stage={stage}", "parallel.tensor_parallel=1", "parallel.sequence_parallel=false"],
     )
-    if cfg.data.micro_batch_size is None:  # automatic in the GPU presets: resolved on the GPU host
-        with pytest.raises(ValueError, match="resolve it first"):
-            to_deepspeed_config(cfg, world_size=1)
+    if cfg.data.micro_batch_size is None:  # automatic in the GPU presets: fixed here, for any world size
         cfg.data.micro_batch_size = 2
-    ds = to_deepspeed_config(cfg, world_size=cfg.data.global_batch_size // cfg.data.micro_batch_size)
+    plan = resolve(cfg, cfg.data.global_batch_size // cfg.data.micro_batch_size, backend="te")
+    ds = to_deepspeed_config(plan)
     assert "auto" not in [v for v in _walk(ds) if isinstance(v, str)]
     json.dumps(ds)  # plain data only
     assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_micro_batch_size_per_gpu"] == plan.micro_batch_size
     assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * (
-        cfg.data.global_batch_size // cfg.data.micro_batch_size
+        plan.data_parallel
     )
 
 
@@ -128,7 +136,7 @@ def test_deepspeed_batch_and_schedule_follow_config():
             "optim.clip_grad=0.5",
         ],
     )
-    ds = to_deepspeed_config(cfg, world_size=4)  # DP = 2
+    ds = to_deepspeed_config(resolve(cfg, 4))  # DP = 2
     assert ds["gradient_accumulation_steps"] == 4
     assert ds["gradient_clipping"] == 0.5
     sched = ds["scheduler"]["params"]
@@ -147,7 +155,7 @@ def test_deepspeed_accepts_the_config(dist_world_1):
     init_distributed(tensor_parallel=1, seed=0)
     init_deepspeed_comm()  # as the engine does: gloo, no JIT build of DeepSpeed's shared-memory op
     cfg = apply_overrides(get_preset("tiny"), ["parallel.zero_stage=2"])
-    ds = to_deepspeed_config(cfg, world_size=1)
+    ds = to_deepspeed_config(resolve(cfg))
     parsed = DeepSpeedConfig(ds)
     assert parsed.zero_optimization_stage == 2
     assert parsed.train_batch_size == 8 and parsed.gradient_accumulation_steps == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from litespark.config import apply_overrides, resolve_backend
+from litespark.config import apply_overrides, resolve
 from litespark.config.presets import get_preset
 from litespark.model.build import build_model
 from litespark.runtime.distributed import init_distributed
@@ -26,19 +26,18 @@ SHAPE = [
 
 
 def build_on_gpu(backend: str, *overrides: str):
-    """The tiny preset in :data:`SHAPE` with ``backend`` and ``overrides``, resolved, its process group up,
-    and its model on the GPU; returns ``(cfg, model)``."""
-    cfg = resolve_backend(apply_overrides(get_preset("tiny"), [*SHAPE, f"kernels.backend={backend}", *overrides]))
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed, graph_safe_rng=cfg.kernels.cuda_graphs)
-    return cfg, build_model(cfg).cuda()
+    """The tiny preset in :data:`SHAPE` with ``backend`` and ``overrides``, resolved into a plan, its
+    process group up, and its model on the GPU; returns ``(plan, model)``."""
+    plan = resolve(apply_overrides(get_preset("tiny"), [*SHAPE, f"kernels.backend={backend}", *overrides]))
+    init_distributed(plan.tensor_parallel, plan.config.run.seed, graph_safe_rng=plan.cuda_graphs)
+    return plan, build_model(plan).cuda()
 
 
-def random_batch(cfg, seed=0):
+def random_batch(plan, seed=0):
     """One micro-batch of random token ids on the GPU: ``(inputs, labels)``."""
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(
-        0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=g
-    ).cuda()
+    m = plan.config.model
+    tokens = torch.randint(0, m.vocab_size, (plan.micro_batch_size, m.seq_length + 1), generator=g).cuda()
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
@@ -47,11 +46,12 @@ def parameter_names(model) -> set[str]:
     return {k for k in model.state_dict() if not k.endswith("_extra_state")}
 
 
-def losses_and_norms(engine, cfg, steps: int, seed: int = 7) -> list[tuple[float, float]]:
+def losses_and_norms(engine, plan, steps: int, seed: int = 7) -> list[tuple[float, float]]:
     """(loss, gradient norm) of ``steps`` trainer steps of 2 micro-batches of 2 on one fixed batch
     (4 sequences of token ids below 64 drawn from ``seed``)."""
     from litespark.training.step import train_step
 
-    data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(seed)).cuda()
+    seq = plan.config.model.seq_length
+    data = torch.randint(0, 64, (4, seq + 1), generator=torch.Generator().manual_seed(seed)).cuda()
     batches = micro_batches(data)
     return [(float(train_step(engine, batches)), float(engine.get_global_grad_norm())) for _ in range(steps)]

@@ -78,13 +78,13 @@ def train_toy(
     ``train_step`` (bf16, clipping active, two micro-batches of 2 per rank), this rank's share of one
     fixed global batch.  ``link=False`` hides the TE-like linears from the fp32-gradient link, so
     DeepSpeed adds their bf16 ``.grad``.  Returns ``(engine, optimizer, fp32 weights, grad norms)``."""
-    from litespark.config import apply_overrides, resolve_backend
+    from litespark.config import apply_overrides, resolve
     from litespark.config.presets import get_preset
     from litespark.runtime.distributed import init_distributed
     from litespark.runtime.engine import build_engine
     from litespark.training.step import train_step
 
-    cfg = resolve_backend(
+    plan = resolve(
         apply_overrides(
             get_preset("tiny"),
             [
@@ -97,7 +97,8 @@ def train_toy(
                 f"precision.fp32_grad_accumulation={str(fp32_accumulation).lower()}",
                 f"optim.deepspeed_step_patches={str(deepspeed_step_patches).lower()}",
             ],
-        )
+        ),
+        world_size,
     )
     init_distributed(1, 1234)
     rank = torch.distributed.get_rank()
@@ -105,7 +106,7 @@ def train_toy(
     if not link:
         for m in (model.up, model.down):
             m.weight_names = []  # not fusable (as a TE linear with split weights): plain .grad path
-    engine, optimizer, _ = build_engine(cfg, model, world_size)
+    engine, optimizer, _ = build_engine(plan, model)
     if before_steps is not None:
         before_steps(engine, optimizer)
     data = torch.randint(0, 64, (4 * world_size, 17), generator=torch.Generator().manual_seed(3))[

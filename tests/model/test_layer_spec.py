@@ -55,23 +55,30 @@ def test_te_swiglu_fills_only_the_te_mlp_activation_slot():
 
 
 def test_te_swiglu_sets_megatrons_switch_only_with_te():
-    from litespark.config import apply_overrides
+    from litespark.config import apply_overrides, resolve
     from litespark.config.presets import get_preset
     from litespark.model.transformer_config import to_transformer_config
 
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=torch", "kernels.te_swiglu=true"])
-    assert to_transformer_config(cfg).use_te_activation_func is False
-    cfg = apply_overrides(
-        get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=true"]
+    plan = resolve(apply_overrides(get_preset("tiny"), ["kernels.backend=torch", "kernels.te_swiglu=true"]))
+    assert to_transformer_config(plan).use_te_activation_func is False
+    plan = resolve(
+        apply_overrides(
+            get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=true"]
+        )
     )
-    assert to_transformer_config(cfg).use_te_activation_func is True
-    cfg = apply_overrides(
-        get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=false"]
+    assert to_transformer_config(plan).use_te_activation_func is True
+    plan = resolve(
+        apply_overrides(
+            get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.te_swiglu=false"]
+        )
     )
     assert (
-        to_transformer_config(cfg).use_te_activation_func is False and to_transformer_config(cfg).bias_activation_fusion
+        to_transformer_config(plan).use_te_activation_func is False
+        and to_transformer_config(plan).bias_activation_fusion
     )
-    cfg = apply_overrides(
-        get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.fused_mlp=true"]
+    plan = resolve(
+        apply_overrides(
+            get_preset("tiny"), ["kernels.backend=te", "kernels.rope_fusion=false", "kernels.fused_mlp=true"]
+        )
     )
-    assert to_transformer_config(cfg).use_te_activation_func is False  # the fused MLP has its own SwiGLU
+    assert to_transformer_config(plan).use_te_activation_func is False  # the fused MLP has its own SwiGLU

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from litespark.config import apply_overrides, resolve_backend
+from litespark.config import apply_overrides, resolve
 from litespark.config.presets import get_preset
 from litespark.convert.hf_llama import from_hf_state_dict, to_hf_config_kwargs, to_hf_state_dict
 from litespark.model.build import build_model, padded_vocab_size, position_ids_for
@@ -15,9 +15,10 @@ from litespark.training.metrics import count_parameters
 
 
 def _build(overrides=(), seed=1234):
-    cfg = resolve_backend(apply_overrides(get_preset("tiny"), list(overrides)))
-    init_distributed(cfg.parallel.tensor_parallel, seed)
-    return cfg, build_model(cfg)
+    """The tiny preset with ``overrides`` (its config as given) and its model, built from the plan."""
+    plan = resolve(apply_overrides(get_preset("tiny"), list(overrides)))
+    init_distributed(plan.tensor_parallel, seed)
+    return plan.config, build_model(plan)
 
 
 def test_forward_backward_on_cpu(dist_world_1):
@@ -163,6 +164,8 @@ def test_norm_kernel_overrides_a_conflicting_switch_with_a_warning(clean_norm_sw
 def test_torch_backend_leaves_the_te_switches_alone(dist_world_1, clean_norm_switches):
     import os
 
-    cfg, _ = _build(["kernels.backend=torch", "kernels.norm_kernel=cudnn"])
-    assert cfg.kernels.backend == "torch"
+    plan = resolve(apply_overrides(get_preset("tiny"), ["kernels.backend=torch", "kernels.norm_kernel=cudnn"]))
+    init_distributed(plan.tensor_parallel, 1234)
+    build_model(plan)
+    assert plan.backend == "torch"
     assert not any(name in os.environ for name in clean_norm_switches)

@@ -143,28 +143,30 @@ def test_only_models_that_call_the_rope_move_its_binding(monkeypatch, caplog):
     # TE's kernel).  A second TE model choosing the other kernel does switch, and says so.
     import logging
 
-    from litespark.config import apply_overrides
+    from litespark.config import apply_overrides, resolve
     from litespark.config.presets import get_preset
     from litespark.model import build as model_module
     from megatron_patches import qkv_rope as patch
 
-    def cfg(*overrides):
-        return apply_overrides(get_preset("tiny"), list(overrides))
+    def select(*overrides):
+        """What build_model does for the plan of the tiny preset with ``overrides``."""
+        plan = resolve(apply_overrides(get_preset("tiny"), list(overrides)))
+        model_module._select_qkv_rope_kernel(plan.config, plan.backend)
 
     monkeypatch.setattr(model_module, "_qkv_rope_choice", None)
     try:
-        model_module._select_qkv_rope_kernel(cfg("kernels.backend=te", "kernels.qkv_rope_kernel=triton"))
+        select("kernels.backend=te", "kernels.qkv_rope_kernel=triton")
         assert patch.is_applied()
         for other in (
             ("kernels.backend=torch", "kernels.qkv_rope_kernel=te"),
             ("kernels.backend=te", "kernels.fused_qkv_rope=false", "kernels.qkv_rope_kernel=te"),
             ("kernels.backend=te", "kernels.rope_fusion=false", "kernels.qkv_rope_kernel=te"),
         ):
-            model_module._select_qkv_rope_kernel(cfg(*other))
+            select(*other)
             assert patch.is_applied(), other
         assert not caplog.records
         with caplog.at_level(logging.WARNING):
-            model_module._select_qkv_rope_kernel(cfg("kernels.backend=te", "kernels.qkv_rope_kernel=te"))
+            select("kernels.backend=te", "kernels.qkv_rope_kernel=te")
         assert not patch.is_applied()
         assert "kernels.qkv_rope_kernel=te replaces triton for every model in this process" in caplog.text
     finally:
@@ -190,7 +192,7 @@ def test_microbench_refuses_without_a_gpu_with_exit_2(tmp_path):
 def test_a_host_without_triton_is_told_at_build_time(monkeypatch):
     import importlib.util
 
-    from litespark.config import ConfigError, apply_overrides
+    from litespark.config import ConfigError, apply_overrides, resolve
     from litespark.config.presets import get_preset
     from litespark.model import build as model_module
     from megatron_patches import qkv_rope as patch
@@ -198,7 +200,7 @@ def test_a_host_without_triton_is_told_at_build_time(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
     monkeypatch.setattr(model_module, "_qkv_rope_choice", None)
-    cfg = apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.qkv_rope_kernel=triton"])
+    plan = resolve(apply_overrides(get_preset("tiny"), ["kernels.backend=te", "kernels.qkv_rope_kernel=triton"]))
     with pytest.raises(ConfigError, match="needs the triton package .* or set kernels.qkv_rope_kernel=te"):
-        model_module._select_qkv_rope_kernel(cfg)
+        model_module._select_qkv_rope_kernel(plan.config, plan.backend)
     assert not patch.is_applied()

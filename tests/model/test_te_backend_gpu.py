@@ -65,7 +65,7 @@ KERNEL_KINDS = {
 @pytest.mark.parametrize("kind", sorted(KERNEL_KINDS))
 def test_te_bf16_matches_torch_backend(dist_world_1, kind):
     """Same weights, two backends: logits, loss and the QKV and MLP weight gradients agree to BF16 accuracy."""
-    cfg, te_model = build_on_gpu("te", *KERNEL_KINDS[kind])
+    plan, te_model = build_on_gpu("te", *KERNEL_KINDS[kind])
     _, torch_model = build_on_gpu("torch")
     with torch.no_grad():
         for name, p in torch_model.named_parameters():
@@ -75,7 +75,7 @@ def test_te_bf16_matches_torch_backend(dist_world_1, kind):
     result = te_model.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.endswith("_extra_state") for k in result.missing_keys), result
     te_model.eval(), torch_model.eval()
-    inputs, labels = random_batch(cfg)
+    inputs, labels = random_batch(plan)
     results = []
     for model in (te_model, torch_model):
         with torch.no_grad():
@@ -120,10 +120,10 @@ def test_te_bf16_matches_torch_backend(dist_world_1, kind):
 def test_fp8_forward_backward(dist_world_1, recipe, fused_mlp):
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
-    cfg, model = build_on_gpu(
+    plan, model = build_on_gpu(
         "te", "precision.fp8=true", f"precision.fp8_recipe={recipe}", f"kernels.fused_mlp={str(fused_mlp).lower()}"
     )
-    inputs, labels = random_batch(cfg)
+    inputs, labels = random_batch(plan)
     losses = []
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(3):
@@ -164,16 +164,17 @@ def test_fp8_output_layer_keeps_the_weight_and_trains_like_the_bf16_head(dist_wo
     ]
     runs, states = {}, {}
     for fp8_head in (True, False):
-        cfg, model = build_on_gpu("te", *common, f"precision.fp8_output_layer={str(fp8_head).lower()}")
+        plan, model = build_on_gpu("te", *common, f"precision.fp8_output_layer={str(fp8_head).lower()}")
+        assert plan.fp8_output_layer is fp8_head
         assert isinstance(model.output_layer, fp8_output_layer_class()) is fp8_head
         states[fp8_head] = {
             k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith("_extra_state")
         }
         if fp8_head:
             assert "output_layer._extra_state" in model.state_dict()
-        engine, optimizer, _ = build_engine(cfg, model, 1)
+        engine, optimizer, _ = build_engine(plan, model)
         assert ("output_layer.weight" in engine.litespark_fp32_grads.names) is fp8_head
-        runs[fp8_head] = losses_and_norms(engine, cfg, 8)
+        runs[fp8_head] = losses_and_norms(engine, plan, 8)
         del engine, model, optimizer
         torch.cuda.empty_cache()
     assert states[True].keys() == states[False].keys()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from litespark.config import ConfigError, apply_overrides, resolve_backend
+from litespark.config import ConfigError, apply_overrides, plan_for, resolve
 from litespark.config.presets import get_preset
 from litespark.planner import MEMORY_HEADROOM, choose_micro_batch, plan_candidates
 from litespark.planner.gpus import GPUS, parse_gpu
-from litespark.planner.memory import activation_bytes_per_token_layer, choices_for, estimate_memory
+from litespark.planner.memory import activation_bytes_per_token_layer, estimate_memory
 from litespark.train import main
 from litespark.training.metrics import count_parameters
 
@@ -24,10 +24,15 @@ def _llama_3b(*sets: str):
     return apply_overrides(get_preset("llama-3b"), list(sets))
 
 
+def _memory(cfg, world_size: int, micro_batch: int):
+    """The planner's estimate for ``cfg`` at ``micro_batch`` on ``world_size`` GPUs (te backend)."""
+    return estimate_memory(plan_for(cfg, world_size, "te", micro_batch))
+
+
 def test_memory_terms_by_hand():
     cfg = _llama_3b()
     n = count_parameters(cfg.model).total
-    m = estimate_memory(cfg, 1, choices_for(cfg, 8))  # FP8, ZeRO-1, fp32 gradients at micro-batch 8
+    m = _memory(cfg, 1, 8)  # FP8, ZeRO-1, fp32 gradients at micro-batch 8
     assert m.weights == 2 * n and m.optimizer == 12 * n and m.gradients == 4 * n
     linear = count_parameters(cfg.model).transformer_matmul + count_parameters(cfg.model).lm_head
     assert m.fp8_caches == 2 * linear
@@ -39,20 +44,20 @@ def test_memory_terms_by_hand():
 
     # ZeRO-2 on 8 GPUs: no fp32 buffers (they need ZeRO-1); BF16 gradients split 8 ways plus the
     # reduce bucket and one optimizer group's fp32 copy; optimizer state split 8 ways.
-    z2 = _llama_3b("parallel.zero_stage=2")
-    m2 = estimate_memory(z2, 8, choices_for(z2, 8))
+    z2 = _llama_3b("parallel.zero_stage=2", "data.global_batch_size=64")
+    m2 = _memory(z2, 8, 8)
     assert m2.optimizer == 12 * n / 8
     assert m2.gradients == pytest.approx(2 * n / 8 + 500_000_000 * 2 + 250_000_000 * 4)
     # ZeRO-3 keeps 1/DP of the weights too; TP 2 halves every parameter term.
-    z3 = _llama_3b("parallel.zero_stage=3")
-    assert estimate_memory(z3, 8, choices_for(z3, 8)).weights == 2 * n / 8
+    z3 = _llama_3b("parallel.zero_stage=3", "data.global_batch_size=64")
+    assert _memory(z3, 8, 8).weights == 2 * n / 8
     tp2 = _llama_3b("parallel.tensor_parallel=2")
-    assert estimate_memory(tp2, 2, choices_for(tp2, 8)).optimizer == 12 * n / 2
+    assert _memory(tp2, 2, 8).optimizer == 12 * n / 2
 
 
 def test_bf16_keeps_wider_activations_and_no_fp8_caches():
     fp8, bf16 = _llama_3b(), _llama_3b("precision.fp8=false")
-    a, b = estimate_memory(fp8, 1, choices_for(fp8, 4)), estimate_memory(bf16, 1, choices_for(bf16, 4))
+    a, b = _memory(fp8, 1, 4), _memory(bf16, 1, 4)
     assert b.fp8_caches == 0 and a.fp8_caches > 0
     assert b.activations > a.activations
 
@@ -65,7 +70,8 @@ def test_the_automatic_micro_batch_is_the_fastest_that_fits(gpu, expected):
     cfg = _llama_3b()
     assert choose_micro_batch(cfg, 1, GPUS[gpu]) == expected
     candidates = plan_candidates(cfg, 1, GPUS[gpu])
-    chosen = next(c for c in candidates if c.choices.micro_batch == expected)
+    chosen = next(c for c in candidates if c.plan.micro_batch_size == expected)
+    assert chosen.plan.backend == "te" and chosen.plan.world_size == 1
     assert chosen.fits and all(
         not c.fits or c.speed.tokens_per_s_per_gpu <= chosen.speed.tokens_per_s_per_gpu for c in candidates
     )
@@ -82,7 +88,9 @@ def test_nothing_that_fits_is_one_line_naming_the_way_out():
 def test_the_torch_backend_resolves_the_automatic_micro_batch_to_one():
     cfg = apply_overrides(get_preset("tiny"), ["data.micro_batch_size=null"])
     assert cfg.data.micro_batch_size is None
-    assert resolve_backend(cfg).data.micro_batch_size == 1
+    plan = resolve(cfg)
+    assert plan.backend == "torch" and plan.micro_batch_size == 1 and plan.gradient_accumulation_steps == 8
+    assert cfg.data.micro_batch_size is None  # decided in the plan, not written into the config
 
 
 def test_the_prediction_is_within_10_percent_of_the_committed_h200_peaks():
@@ -91,7 +99,7 @@ def test_the_prediction_is_within_10_percent_of_the_committed_h200_peaks():
     for stack, sets in (("litespark", []), ("litespark-bf16", ["precision.fp8=false"])):
         result = bench["results"][stack]
         cfg = _llama_3b(*sets)
-        predicted = estimate_memory(cfg, 1, choices_for(cfg, result["micro_batch"])).total / 2**30
+        predicted = _memory(cfg, 1, result["micro_batch"]).total / 2**30
         measured = result["peak_memory_gib"]
         assert abs(predicted - measured) / measured < 0.10, (stack, predicted, measured)
 

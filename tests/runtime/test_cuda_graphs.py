@@ -8,7 +8,7 @@ import inspect
 import pytest
 import torch
 
-from litespark.config import ConfigError, apply_overrides, resolve_backend
+from litespark.config import ConfigError, apply_overrides, resolve
 from litespark.config.presets import get_preset
 from litespark.runtime.cuda_graphs import _MUST_BE_NONE, _ReplayingForward
 
@@ -112,7 +112,7 @@ def test_torch_backend_refuses_cuda_graphs():
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
     with pytest.raises(ConfigError, match="kernels.cuda_graphs=true needs Transformer Engine on a CUDA host"):
-        resolve_backend(cfg)
+        resolve(cfg)
 
 
 class _StaticBufferGrad(torch.autograd.Function):
@@ -165,9 +165,9 @@ def test_deepspeed_retained_grad_nodes_are_released(dist_world_1):
     from litespark.runtime.distributed import init_distributed
     from litespark.runtime.engine import build_engine
 
-    cfg = resolve_backend(apply_overrides(get_preset("tiny"), ["data.global_batch_size=4", "data.micro_batch_size=2"]))
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
-    engine, _, _ = build_engine(cfg, build_model(cfg), 1)
+    plan = resolve(apply_overrides(get_preset("tiny"), ["data.global_batch_size=4", "data.micro_batch_size=2"]))
+    init_distributed(plan.tensor_parallel, plan.config.run.seed)
+    engine, _, _ = build_engine(plan, build_model(plan))
     model = engine.module
     before = _fragments(model)
     assert before and all(tracked for _, tracked in before), "DeepSpeed no longer keeps grad-tracking slices"

@@ -44,7 +44,7 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
     for graphs in (False, True):
         partial = [f"kernels.cuda_graph_layers={captured}"] if graphs and captured else []
         # The eager run keeps the graphed run's bf16 gradients (the graphs cannot use fp32 accumulation).
-        cfg, model = build_on_gpu(
+        plan, model = build_on_gpu(
             "te",
             f"precision.fp8={str(fp8).lower()}",
             f"kernels.cuda_graphs={str(graphs).lower()}",
@@ -57,9 +57,10 @@ def test_cuda_graphs_train_like_eager(dist_world_1, fp8, captured):
             f"run.train_iters={steps}",
             "optim.min_lr=1e-3",
         )
-        engine, _, _ = build_engine(cfg, model, 1)
+        assert plan.cuda_graphs is graphs and plan.cuda_graph_layers == ((captured or 4) if graphs else 0)
+        engine, _, _ = build_engine(plan, model)
         g = torch.Generator().manual_seed(11)
-        data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=g).cuda()
+        data = torch.randint(0, 64, (4, plan.config.model.seq_length + 1), generator=g).cuda()
         runs[graphs] = []
         batches = micro_batches(data)
         for step in range(steps):
@@ -110,20 +111,20 @@ def test_cuda_graphs_resume_continues_like_uninterrupted(dist_world_1, tmp_path)
         "run.train_iters=8",
         "optim.min_lr=1e-4",
     )
-    cfg, model = build_on_gpu("te", *overrides)
-    engine, _, _ = build_engine(cfg, model, 1)
-    losses_and_norms(engine, cfg, 4, seed=5)
-    save_checkpoint(engine, tmp_path, 4, {"step": 4, "config": to_dict(cfg)}, keep_last=1)
-    uninterrupted = losses_and_norms(engine, cfg, 4, seed=5)
+    plan, model = build_on_gpu("te", *overrides)
+    engine, _, _ = build_engine(plan, model)
+    losses_and_norms(engine, plan, 4, seed=5)
+    save_checkpoint(engine, tmp_path, 4, {"step": 4, "config": to_dict(plan.config)}, keep_last=1)
+    uninterrupted = losses_and_norms(engine, plan, 4, seed=5)
     del engine, model
     torch.cuda.empty_cache()
 
-    cfg, model = build_on_gpu(
+    plan, model = build_on_gpu(
         "te", *overrides, "run.seed=99"
     )  # other initial weights: the checkpoint must replace them
-    engine, _, _ = build_engine(cfg, model, 1)
-    assert load_planned(engine, plan_resume(cfg, tmp_path, 1))["step"] == 4
-    resumed = losses_and_norms(engine, cfg, 4, seed=5)
+    engine, _, _ = build_engine(plan, model)
+    assert load_planned(engine, plan_resume(plan.config, tmp_path, 1))["step"] == 4
+    resumed = losses_and_norms(engine, plan, 4, seed=5)
     replays = [layer.forward.replays for layer in engine.module.decoder.layers]
     assert replays == [2 * 4] * 4, f"not every training forward was a replay: {replays}"
     for step, ((ref, ref_norm), (got, got_norm)) in enumerate(zip(uninterrupted, resumed)):

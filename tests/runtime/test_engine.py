@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from litespark.config import ConfigError, apply_overrides, resolve_backend, validate
+from litespark.config import ConfigError, apply_overrides, resolve, validate
 from litespark.config.presets import get_preset
 from litespark.runtime.engine import param_groups
 from tests.helpers.batches import micro_batches
@@ -14,8 +14,7 @@ from tests.helpers.batches import micro_batches
 def _model():
     from litespark.model.build import build_model
 
-    cfg = resolve_backend(apply_overrides(get_preset("tiny"), []))
-    return build_model(cfg)
+    return build_model(resolve(apply_overrides(get_preset("tiny"), [])))
 
 
 def test_param_groups_split_matrices_in_order(dist_world_1):
@@ -54,7 +53,7 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
 
     finals, counts = {}, {}
     for sub_group in (10**12, 20_000):
-        cfg = resolve_backend(
+        plan = resolve(
             apply_overrides(
                 get_preset("tiny"),
                 [
@@ -67,12 +66,12 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
                 ],
             )
         )
-        init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
-        engine, optimizer, _ = build_engine(cfg, build_model(cfg), 1)
+        assert plan.zero_sub_group_size == sub_group
+        init_distributed(plan.tensor_parallel, plan.config.run.seed)
+        engine, optimizer, _ = build_engine(plan, build_model(plan))
         counts[sub_group] = len(optimizer.bit16_groups)
-        data = torch.randint(
-            0, cfg.model.vocab_size, (4, cfg.model.seq_length + 1), generator=torch.Generator().manual_seed(3)
-        )
+        m = plan.config.model
+        data = torch.randint(0, m.vocab_size, (4, m.seq_length + 1), generator=torch.Generator().manual_seed(3))
         for _ in range(3):
             train_step(engine, micro_batches(data))
         finals[sub_group] = {
@@ -80,7 +79,7 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
         }
     assert counts[10**12] == 2 and counts[20_000] > 4, counts
     one, many = finals[10**12], finals[20_000]
-    start = {k: v.float() for k, v in build_model(cfg).state_dict().items() if isinstance(v, torch.Tensor)}
+    start = {k: v.float() for k, v in build_model(plan).state_dict().items() if isinstance(v, torch.Tensor)}
     assert any(not torch.equal(one[k], start[k]) for k in one), "the steps did not change the weights"
     for k in one:
         assert torch.equal(one[k], many[k]), f"{k} differs between one group and split groups"
@@ -92,12 +91,18 @@ def test_split_groups_train_exactly_like_one_group(dist_world_1):
         ([], None),  # fp32 gradients (auto): one group
         (["precision.fp32_grad_accumulation=false"], 250_000_000),
         (["parallel.zero_stage=2"], 250_000_000),  # no fp32 gradients with ZeRO-2
-        (["kernels.backend=torch"], 250_000_000),
+        (["kernels.backend=torch", "precision.fp8=false"], 250_000_000),
         (["parallel.zero_sub_group_size=1000"], 1000),  # explicit value wins
     ],
 )
 def test_automatic_sub_group_size_follows_the_gradient_precision(overrides, expected):
     from litespark.config.automatic import zero_sub_group_size
 
-    cfg = apply_overrides(get_preset("llama-3b"), ["kernels.backend=te", "kernels.cuda_graphs=false", *overrides])
-    assert zero_sub_group_size(cfg) == expected
+    cfg = apply_overrides(
+        get_preset("llama-3b"),
+        ["kernels.backend=te", "kernels.cuda_graphs=false", "data.micro_batch_size=2", *overrides],
+    )
+    plan = resolve(cfg)
+    assert plan.zero_sub_group_size == expected
+    assert zero_sub_group_size(cfg, plan.fp32_grad_accumulation) == expected  # the rule the plan follows
+    assert cfg.parallel.zero_sub_group_size == (1000 if expected == 1000 else None)

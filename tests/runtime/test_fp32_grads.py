@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from litespark.config import ConfigError, apply_overrides, resolve_backend, validate
+from litespark.config import ConfigError, apply_overrides, resolve, validate
 from litespark.config.automatic import fp32_grad_accumulation
 from litespark.config.presets import get_preset
 from litespark.runtime.deepspeed_config import to_deepspeed_config
@@ -35,20 +35,27 @@ def _cfg(*sets: str):
     ],
 )
 def test_automatic_setting(sets, expected):
-    assert fp32_grad_accumulation(_cfg(*sets)) is expected
+    cfg = _cfg(*sets)
+    plan = resolve(cfg)
+    assert plan.fp32_grad_accumulation is expected
+    assert fp32_grad_accumulation(cfg, plan.backend, plan.cuda_graphs) is expected  # the rule the plan follows
 
 
-def test_resolve_writes_the_automatic_choice():
-    cfg = resolve_backend(_cfg("kernels.backend=torch"))
-    assert cfg.precision.fp32_grad_accumulation is False
+def test_resolve_decides_the_automatic_choice_in_the_plan():
+    cfg = _cfg("kernels.backend=torch")
+    assert resolve(cfg).fp32_grad_accumulation is False
+    assert cfg.precision.fp32_grad_accumulation is None  # the config keeps its automatic setting
 
 
 def test_asking_for_fp32_gradients_keeps_the_automatic_graphs_off():
-    cfg = resolve_backend(
-        _cfg("kernels.backend=te", "data.micro_batch_size=2", "precision.fp32_grad_accumulation=true")
-    )
-    assert cfg.kernels.cuda_graphs is False and cfg.precision.fp32_grad_accumulation is True
-    assert resolve_backend(_cfg("kernels.backend=te", "data.micro_batch_size=2")).kernels.cuda_graphs is True
+    cfg = _cfg("kernels.backend=te", "data.micro_batch_size=2", "precision.fp32_grad_accumulation=true")
+    plan = resolve(cfg)
+    assert plan.cuda_graphs is False and plan.fp32_grad_accumulation is True
+    assert cfg.kernels.cuda_graphs is None
+    cfg = _cfg("kernels.backend=te", "data.micro_batch_size=2")
+    plan = resolve(cfg)
+    assert plan.cuda_graphs is True and plan.fp32_grad_accumulation is False
+    assert cfg.kernels.cuda_graphs is None and cfg.precision.fp32_grad_accumulation is None
 
 
 @pytest.mark.parametrize(
@@ -56,20 +63,25 @@ def test_asking_for_fp32_gradients_keeps_the_automatic_graphs_off():
     [
         (["parallel.zero_stage=2"], "needs parallel.zero_stage=1, not 2"),
         (["precision.bf16=false"], "needs precision.bf16=true"),
-        (["kernels.backend=te", "kernels.cuda_graphs=true"], "cannot be combined with kernels.cuda_graphs=true"),
+        (
+            ["kernels.backend=te", "kernels.cuda_graphs=true"],
+            "kernels.cuda_graphs=true cannot be combined with precision.fp32_grad_accumulation=true",
+        ),
     ],
 )
 def test_impossible_combinations_are_refused(sets, message):
+    cfg = _cfg("precision.fp32_grad_accumulation=true", *sets)
+    validate(cfg)  # the config alone is fine: resolving it decides what can hold
     with pytest.raises(ConfigError, match=message):
-        validate(_cfg("precision.fp32_grad_accumulation=true", *sets))
+        resolve(cfg)
 
 
 def test_deepspeed_config_asks_for_fp32_gradients_only_when_on():
-    on = to_deepspeed_config(_cfg("precision.fp32_grad_accumulation=true"), 1)
+    on = to_deepspeed_config(resolve(_cfg("precision.fp32_grad_accumulation=true")))
     assert on["data_types"] == {"grad_accum_dtype": "fp32"}
     assert on["communication_data_type"] == "fp32"  # reduced as fp32, not rounded to bf16 and back
     assert on["bf16"] == {"enabled": True, "immediate_grad_update": True}
-    off = to_deepspeed_config(_cfg("precision.fp32_grad_accumulation=false"), 1)
+    off = to_deepspeed_config(resolve(_cfg("precision.fp32_grad_accumulation=false")))
     assert "data_types" not in off and "communication_data_type" not in off and off["bf16"] == {"enabled": True}
 
 

@@ -27,13 +27,12 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
     3 steps and 5.9% apart at the spike, losses within 0.06% (benchmarks/results/fp8head_h100_20261128/)."""
     if fp8 and torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("FP8 needs Hopper or newer")
-    from litespark.config.automatic import fp8_output_layer
     from litespark.runtime.engine import build_engine
 
     early = 3  # steps 0-2 run at warm-up learning rates; the loss had not moved yet in any measured run
     runs = {}
     for fused in (True, False):
-        cfg, model = build_on_gpu(
+        plan, model = build_on_gpu(
             "te",
             f"precision.fp8={str(fp8).lower()}",
             "data.global_batch_size=4",
@@ -43,15 +42,16 @@ def test_fp32_grad_accumulation_trains_like_bf16_gradients(dist_world_1, fp8):
             "optim.clip_grad=0.5",
             f"precision.fp32_grad_accumulation={str(fused).lower()}",
         )
-        engine, optimizer, _ = build_engine(cfg, model, 1)
+        assert plan.fp32_grad_accumulation is fused
+        engine, optimizer, _ = build_engine(plan, model)
         assert type(optimizer).__name__ == ("BF16_Optimizer" if fused else "DeepSpeedZeroOptimizer")
         if fused:
             link = engine.litespark_fp32_grads
             # + the output layer where it is a TE linear too (precision.fp8_output_layer)
-            assert len(link.slots) == 4 * cfg.model.num_layers + fp8_output_layer(cfg), (
+            assert len(link.slots) == 4 * plan.config.model.num_layers + plan.fp8_output_layer, (
                 "not every TE linear (qkv, proj, fc1, fc2, FP8 output layer) is linked"
             )
-        out = losses_and_norms(engine, cfg, 8)
+        out = losses_and_norms(engine, plan, 8)
         if fused:
             qkv = engine.module.decoder.layers[0].self_attention.linear_qkv.weight
             assert qkv.grad is None and qkv.main_grad.dtype == torch.float32

@@ -116,6 +116,25 @@ def test_the_final_save_counts_in_the_wall_time_and_apart_from_the_steady_state(
     assert s["steady_goodput"] == pytest.approx(199 / 201)  # start-up and the final save are once per job
 
 
+def test_the_first_step_of_each_start_counts_as_start_up(tmp_path):
+    warm = {**_interval(1, 25.0, 90_000.0), "warmup": True, "mfu": 0.1}
+    recs = [
+        {"split": "setup", "step": 0, "seconds": 40.0, "world_size": 8, "energy_j": 10_000.0},
+        warm,
+        _interval(10, 100.0, 500_000.0),
+        _interval(20, 100.0, 500_000.0),
+    ]
+    _write_run(tmp_path / "r", recs)
+    s = summarize(load_run(tmp_path / "r"))
+    assert s["setup_seconds"] == 40 + 25 and s["train_seconds"] == 200
+    assert s["wall_seconds"] == 265 and s["steps"] == 20
+    assert s["tokens_per_s_per_gpu"] == pytest.approx(2 * 10 * 8 * 4096 / 200 / 8)  # the warm-up's rate is not in it
+    assert s["data_wait_seconds"] == 1.0 and s["mfu"] == pytest.approx(0.7)
+    assert s["goodput"] == pytest.approx(199 / 265) and s["steady_goodput"] == pytest.approx(199 / 200)
+    assert s["energy"]["setup_kwh"] == pytest.approx(100_000 / 3.6e6)
+    assert s["energy"]["train_joules_per_token"] == pytest.approx(1_000_000 / (2 * 10 * 8 * 4096))
+
+
 def test_partial_energy_and_resumed_runs(tmp_path):
     recs = [
         _interval(10, 100.0, 500_000.0),
@@ -192,7 +211,9 @@ def test_report_of_a_cpu_training_run(tmp_path):
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     tokens = 12 * cfg["data"]["global_batch_size"] * cfg["model"]["seq_length"]
     wall = sum(r["seconds"] for r in records if "seconds" in r)
-    tok_s = sum(r["tokens"] for r in train) / sum(r["seconds"] for r in train) / 2
+    steady = [r for r in train if not r.get("warmup")]  # the first step counts as start-up
+    assert [r["step"] for r in train if r.get("warmup")] == [1]
+    tok_s = sum(r["tokens"] for r in steady) / sum(r["seconds"] for r in steady) / 2
     md = (run_dir / "report.md").read_text()
     assert f"| tokens trained | {tokens:,} (" in md
     assert f"| GPU-hours | {wall * 2 / 3600:.3f} |" in md

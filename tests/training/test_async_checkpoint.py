@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from litespark.training.checkpoint import prune, remove_unfinished_saves
 from litespark.training.host_copy import HostCopies
 from tests.helpers.processes import ROOT, read_metrics, run_training, train_env
 
@@ -217,10 +218,12 @@ def test_a_preemption_during_a_background_write_waits_for_it_then_saves_and_exit
 def test_asynchronous_and_synchronous_saves_write_the_same_files(tmp_path):
     sets = [*FAST, "run.train_iters=6", "checkpoint.save_interval=3", "checkpoint.keep_last=2"]
     proc = run_training(tmp_path / "async", *sets)
-    # The buffers were allocated in the background after the first step, complete (Adam's moments
-    # included): no save had to allocate any.
-    assert "host buffers were allocated in" in proc.stderr
+    # The buffers were allocated at the first step, complete (Adam's moments included): no save had to
+    # allocate any.
+    assert "host buffers for asynchronous saves allocated and page-locked in" in proc.stderr
     assert "allocated during this save" not in proc.stderr, proc.stderr[-3000:]
+    assert "(first step: warm-up" in proc.stderr
+    assert [r.get("warmup", False) for r in read_metrics(tmp_path / "async")][:2] == [True, False]
     run_training(tmp_path / "sync", *sets, "checkpoint.async_save=false")
     for kind in ("async", "sync"):  # the asynchronous run's dry-run save left nothing behind
         assert sorted(p.name for p in (tmp_path / kind / "checkpoints").glob("*step_*")) == [
@@ -253,3 +256,11 @@ def test_asynchronous_and_synchronous_saves_write_the_same_files(tmp_path):
                 assert torch.equal(models[0]["module"][key], tensor), key
         shapes = models[0]["param_shapes"][0]
         assert all(type(shape) is torch.Size for shape in shapes.values())  # kept as torch.Size, not a tuple
+
+    # Pruning renames at once and leaves the deleting to the caller: no complete checkpoint is
+    # half-deleted if the process dies meanwhile, and the next start removes what is left.
+    root = tmp_path / "async" / "checkpoints"
+    retired = prune(root, keep_last=1)
+    assert [p.name for p in retired] == [".incomplete-old-step_00000003"] and retired[0].is_dir()
+    assert sorted(p.name for p in root.glob("step_*")) == ["step_00000006"]
+    assert remove_unfinished_saves(tmp_path / "async") == [".incomplete-old-step_00000003"]

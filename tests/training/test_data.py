@@ -135,6 +135,7 @@ def test_an_evaluation_pass_covers_the_same_sequences_whatever_the_micro_batch_a
     (e.g. automatic) micro-batch or data-parallel size compare."""
     import torch
 
+    from litespark.config import resolve
     from litespark.training.data import eval_batches
 
     cfg = apply_overrides(
@@ -143,7 +144,7 @@ def test_an_evaluation_pass_covers_the_same_sequences_whatever_the_micro_batch_a
     dataset = [{k: torch.full((4,), i) for k in ("tokens", "labels", "loss_mask")} for i in range(100)]
     seen = []
     for rank in range(dp):
-        for batch in eval_batches(dataset, cfg, dp, rank, torch.device("cpu")):
+        for batch in eval_batches(dataset, resolve(cfg, dp), dp, rank, torch.device("cpu")):
             assert batch["tokens"].shape == (micro, 4)
             seen += batch["tokens"][:, 0].tolist()
     assert sorted(seen) == list(range(24))

@@ -20,8 +20,8 @@ def test_fp8_weight_cache_is_refreshed_each_step(dist_world_1):
         pytest.skip("FP8 needs Hopper or newer")
     from litespark.training.step import refresh_fp8_weight_cache
 
-    cfg, model = build_on_gpu("te", "precision.fp8=true", "precision.fp8_recipe=delayed")
-    inputs, _ = random_batch(cfg)
+    plan, model = build_on_gpu("te", "precision.fp8=true", "precision.fp8_recipe=delayed")
+    inputs, _ = random_batch(plan)
 
     def logits():
         with torch.no_grad():
@@ -50,7 +50,7 @@ def test_fp8_training_tracks_bf16(dist_world_1):
 
     finals = {}
     for fp8 in (False, True):
-        cfg, model = build_on_gpu(
+        plan, model = build_on_gpu(
             "te",
             f"precision.fp8={str(fp8).lower()}",
             "data.global_batch_size=4",
@@ -59,10 +59,10 @@ def test_fp8_training_tracks_bf16(dist_world_1):
             "run.train_iters=12",
             "optim.min_lr=1e-3",
         )
-        engine, _, _ = build_engine(cfg, model, 1)
+        engine, _, _ = build_engine(plan, model)
         g = torch.Generator().manual_seed(7)
         # A learnable stream: a few fixed sequences, repeated.
-        data = torch.randint(0, 64, (4, cfg.model.seq_length + 1), generator=g).cuda()
+        data = torch.randint(0, 64, (4, plan.config.model.seq_length + 1), generator=g).cuda()
         losses = [float(train_step(engine, micro_batches(data))) for _ in range(12)]
         assert losses[-1] < 0.8 * losses[0], f"fp8={fp8}: loss did not fall: {losses}"
         finals[fp8] = losses[-1]

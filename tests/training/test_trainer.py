@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from litespark.config import ConfigError, apply_overrides
 from litespark.config.presets import get_preset
@@ -172,6 +173,13 @@ def test_metrics_file_has_the_promised_fields(tmp_path):
     valid = read_metrics(tmp_path, "valid")
     assert [r["step"] for r in valid] == [2, 4]
     assert (tmp_path / "tensorboard").is_dir() and (tmp_path / "config.yaml").is_file()
+    # The config as given (automatic fields null) and, next to it, what the run decided from it.
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["kernels"]["cuda_graphs"] is None and config["precision"]["fp32_grad_accumulation"] is None
+    plan = yaml.safe_load((tmp_path / "plan.yaml").read_text())
+    assert "config" not in plan and plan["world_size"] == 1 and plan["data_parallel"] == 1
+    assert plan["backend"] == "torch" and plan["micro_batch_size"] == config["data"]["micro_batch_size"]
+    assert plan["cuda_graphs"] is False and plan["fp32_grad_accumulation"] is False
 
 
 @pytest.mark.slow
@@ -229,9 +237,12 @@ def test_resume_refuses_optimizer_state_of_the_other_zero1_optimizer(tmp_path):
 
 
 def test_sequence_parallel_is_refused_by_the_trainer(tmp_path):
+    from litespark.config import resolve
     from litespark.training.loop import train
 
-    cfg = apply_overrides(get_preset("tiny"), ["parallel.tensor_parallel=2"])
-    cfg.parallel.sequence_parallel = True  # as a TE host would allow
+    cfg = apply_overrides(
+        get_preset("tiny"), ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true", "kernels.backend=te"]
+    )
+    plan = resolve(cfg, 2)  # as a TE host would allow
     with pytest.raises(ConfigError, match="parallel.sequence_parallel is not supported by the DeepSpeed trainer"):
-        train(cfg)
+        train(plan)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from litespark.config import from_dict, resolve_backend, validate
+from litespark.config import from_dict, resolve
 from litespark.config.cli import quiet_optional_dependency_warnings
 from litespark.model.build import build_model, position_ids_for
 from litespark.runtime.distributed import destroy_distributed, init_distributed
@@ -33,15 +33,15 @@ def main() -> int:
     import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cfg = resolve_backend(from_dict(json.loads(Path(args.config_json).read_text())))
+    cfg = from_dict(json.loads(Path(args.config_json).read_text()))
     cfg.parallel.tensor_parallel, cfg.parallel.zero_stage = world, 1
-    cfg.data.global_batch_size = cfg.data.micro_batch_size
-    validate(cfg, world)
+    cfg.data.global_batch_size = cfg.data.micro_batch_size  # set by the test: the tokens' batch
+    plan = resolve(cfg, world)
     init_distributed(world, cfg.run.seed)
     try:
         from megatron.core import parallel_state as ps
 
-        engine, _, _ = build_engine(cfg, build_model(cfg), world)
+        engine, _, _ = build_engine(plan, build_model(plan))
         load_weights(engine, check_weights_source(cfg, args.checkpoint))
         tokens = torch.load(args.tokens)
         engine.module.eval()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
 
-from litespark.config import apply_overrides, resolve_backend, validate
+from litespark.config import apply_overrides, resolve
 from litespark.config.cli import quiet_optional_dependency_warnings
 from litespark.config.presets import get_preset
 from litespark.model.build import build_model, position_ids_for
@@ -26,14 +27,13 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     args = parser.parse_args()
-    cfg = resolve_backend(validate(apply_overrides(get_preset(args.preset), args.overrides)))
-    init_distributed(cfg.parallel.tensor_parallel, cfg.run.seed)
+    plan = resolve(apply_overrides(get_preset(args.preset), args.overrides), int(os.environ.get("WORLD_SIZE", "1")))
+    m = plan.config.model
+    init_distributed(plan.tensor_parallel, plan.config.run.seed)
     try:
-        model = build_model(cfg)
+        model = build_model(plan)
         gen = torch.Generator().manual_seed(4321)  # same tokens on every rank and every TP size
-        tokens = torch.randint(
-            0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=gen
-        )
+        tokens = torch.randint(0, m.vocab_size, (plan.micro_batch_size, m.seq_length + 1), generator=gen)
         inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
         loss = model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels).mean()
         loss.backward()

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from litespark.config import ConfigError
+from litespark.config import ConfigError, resolve
 from litespark.config.presets import get_preset
 from litespark.runtime.distributed import destroy_distributed, init_distributed
 from litespark.training.loop import _check_same_micro_batch
@@ -25,9 +25,10 @@ def main() -> int:
     cfg = get_preset("tiny")
     rank = int(os.environ["RANK"])
     cfg.data.micro_batch_size = 1 + rank if args.differ else 2
+    plan = resolve(cfg, int(os.environ["WORLD_SIZE"]))
     init_distributed(1, cfg.run.seed)
     try:
-        _check_same_micro_batch(cfg)
+        _check_same_micro_batch(plan)
         said = "ok"
     except ConfigError as exc:
         said = str(exc)

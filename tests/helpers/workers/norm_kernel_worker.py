@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from litespark.config import apply_overrides, resolve_backend
+from litespark.config import apply_overrides, resolve
 from litespark.config.cli import quiet_optional_dependency_warnings
 from litespark.config.presets import get_preset
 from litespark.model.build import TE_CUDNN_NORM_SWITCHES, build_model, position_ids_for
@@ -25,11 +25,10 @@ from tests.helpers.gpu_models import SHAPE as GPU_TEST_SHAPE
 SHAPE = [*GPU_TEST_SHAPE, "kernels.backend=te"]
 
 
-def _forward_backward(model, cfg):
+def _forward_backward(model, plan):
     g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(
-        0, cfg.model.vocab_size, (cfg.data.micro_batch_size, cfg.model.seq_length + 1), generator=g
-    ).cuda()
+    m = plan.config.model
+    tokens = torch.randint(0, m.vocab_size, (plan.micro_batch_size, m.seq_length + 1), generator=g).cuda()
     inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     loss = (
         model(input_ids=inputs, position_ids=position_ids_for(inputs), attention_mask=None, labels=labels)
@@ -60,7 +59,7 @@ def main() -> int:
     try:
         precisions = ("bf16", "fp8") if torch.cuda.get_device_capability() >= (9, 0) else ("bf16",)
         for precision in precisions:
-            cfg = resolve_backend(
+            plan = resolve(
                 apply_overrides(
                     get_preset("tiny"),
                     [
@@ -70,7 +69,7 @@ def main() -> int:
                     ],
                 )
             )
-            model = build_model(cfg).cuda()
+            model = build_model(plan).cuda()
             if state is None:
                 with torch.no_grad():  # norm weights away from 1, so the scale takes part
                     for name, param in model.named_parameters():
@@ -82,7 +81,7 @@ def main() -> int:
             else:
                 model.load_state_dict(state, strict=False)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                result = _forward_backward(model, cfg)
+                result = _forward_backward(model, plan)
                 torch.cuda.synchronize()
             result["norm_kernels"] = sorted({e.name for e in prof.events() if "norm" in e.name.lower()})
             out[precision] = result
