@@ -182,9 +182,8 @@ def print_config(cfg: LitesparkConfig, world_size: int, gpu_spec: str | None) ->
     """``--print-config``: the config and its plan on this host (or on ``gpu_spec``).  A config this
     host cannot run (FP8 on a CPU host) is shown with the plan a GPU host would make (``gpu_spec``,
     else an H200), and a note on stderr says so; a config no host can run is shown without a plan."""
-    from litespark.planner.gpus import parse_gpu
-
     from litespark.config import validate
+    from litespark.planner.gpus import parse_gpu
 
     validate(cfg)  # a config no host can run is refused (exit 2); only planning problems become the note
     gpu = parse_gpu(gpu_spec) if gpu_spec else None
