@@ -185,11 +185,11 @@ def print_config(cfg: LitesparkConfig, world_size: int, gpu_spec: str | None) ->
     from litespark.config import validate
     from litespark.planner.gpus import parse_gpu
 
-    validate(cfg)  # a config no host can run is refused (exit 2); only planning problems become the note
     gpu = parse_gpu(gpu_spec) if gpu_spec else None
     try:
-        return describe(cfg, resolve(cfg, world_size, gpu=gpu))
+        return describe(cfg, resolve(cfg, world_size, gpu=gpu))  # validates once
     except ConfigError as here:
+        validate(cfg)  # a config no host can run is refused (exit 2); only planning problems become the note
         target = gpu or _gpu_to_plan_for()
         try:
             run_plan = resolve(cfg, world_size, backend="te", gpu=target)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from litespark.config import LitesparkConfig, RunPlan
+from litespark.runtime.deepspeed_config import scheduler_params
 
 STACKS: tuple[str, ...] = ("hf", "mcore-bf16", "mcore-fp8", "litespark", "litespark-bf16")
 NEEDS_TE: frozenset[str] = frozenset({"mcore-fp8"})
@@ -42,12 +43,6 @@ class BuiltStack:
     description: str
     engine: Any = None
     """The DeepSpeed engine where there is one (``python -m litespark.bench.profile_step`` times its calls)."""
-
-
-def _scheduler_params(cfg: LitesparkConfig) -> dict:
-    from litespark.runtime.deepspeed_config import scheduler_params
-
-    return scheduler_params(cfg)
 
 
 def _device() -> torch.device:
@@ -88,7 +83,7 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     opt = torch.optim.AdamW(
         param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda"
     )
-    sched = WarmupCosineLR(opt, **_scheduler_params(cfg))
+    sched = WarmupCosineLR(opt, **scheduler_params(cfg))
     dtype = torch.bfloat16 if cfg.precision.bf16 else torch.float32
 
     def step(micro_batches: list[torch.Tensor]) -> torch.Tensor:
@@ -172,7 +167,7 @@ def naive_deepspeed_config(cfg: LitesparkConfig, micro_batch: int) -> dict:
                 "torch_adam": True,
             },
         },
-        "scheduler": {"type": "WarmupCosineLR", "params": _scheduler_params(cfg)},
+        "scheduler": {"type": "WarmupCosineLR", "params": scheduler_params(cfg)},
         "steps_per_print": 10**9,
     }
 
