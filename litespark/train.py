@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     # Before CUDA initialises (the automatic micro-batch asks for the GPU's memory): ZeRO's large flat
     # buffers fragment the default allocator, leaving reserved memory that no allocation can use.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    from litespark.runtime.distributed import launched_world_size
+
+    world_size = launched_world_size()  # under srun, SLURM_NTASKS: WORLD_SIZE is set later, by init_distributed
     if args.print_config:
         print(print_config(cfg, world_size, args.gpu))
         return 0

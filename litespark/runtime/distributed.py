@@ -48,6 +48,16 @@ def launcher_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k in env}
 
 
+def launched_world_size(environ: dict[str, str] | None = None) -> int:
+    """The number of processes this one was launched among, before any process group exists: the
+    WORLD_SIZE :func:`launcher_env` gives (torchrun's, else SLURM_NTASKS under ``srun``), else a
+    plain ``WORLD_SIZE`` (what job scripts pass to ``--print-config``), else 1."""
+    env = os.environ if environ is None else environ
+    if "SLURM_PROCID" in env and not ("RANK" in env and "WORLD_SIZE" in env):
+        return int(env.get("SLURM_NTASKS", "1"))
+    return int(env.get("WORLD_SIZE", "1"))
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """Expand a Slurm hostlist such as ``gpu[01-03,07],login1`` into host names, in order."""
     hosts, i, n = [], 0, len(nodelist)

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from litespark.runtime.distributed import expand_nodelist, launcher_env
+from litespark.runtime.distributed import expand_nodelist, launched_world_size, launcher_env
+
+
+def test_the_world_size_is_known_before_the_process_group_as_the_launcher_will_set_it():
+    # The plan is resolved before init_distributed: under srun WORLD_SIZE is not set yet.
+    srun = {"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "7"}
+    assert launched_world_size(srun) == 4 == int(launcher_env(srun)["WORLD_SIZE"])
+    torchrun = {"RANK": "1", "WORLD_SIZE": "8", "MASTER_PORT": "5", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    assert launched_world_size(torchrun) == 8 == int(launcher_env(torchrun)["WORLD_SIZE"])
+    assert launched_world_size({"WORLD_SIZE": "32"}) == 32  # a job script's --print-config
+    assert launched_world_size({}) == 1
 
 
 def test_launcher_env_from_slurm():

@@ -83,7 +83,9 @@ def test_two_node_run_then_resume(cluster, tmp_path):
     assert proc.returncode == 0, f"{proc.stderr}\n{log[-4000:]}\n{cluster.logs()}"
     assert "on 2 node(s) x 1 = 2 processes, rendezvous 127.0.0.1:" in log and "preflight ok" in log
     first = read_metrics(run)
-    assert [r["step"] for r in first] == [10, 20, 30, 40] and first[-1]["loss"] < first[0]["loss"]
+    # Each start's first step is an interval of its own (warm-up), then every 10 steps.
+    assert [r["step"] for r in first] == [1, 10, 20, 30, 40] and first[-1]["loss"] < first[1]["loss"]
+    assert [r.get("warmup", False) for r in first] == [True, False, False, False, False]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000040"
     job = proc.stdout.strip().split(";")[0]
     logdir = run / "slurm" / f"job-{job}-restart-0"
@@ -95,7 +97,7 @@ def test_two_node_run_then_resume(cluster, tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert "resumed from" in log and "step_00000040" in log
     steps = [r["step"] for r in read_metrics(run)]
-    assert steps == [10, 20, 30, 40, 50, 60]
+    assert steps == [1, 10, 20, 30, 40, 41, 50, 60]  # the resumed start's warm-up is step 41
 
 
 def test_preemption_checkpoints_requeues_and_finishes(cluster, tmp_path):
