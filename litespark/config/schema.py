@@ -231,6 +231,10 @@ class CheckpointConfig:
     async_save: bool = True
     """Write checkpoints in the background: training blocks only while the state is copied to host
     memory (as much host memory as each process's share of the checkpoint, kept for the run)."""
+    overlap_copy: bool = False
+    """With ``async_save`` on a GPU: run that copy on a stream of its own during the next step's forward
+    and backward (the optimizer update waits for it) instead of blocking training for it.  Off by
+    default: not yet measured on a GPU (docs/training.md)."""
     resume: bool = True
     """Resume from RUN_DIR/checkpoints/latest when it exists."""
     load: str | None = None

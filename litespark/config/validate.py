@@ -24,6 +24,7 @@ def validate(cfg: LitesparkConfig) -> LitesparkConfig:
     _check_kernels(cfg)
     _check_optim(cfg)
     _check_data(cfg)
+    _check_checkpoint(cfg)
     return cfg
 
 
@@ -176,3 +177,9 @@ def _check_data(cfg: LitesparkConfig) -> None:
         raise ConfigError(f"data.split {d.split!r} must be comma-separated numbers such as 98,2,0") from None
     if len(split) != 3 or any(s < 0 for s in split) or sum(split) <= 0:
         raise ConfigError(f"data.split {d.split!r} must be three non-negative numbers such as 98,2,0")
+
+
+def _check_checkpoint(cfg: LitesparkConfig) -> None:
+    """Overlapping the copy is a way of making the asynchronous save's copy: it needs one."""
+    if cfg.checkpoint.overlap_copy and not cfg.checkpoint.async_save:
+        raise ConfigError("checkpoint.overlap_copy=true needs checkpoint.async_save=true")

@@ -3,14 +3,15 @@ more than the last checkpoint.
 
 A save writes into ``.incomplete-step_N`` on every rank, each file hashed as it is written (DeepSpeed's
 files through the hashing checkpoint engine, the RNG states beside them).  With
-``checkpoint.async_save`` training blocks only while the state is copied to host memory, and a
-background thread writes the files (:class:`CheckpointSaver`).  A write that fails (a full disk, a
+``checkpoint.async_save`` training blocks only while the state is copied to host memory (with
+``checkpoint.overlap_copy``, only while the copy is issued: it runs during the next step, whose
+optimizer update waits for it), and a background thread writes the files (:class:`CheckpointSaver`).  A write that fails (a full disk, a
 quota) is recorded instead of raised, so that every rank reaches the same point; then all ranks agree,
 and on failure the unfinished directory is removed and :class:`CheckpointWriteError` names the
 filesystem, what is free and what the checkpoint needs.  On success rank 0 writes the manifest,
 renames the directory to ``step_N``, rewrites ``latest`` and prunes: a checkpoint is retired (renamed
-at once, deleted in the background) only when ``checkpoint.keep_last`` newer ones are complete.  Nothing existing is touched before the new
-checkpoint is complete.  Which checkpoint to load, and whether it fits this run, is
+at once, deleted in the background) only when ``checkpoint.keep_last`` newer ones are complete.
+Nothing existing is touched before the new checkpoint is complete.  Which checkpoint to load, and whether it fits this run, is
 :mod:`litespark.training.resume`.
 """
 
@@ -163,10 +164,16 @@ class PendingSave:
     written: Future
     """Resolves to ``(records, error text or None)`` once this rank's files are on disk."""
     copy_seconds: float = 0.0
-    """How long training was blocked copying the state to host memory (asynchronous saves)."""
+    """How long training was blocked copying the state to host memory, or issuing that copy with
+    ``overlap_copy`` (asynchronous saves)."""
     reason: str = ""
     """Why it was taken (``interval``, ``end of training``...), for the log."""
     started: float = field(default_factory=time.perf_counter)
+    copied: Any = None
+    """The CUDA event of the device-to-host copies (asynchronous saves from a GPU): the copies overlap
+    the next step, whose optimizer update waits for it (:meth:`CheckpointSaver.wait_for_copy`)."""
+    update_wait_seconds: float = 0.0
+    """How long the next optimizer update waited for those copies (the host; the GPU had queued work)."""
 
     @property
     def unfinished(self) -> Path:
@@ -180,7 +187,10 @@ class CheckpointSaver:
     """The checkpoint saves of one run, synchronous or asynchronous (``checkpoint.async_save``).
 
     An asynchronous save blocks training only while the state is copied to host memory
-    (:class:`~litespark.training.host_copy.HostCopies`, buffers reused between saves); one background
+    (:class:`~litespark.training.host_copy.HostCopies`, buffers reused between saves), or with
+    ``overlap_copy`` only while that copy is issued: the copies then run on a stream of their own
+    during the next step's forward and backward, and that step's optimizer update waits for them
+    (:meth:`wait_for_copy`, which the trainer calls before every update); one background
     thread per rank writes and fsyncs the files, hashing them as they go.  The commit (every rank
     agrees the files are written, then rank 0 writes the manifest, renames the directory, points
     ``latest`` at it and prunes) is collective, so it runs on the training thread, at a step boundary
@@ -193,9 +203,9 @@ class CheckpointSaver:
     that is why the copy is made here first.
     """
 
-    def __init__(self, engine, run_dir: str | Path, keep_last: int, asynchronous: bool):
+    def __init__(self, engine, run_dir: str | Path, keep_last: int, asynchronous: bool, overlap_copy: bool = False):
         self.engine, self.run_dir, self.keep_last = engine, Path(run_dir), keep_last
-        self.copies = HostCopies() if asynchronous else None
+        self.copies = HostCopies(overlap_copy) if asynchronous else None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="litespark-checkpoint") if asynchronous else None
         self.pending: PendingSave | None = None
         self._allocated_before = 0
@@ -279,10 +289,15 @@ class CheckpointSaver:
             return self.pending
         files = [*hashing.deferred, (rng_path, _rng_state())]
         hashing.begin(None)
-        self.copies.wait()
+        copied = self.copies.finish()
+        if copied is not None and not self.copies.overlap:
+            copied.synchronize()  # the copy blocks training
+            copied = None
         assert self._writer is not None
-        written = self._writer.submit(_write_all, files, root, self.run_dir)
-        self.pending = PendingSave(step, root, self.run_dir, manifest, written, time.perf_counter() - t, reason)
+        written = self._writer.submit(_write_all, files, root, self.run_dir, copied)
+        self.pending = PendingSave(
+            step, root, self.run_dir, manifest, written, time.perf_counter() - t, reason, copied=copied
+        )
         allocated = self.copies.bytes_allocated - self._allocated_before
         self._allocated_before = self.copies.bytes_allocated
         if allocated:
@@ -291,6 +306,17 @@ class CheckpointSaver:
                 allocated / 1e9,
             )
         return self.pending
+
+    def wait_for_copy(self) -> None:
+        """Block until the pending save's device-to-host copies are done, if they may not be: call it
+        before anything changes the saved state (the optimizer update).  Free when they are done."""
+        pending = self.pending
+        if pending is None or pending.copied is None:
+            return
+        t = time.perf_counter()
+        pending.copied.synchronize()
+        pending.copied = None
+        pending.update_wait_seconds = time.perf_counter() - t
 
     def commit(self) -> Path:
         """Wait for this rank's files of the pending save, then commit it (collective): the directory
@@ -342,11 +368,16 @@ class CheckpointSaver:
             self.copies.release()
 
 
-def _write_all(files: list[tuple[str, Any]], root: Path, run_dir: Path) -> tuple[dict[str, FileRecord], str | None]:
-    """The background writer: every file of one rank's save, in order; stops at the first failure and
-    returns the records and, on failure, one line saying why (any exception becomes that line, so that
-    every rank still reaches the commit's collectives)."""
+def _write_all(
+    files: list[tuple[str, Any]], root: Path, run_dir: Path, copied: Any = None
+) -> tuple[dict[str, FileRecord], str | None]:
+    """The background writer: every file of one rank's save, in order, once the device-to-host copies
+    (event ``copied``) are done; stops at the first failure and returns the records and, on failure,
+    one line saying why (any exception becomes that line, so that every rank still reaches the
+    commit's collectives)."""
     records: dict[str, FileRecord] = {}
+    if copied is not None:
+        copied.synchronize()
     for path, obj in files:
         try:
             error = _write_hashed(obj, path, records)

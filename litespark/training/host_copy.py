@@ -10,6 +10,13 @@ The host buffers are kept and reused: the state has the same storages at every s
 first save allocates.  On CUDA they are page-locked with ``cudaHostRegister`` (torch's pinned
 allocator rounds every buffer up to a power of two, up to twice the memory), so the device-to-host
 copies run at full bus speed and are issued without a synchronisation per tensor.
+
+With ``overlap`` (``checkpoint.overlap_copy``) the copies run on a stream of their own, so that they
+overlap the next step's forward and backward (which read the weights and leave the optimizer state
+alone) instead of stopping training for them: each copy waits for the work the training stream had
+issued when it was made, a temporary of the state dict keeps its memory until its copy is done, and
+the caller waits for :meth:`HostCopies.finish`'s event before anything changes the state again (the
+next optimizer step).  Without it they run on the training stream.
 """
 
 from __future__ import annotations
@@ -30,13 +37,17 @@ class HostCopies:
     """Reusable host buffers that :meth:`copy` fills with a state dict's tensors.
 
     Buffers are keyed by the file they are for and the order the storages appear in its state, and
-    reused when the size matches.  After :meth:`copy`, call :meth:`wait` before anything reads the
-    copies (the device copies are asynchronous)."""
+    reused when the size matches.  The device copies are asynchronous: after the last :meth:`copy` of a
+    save, :meth:`finish` gives the event to wait for before the copies are read or their sources
+    changed (None when every copy was synchronous: CPU tensors)."""
 
-    def __init__(self) -> None:
+    def __init__(self, overlap: bool = False) -> None:
+        self.overlap = overlap
         self._buffers: dict[tuple[str, int], torch.Tensor] = {}
         self._registered: dict[tuple[str, int], int] = {}
         self._pin_failed = False
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._issued: dict[torch.device, torch.cuda.Stream] = {}  # the streams copied on since the last finish()
         self.bytes_copied = 0
         self.bytes_allocated = 0
 
@@ -48,11 +59,49 @@ class HostCopies:
             buffer = self._buffer(name, index, source.nbytes(), source.device)
             if source.nbytes():
                 flat = torch.empty(0, dtype=torch.uint8, device=source.device).set_(source)
-                buffer.copy_(flat, non_blocking=source.device.type == "cuda")
+                if source.device.type == "cuda":
+                    stream = self._copy_stream(source.device)
+                    with torch.cuda.stream(stream):
+                        buffer.copy_(flat, non_blocking=True)
+                    if self.overlap:
+                        # A temporary the state dict made (and drops when the save returns) keeps its
+                        # memory until the copy is done, rather than going back to the training stream.
+                        flat.record_stream(stream)
+                else:
+                    buffer.copy_(flat)
                 self.bytes_copied += source.nbytes()
             return buffer.untyped_storage()
 
         return _rebuild(state, fill)
+
+    def finish(self) -> torch.cuda.Event | None:
+        """The copies issued since the last call are all there is of this save: the event that
+        completes with them (None when none ran on a GPU).  Wait for it (``synchronize()``) before
+        reading the copies or letting the training stream change what was copied."""
+        if not self._issued:
+            return None
+        if len(self._issued) > 1:
+            raise RuntimeError(f"one save copied from several GPUs ({sorted(map(str, self._issued))}); one per process")
+        (stream,) = self._issued.values()
+        event = torch.cuda.Event()
+        event.record(stream)
+        self._issued = {}
+        return event
+
+    def _copy_stream(self, device: torch.device) -> torch.cuda.Stream:
+        """The stream copies from ``device`` run on: the training stream, or with ``overlap`` a stream
+        of their own, ordered after the work the training stream has issued so far (the values to
+        copy, temporaries the state dict made)."""
+        training = torch.cuda.current_stream(device)
+        if not self.overlap:
+            stream = training
+        else:
+            if device not in self._streams:
+                self._streams[device] = torch.cuda.Stream(device)
+            stream = self._streams[device]
+            stream.wait_stream(training)
+        self._issued[device] = stream
+        return stream
 
     def storage_sizes(self, state: Any) -> list[tuple[int, torch.device]]:
         """The bytes and device of each storage :meth:`copy` would copy from ``state``, in its order;
@@ -70,11 +119,6 @@ class HostCopies:
         :meth:`storage_sizes` will use for ``name``, so that the first copy does not pay for them."""
         for index, (nbytes, device) in enumerate(sizes):
             self._buffer(name, index, nbytes, device)
-
-    def wait(self) -> None:
-        """Block until the device-to-host copies issued by :meth:`copy` are done."""
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.current_stream().synchronize()
 
     def release(self) -> None:
         """Unregister and drop the buffers (the process keeps them otherwise, for the next save)."""

@@ -318,7 +318,9 @@ class TrainingRun:
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
         self.start_step = self.step_done = start_step
         self.last_saved: int | None = None
-        self.saver = CheckpointSaver(engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
+        self.saver = CheckpointSaver(
+            engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save, cfg.checkpoint.overlap_copy
+        )
         self.flags = StepFlags()
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
@@ -362,7 +364,7 @@ class TrainingRun:
                 self.datasets.train, self.plan, self.dp_size, self.dp_rank, self.start_step, device
             ):
                 data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
-                loss_sum += train_step(self.engine, micro_batches)
+                loss_sum += train_step(self.engine, micro_batches, before_update=self.saver.wait_for_copy)
                 self.step_done, interval_steps = step + 1, interval_steps + 1
                 first = step == self.start_step
                 if first and cfg.checkpoint.enabled:
@@ -494,12 +496,12 @@ class TrainingRun:
             return
         pending = self._side_phase("checkpoint", lambda: self.saver.start(step, client, reason), final)
         self.last_saved = step
-        log.info(
-            "checkpoint of step %d (%s): state copied to host memory in %.2f s; writing in the background",
-            step,
-            reason,
-            pending.copy_seconds,
+        copying = (
+            f"copy to host memory issued in {pending.copy_seconds:.2f} s, done during the next step"
+            if pending.copied is not None and not final
+            else f"state copied to host memory in {pending.copy_seconds:.2f} s"
         )
+        log.info("checkpoint of step %d (%s): %s; writing in the background", step, reason, copying)
 
     def _save_now(self, reason: str) -> None:
         """Make sure the current step is saved and committed before the job ends (end of training,
@@ -519,10 +521,13 @@ class TrainingRun:
         assert pending is not None
         path = self.saver.commit()
         log.info(
-            "saved checkpoint %s (%s, %.1f s from start to commit)",
+            "saved checkpoint %s (%s, %.1f s from start to commit%s)",
             path,
             pending.reason,
             time.perf_counter() - pending.started,
+            f"; the next update waited {pending.update_wait_seconds:.2f} s for the copy"
+            if pending.update_wait_seconds
+            else "",
         )
 
     def _side_phase(self, kind: str, fn: Callable, final: bool = False):
@@ -530,7 +535,8 @@ class TrainingRun:
         self.phases.pause()
         result = fn()
         if self.device.type == "cuda":
-            torch.cuda.synchronize()
+            # The training stream only: a checkpoint's copies run on their own stream, during the next step.
+            torch.cuda.current_stream(self.device).synchronize()
         seconds, joules = self.phases.resume()
         self._write_phase(kind, seconds, joules, final)
         return result

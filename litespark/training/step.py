@@ -8,6 +8,8 @@ Litespark stack calls :func:`train_step` too, so what is measured is what trains
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -42,9 +44,11 @@ def refresh_fp8_weight_cache(engine) -> None:
         module.set_is_first_microbatch()
 
 
-def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
+def train_step(engine, micro_batches: list[dict], before_update: Callable[[], None] | None = None) -> torch.Tensor:
     """One optimizer step over this rank's micro-batches (DeepSpeed accumulates and steps at the
-    boundary); returns the mean micro-batch loss, still on the device."""
+    boundary); returns the mean micro-batch loss, still on the device.  ``before_update`` is called
+    before each ``engine.step()``, the first call that may change the weights or the optimizer state
+    (the trainer waits there for a checkpoint's copy that overlapped the forward and backward)."""
     refresh_fp8_weight_cache(engine)
     fp32_grads = getattr(engine, "litespark_fp32_grads", None)
     total: torch.Tensor | None = None
@@ -53,6 +57,8 @@ def train_step(engine, micro_batches: list[dict]) -> torch.Tensor:
         engine.backward(loss)
         if fp32_grads is not None:
             fp32_grads.mark()  # before the step reads the gradient norm
+        if before_update is not None:
+            before_update()
         engine.step()
         total = loss.detach() if total is None else total + loss.detach()
     if total is None:

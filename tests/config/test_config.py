@@ -131,6 +131,10 @@ def test_bad_overrides_name_the_field(override, message):
         (["parallel.sequence_parallel=true"], "parallel.sequence_parallel needs parallel.tensor_parallel > 1"),
         (["precision.fp8=true"], "precision.fp8=true needs precision.bf16=true"),
         (
+            ["checkpoint.overlap_copy=true", "checkpoint.async_save=false"],
+            "checkpoint.overlap_copy=true needs checkpoint.async_save=true",
+        ),
+        (
             ["kernels.backend=te", "precision.bf16=true", "precision.fp8=true", "kernels.fused_mlp=true"],
             "kernels.fused_mlp=true works with precision.fp8_recipe=tensorwise only, not delayed",
         ),
