@@ -58,24 +58,13 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from litespark.convert.hf_llama import to_hf_config_kwargs
     from litespark.runtime.engine import param_groups
 
     m, o = cfg.model, cfg.optim
     device = _device()
-    conf = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 takes rope_theta and attn_implementation as **kwargs
-        vocab_size=m.vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.ffn_hidden_size,
-        num_hidden_layers=m.num_layers,
-        num_attention_heads=m.num_attention_heads,
-        num_key_value_heads=m.num_query_groups,
-        max_position_embeddings=m.seq_length,
-        rope_theta=m.rotary_base,
-        rms_norm_eps=m.norm_epsilon,
-        tie_word_embeddings=m.tie_embeddings,
-        initializer_range=m.init_method_std,
-        use_cache=False,
-        attn_implementation="sdpa",
+    conf = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 takes attn_implementation as **kwargs
+        **to_hf_config_kwargs(m), use_cache=False, attn_implementation="sdpa"
     )
     with device:
         model = LlamaForCausalLM(conf)
@@ -183,7 +172,7 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool, micro_batch: int) -> BuiltStack
 
     import megatron_patches
     from litespark.environment import te_available
-    from litespark.model.build import padded_vocab_size, position_ids_for
+    from litespark.model.build import padded_vocab_size, position_ids_for, rope_kwargs
     from litespark.runtime.engine import init_deepspeed_comm, param_groups
     from litespark.runtime.megatron_mpu import MegatronMPU
 
@@ -206,9 +195,8 @@ def build_mcore(cfg: LitesparkConfig, fp8: bool, micro_batch: int) -> BuiltStack
         transformer_layer_spec=spec,
         vocab_size=padded_vocab_size(cfg),
         max_sequence_length=m.seq_length,
-        position_embedding_type="rope",
-        rotary_base=m.rotary_base,
         share_embeddings_and_output_weights=m.tie_embeddings,
+        **rope_kwargs(m),
     )
     init_deepspeed_comm()
     device = _device()

@@ -38,6 +38,10 @@ class ModelConfig:
     """Training sequence length in tokens."""
     rotary_base: float = 10000.0
     """RoPE theta."""
+    rope_scaling_factor: float | None = None
+    """Llama 3 RoPE scaling (``rope_type: llama3``): the factor by which the low frequencies are
+    divided (8 in Llama 3.1 and 3.3, 32 in Llama 3.2), with Megatron-Core's fixed low/high frequency
+    factors 1 and 4 over 8192 original positions, as every Llama 3.x checkpoint has them.  None: plain RoPE."""
     norm_epsilon: float = 1e-5
     """RMSNorm epsilon."""
     tie_embeddings: bool = False

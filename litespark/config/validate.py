@@ -66,6 +66,7 @@ def _check_sizes(cfg: LitesparkConfig) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
     for name, number in {
         "model.rotary_base": m.rotary_base,
+        **({"model.rope_scaling_factor": m.rope_scaling_factor} if m.rope_scaling_factor is not None else {}),
         "model.norm_epsilon": m.norm_epsilon,
         "model.init_method_std": m.init_method_std,
         "optim.lr": cfg.optim.lr,

@@ -29,7 +29,8 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # HF's "5GB"
 
 def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     """The Litespark model shape of an HF Llama ``config.json``; one-line error for what Litespark's
-    Llama does not implement (RoPE scaling, biases, other activations, a decoupled head_dim)."""
+    Llama does not implement (RoPE scaling other than Llama 3's, biases, other activations, a
+    decoupled head_dim)."""
     path = hf_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"--hf {hf_dir}: no config.json")
@@ -37,11 +38,8 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     if c.get("model_type") != "llama":
         raise ConfigError(f"--hf {hf_dir}: model_type is {c.get('model_type')!r}, only 'llama' is supported")
     rope_params = c.get("rope_parameters") or {}
-    scaling = c.get("rope_scaling") or (
-        {k: v for k, v in rope_params.items() if k == "rope_type" and v != "default"} or None
-    )
-    if scaling:
-        raise ConfigError(f"--hf {hf_dir}: RoPE scaling {scaling} is not implemented by Litespark's Llama")
+    # transformers 5 writes rope_parameters (and reads it first); transformers 4 rope_theta and rope_scaling.
+    factor = _llama3_rope_factor(hf_dir, rope_params or c.get("rope_scaling") or {})
     for key in ("attention_bias", "mlp_bias"):
         if c.get(key):
             raise ConfigError(f"--hf {hf_dir}: {key}=true is not supported (Litespark's Llama has no biases)")
@@ -50,7 +48,7 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     heads = c["num_attention_heads"]
     if c.get("head_dim") not in (None, c["hidden_size"] // heads):
         raise ConfigError(f"--hf {hf_dir}: head_dim {c['head_dim']} != hidden_size / heads is not supported")
-    theta = c.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+    theta = rope_params.get("rope_theta") or c.get("rope_theta") or 10000.0
     max_pos = c.get("max_position_embeddings", 4096)
     return ModelConfig(
         num_layers=c["num_hidden_layers"],
@@ -61,10 +59,34 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
         vocab_size=c["vocab_size"],
         seq_length=seq_length or min(max_pos, 4096),
         rotary_base=float(theta),
+        rope_scaling_factor=factor,
         norm_epsilon=c.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         init_method_std=c.get("initializer_range", 0.02),
     )
+
+
+def _llama3_rope_factor(hf_dir: Path, scaling: dict) -> float | None:
+    """The Llama 3 RoPE scaling factor of ``scaling`` (``rope_scaling``, or transformers 5's
+    ``rope_parameters``), None for plain RoPE; one-line error for another kind of scaling or Llama 3
+    parameters Megatron-Core cannot represent."""
+    from litespark.convert.hf_llama import LLAMA3_ROPE_FIXED
+
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise ConfigError(f"--hf {hf_dir}: RoPE scaling of type {kind!r} is not supported (only 'llama3')")
+    for key, fixed in LLAMA3_ROPE_FIXED.items():
+        if float(scaling.get(key, fixed)) != fixed:
+            raise ConfigError(
+                f"--hf {hf_dir}: llama3 RoPE scaling with {key}={scaling[key]} is not supported "
+                f"(Megatron-Core's RotaryEmbedding fixes it at {fixed:g})"
+            )
+    factor = scaling.get("factor")
+    if not isinstance(factor, int | float) or not factor > 0:
+        raise ConfigError(f"--hf {hf_dir}: llama3 RoPE scaling needs a positive 'factor', got {factor!r}")
+    return float(factor)
 
 
 class HFTensors:
@@ -164,6 +186,7 @@ def write_hf_dir(
         conf.architectures = ["LlamaForCausalLM"]
         setattr(conf, "dtype" if hasattr(conf, "dtype") else "torch_dtype", dtype)  # transformers 5 / 4
         conf.save_pretrained(tmp)
+        _add_legacy_rope_keys(tmp / "config.json", config_kwargs["rope_parameters"])
         if tokenizer:
             export_tokenizer(Path(tokenizer), tmp, config_kwargs["vocab_size"])
         if out.exists():
@@ -210,3 +233,14 @@ def export_tokenizer(model_file: Path, out: Path, vocab_size: int) -> None:
         tok = AutoTokenizer.from_pretrained(stage)
         tok.save_pretrained(str(out))
     shutil.copy(model_file, out / "tokenizer.model")
+
+
+def _add_legacy_rope_keys(config_json: Path, rope_parameters: dict) -> None:
+    """Also write RoPE as transformers 4 reads it (``rope_theta``, ``rope_scaling``): transformers 5
+    writes only ``rope_parameters``, which transformers 4 ignores, silently using theta 10000 and no
+    scaling.  transformers 5 reads ``rope_parameters`` first."""
+    config = json.loads(config_json.read_text())
+    legacy = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    config.setdefault("rope_theta", rope_parameters["rope_theta"])
+    config.setdefault("rope_scaling", None if legacy["rope_type"] == "default" else legacy)
+    config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

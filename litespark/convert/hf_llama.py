@@ -128,6 +128,18 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], m: ModelConfig, padded_vocab
     return out
 
 
+LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+"""The Llama 3 RoPE scaling parameters Megatron-Core's ``RotaryEmbedding`` fixes (every Llama 3.x
+checkpoint has these); only the factor varies."""
+
+
+def to_hf_rope_parameters(m: ModelConfig) -> dict:
+    """HF's ``rope_parameters`` (transformers 5) for ``m``: ``default`` or ``llama3`` with its factor."""
+    if m.rope_scaling_factor is None:
+        return {"rope_type": "default", "rope_theta": m.rotary_base}
+    return {"rope_type": "llama3", "factor": m.rope_scaling_factor, **LLAMA3_ROPE_FIXED, "rope_theta": m.rotary_base}
+
+
 def to_hf_config_kwargs(m: ModelConfig) -> dict:
     """Keyword arguments for ``transformers.LlamaConfig`` describing the same model."""
     return {
@@ -139,7 +151,7 @@ def to_hf_config_kwargs(m: ModelConfig) -> dict:
         "num_key_value_heads": m.num_query_groups,
         "max_position_embeddings": m.seq_length,
         "rms_norm_eps": m.norm_epsilon,
-        "rope_theta": m.rotary_base,
+        "rope_parameters": to_hf_rope_parameters(m),
         "tie_word_embeddings": m.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,

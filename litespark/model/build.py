@@ -15,7 +15,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 import megatron_patches
-from litespark.config import ConfigError, LitesparkConfig, RunPlan
+from litespark.config import ConfigError, LitesparkConfig, ModelConfig, RunPlan
 from litespark.log import get_logger
 from litespark.model.layer_spec import get_final_norm_spec, get_litespark_layer_spec
 from litespark.model.transformer_config import to_transformer_config
@@ -54,15 +54,27 @@ def build_model(plan: RunPlan) -> GPTModel:
         pre_process=True,
         post_process=True,
         share_embeddings_and_output_weights=cfg.model.tie_embeddings,
-        position_embedding_type="rope",
-        rotary_base=cfg.model.rotary_base,
         parallel_output=True,
+        **rope_kwargs(cfg.model),
     )
     if backend == "te" and plan.fp8_output_layer:
         from litespark.model.modules.fp8_output_layer import use_fp8_output_layer
 
         use_fp8_output_layer(model)
     return model
+
+
+def rope_kwargs(m: ModelConfig) -> dict:
+    """``GPTModel``'s rotary-embedding arguments for ``m``: RoPE with its base and, for Llama 3.x, its
+    scaling factor.  Megatron-LM's own GPT builder passes ``rope_scaling`` without the factor, so any
+    factor trains as 8; the factor is passed here."""
+    scaled = m.rope_scaling_factor is not None
+    return {
+        "position_embedding_type": "rope",
+        "rotary_base": m.rotary_base,
+        "rope_scaling": scaled,
+        "rope_scaling_factor": m.rope_scaling_factor if scaled else 8.0,
+    }
 
 
 TE_CUDNN_NORM_SWITCHES = ("NVTE_NORM_FWD_USE_CUDNN", "NVTE_NORM_BWD_USE_CUDNN")

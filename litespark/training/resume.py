@@ -54,11 +54,12 @@ MODEL_FIELDS = (
     "vocab_size",
     "make_vocab_size_divisible_by",
     "rotary_base",
+    "rope_scaling_factor",
     "norm_epsilon",
     "tie_embeddings",
 )
-"""The model fields that change the function a checkpoint's weights compute (shape, RoPE base, norm
-epsilon, tied embeddings, vocabulary and its padding).  ``seq_length`` and ``init_method_std`` do not."""
+"""The model fields that change the function a checkpoint's weights compute (shape, RoPE base and
+scaling, norm epsilon, tied embeddings, vocabulary and its padding).  ``seq_length`` and ``init_method_std`` do not."""
 
 UNIVERSAL = ".universal-"
 """Prefix of the directory a resharded checkpoint is converted into (removed once it is loaded)."""

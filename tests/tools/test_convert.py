@@ -449,3 +449,88 @@ def test_fp32_master_weights_of_split_optimizer_groups(tmp_path, fp32_grads):
     for name, weight in stored.items():
         assert weight.dtype == torch.bfloat16 and masters[name].dtype == torch.float32
         assert torch.equal(masters[name].to(torch.bfloat16), weight), name
+
+
+def _llama3_rope(factor: float, **changed) -> dict:
+    return {
+        "rope_type": "llama3",
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_theta": 5e5,
+        **changed,
+    }
+
+
+def _as_transformers_4_config(hf_dir: Path) -> None:
+    """Rewrite ``config.json`` as transformers 4 wrote it: ``rope_theta`` and ``rope_scaling``."""
+    path = hf_dir / "config.json"
+    config = json.loads(path.read_text())
+    rope = config.pop("rope_parameters")
+    config["rope_theta"] = rope.pop("rope_theta")
+    config["rope_scaling"] = rope
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factor, written_by", [(8.0, "transformers 5"), (32.0, "transformers 4")])
+def test_llama3_rope_scaling_gives_hf_logits_and_round_trips(tmp_path, factor, written_by):
+    """Llama 3.1/3.3 (factor 8) and 3.2 (factor 32) RoPE: the import computes HF's logits, the export
+    carries the scaling back (in both the transformers 5 and 4 keys) with the weights bit-exact."""
+    from safetensors.torch import load_file
+
+    # Larger weights than HF's default initialisation, so that positions (and their scaling) show in the logits.
+    shape = {"initializer_range": 0.1, "max_position_embeddings": 131072}
+    _save_hf(tmp_path / "hf", rope_parameters=_llama3_rope(factor), **shape)
+    _save_hf(tmp_path / "plain", rope_parameters={"rope_type": "default", "rope_theta": 5e5}, **shape)
+    if written_by == "transformers 4":
+        _as_transformers_4_config(tmp_path / "hf")
+    tokens = _tokens(500, 5, batch=2, seq=256)
+    reference = _hf_logits(tmp_path / "hf", tokens)
+    assert _rel(_hf_logits(tmp_path / "plain", tokens), reference) > 1e-3  # the scaling is visible at this tolerance
+
+    _convert("from-hf", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ls"), "--tp", "1")
+    ours = _litespark_logits(tmp_path / "ls", 1, tokens, tmp_path)
+    assert _rel(ours, reference) < 1e-5, f"factor {factor}: {_rel(ours, reference):.2e}"
+
+    _convert("to-hf", "--checkpoint", str(tmp_path / "ls"), "--out", str(tmp_path / "back"))
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config["rope_parameters"] == _llama3_rope(factor)
+    assert config["rope_scaling"] == {k: v for k, v in _llama3_rope(factor).items() if k != "rope_theta"}
+    assert config["rope_theta"] == 5e5
+    a, b = load_file(tmp_path / "hf" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert _rel(_hf_logits(tmp_path / "back", tokens), reference) == 0.0
+
+
+@pytest.mark.parametrize(
+    "rope, message",
+    [
+        ({"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}, "RoPE scaling of type 'yarn' is not supported"),
+        ({"type": "linear", "factor": 2.0}, "RoPE scaling of type 'linear' is not supported"),
+        (_llama3_rope(8.0, high_freq_factor=2.0), "high_freq_factor=2.0 is not supported"),
+        (_llama3_rope(8.0, original_max_position_embeddings=4096), "original_max_position_embeddings=4096"),
+        (_llama3_rope(0.0), "llama3 RoPE scaling needs a positive 'factor', got 0.0"),
+    ],
+)
+def test_rope_scaling_that_megatron_cannot_represent_is_refused_in_one_line(tmp_path, rope, message):
+    from litespark.config import ConfigError
+    from litespark.convert.hf_files import model_config_from_hf
+
+    config = {
+        "model_type": "llama",
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "vocab_size": 256,
+        "rope_parameters": rope,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=message) as error:
+        model_config_from_hf(tmp_path, None)
+    assert "\n" not in str(error.value)
+    config["rope_parameters"] = _llama3_rope(32.0)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert model_config_from_hf(tmp_path, None).rope_scaling_factor == 32.0
