@@ -17,14 +17,17 @@ from litespark.config import RunPlan
 
 
 def forward_loss(engine, batch: dict) -> torch.Tensor:
-    """Mean loss of one micro-batch over the positions its ``loss_mask`` counts."""
+    """Mean loss of one micro-batch over the positions its ``loss_mask`` counts; a packed row
+    (:func:`litespark.training.packing.to_packed_batch`) runs with its document masks."""
     from litespark.model.build import position_ids_for
 
+    packed = batch.get("packed_seq_params")
     losses = engine(
         input_ids=batch["tokens"],
-        position_ids=position_ids_for(batch["tokens"]),
+        position_ids=batch["position_ids"] if packed is not None else position_ids_for(batch["tokens"]),
         attention_mask=None,
         labels=batch["labels"],
+        **({"packed_seq_params": packed} if packed is not None else {}),
     )
     mask = batch["loss_mask"].float()
     return (losses.float() * mask).sum() / mask.sum().clamp(min=1.0)
