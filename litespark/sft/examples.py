@@ -1,0 +1,109 @@
+"""One SFT example -> token ids and the mask of the tokens the loss is computed on.
+
+The formats are the ones TRL's ``SFTTrainer`` accepts, and the tokens and masks are the ones it
+computes (``tests/sft/test_examples.py`` compares them token for token), so a dataset and a chat
+template that work there work here:
+
+- conversational, ``{"messages": [{"role", "content"}, ...]}``: rendered by the tokenizer's chat
+  template; with ``assistant_only_loss`` the loss covers the tokens the template marks as generated
+  (``{% generation %}`` ... ``{% endgeneration %}``), i.e. the assistant turns;
+- prompt-completion, ``{"prompt", "completion"}``, both text or both message lists: the loss covers
+  the completion (``completion_only_loss``).  Text gets the tokenizer's EOS after the completion;
+  messages are rendered by the chat template, the prompt with the generation prompt.
+
+Anything else is an :class:`SFTExampleError` with one line that says what is wrong with the example.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class SFTExampleError(ValueError):
+    """An example that cannot be trained on; the message is one line."""
+
+
+def to_tokens_and_mask(
+    example: dict[str, Any], tokenizer, *, assistant_only_loss: bool = True, completion_only_loss: bool = True
+) -> tuple[list[int], list[int]]:
+    """``(token ids, loss mask)`` of ``example`` under ``tokenizer`` (a ``transformers`` tokenizer):
+    ``mask[j]`` is 1 when token ``j`` is a target of the loss."""
+    if not isinstance(example, dict):
+        raise SFTExampleError(f"an example must be a JSON object, got {type(example).__name__}")
+    if "messages" in example:
+        return _conversation(example["messages"], tokenizer, assistant_only_loss)
+    if "prompt" in example and "completion" in example:
+        return _prompt_completion(example["prompt"], example["completion"], tokenizer, completion_only_loss)
+    raise SFTExampleError(
+        f"an example needs 'messages' or 'prompt' and 'completion'; it has {sorted(example) or 'no fields'}"
+    )
+
+
+def _conversation(messages: Any, tokenizer, assistant_only_loss: bool) -> tuple[list[int], list[int]]:
+    _check_messages(messages, "messages")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise SFTExampleError("the conversation has no assistant turn: nothing to train on")
+    rendered = _render(tokenizer, messages, return_assistant_tokens_mask=assistant_only_loss)
+    ids = list(rendered["input_ids"])
+    if not assistant_only_loss:
+        return ids, [1] * len(ids)
+    mask = list(rendered["assistant_masks"])
+    if 1 not in mask:
+        raise SFTExampleError(
+            "the chat template marks no assistant tokens: it needs {% generation %} ... {% endgeneration %} "
+            "around the assistant turns (or train on every token: assistant_only_loss=false)"
+        )
+    return ids, mask
+
+
+def _prompt_completion(
+    prompt: Any, completion: Any, tokenizer, completion_only_loss: bool
+) -> tuple[list[int], list[int]]:
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if not completion.strip():
+            raise SFTExampleError("the completion is empty")
+        eos = tokenizer.eos_token
+        if eos is None:
+            raise SFTExampleError("the tokenizer has no EOS token to end the completion with")
+        if not completion.endswith(eos):
+            completion += eos
+        prompt_ids = list(tokenizer(text=prompt)["input_ids"])
+        ids = list(tokenizer(text=prompt + completion)["input_ids"])
+    elif isinstance(prompt, list) and isinstance(completion, list):
+        _check_messages(prompt, "prompt")
+        _check_messages(completion, "completion")
+        prompt_ids = list(_render(tokenizer, prompt, add_generation_prompt=True)["input_ids"])
+        ids = list(_render(tokenizer, prompt + completion)["input_ids"])
+    else:
+        raise SFTExampleError(
+            f"'prompt' and 'completion' must both be text or both be message lists, got "
+            f"{type(prompt).__name__} and {type(completion).__name__}"
+        )
+    # Where the two renderings part: usually the end of the prompt (a template or a merge across the
+    # boundary can change the prompt's last tokens; those then belong to the completion).
+    start = 0
+    while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
+        start += 1
+    if not completion_only_loss:
+        return ids, [1] * len(ids)
+    return ids, [0] * start + [1] * (len(ids) - start)
+
+
+def _check_messages(messages: Any, field: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise SFTExampleError(f"'{field}' must be a non-empty list of messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise SFTExampleError(f"{field}[{i}] must be an object with a string 'role' and a string 'content'")
+        if m["role"] not in ROLES:
+            raise SFTExampleError(f"{field}[{i}] has the unknown role {m['role']!r} (known: {', '.join(ROLES)})")
+        if m["role"] == "assistant" and not m["content"].strip():
+            raise SFTExampleError(f"{field}[{i}] is an empty assistant turn")
+
+
+def _render(tokenizer, messages: list, **kwargs) -> dict:
+    if not getattr(tokenizer, "chat_template", None):
+        raise SFTExampleError("the tokenizer has no chat template: conversational data needs one")
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)

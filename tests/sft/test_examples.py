@@ -1,0 +1,178 @@
+"""SFT examples -> tokens and loss masks: the same as TRL's SFTTrainer computes, token for token, on
+the same tokenizer, chat template and data; and one-line errors for examples that cannot be trained."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from litespark.sft.examples import SFTExampleError, to_tokens_and_mask
+from tests.helpers.processes import ROOT
+
+# Llama 3.1's layout (header tokens, <|eot_id|> after each turn), with the {% generation %} markers
+# that assistant-only loss needs (Meta's own template has none; TRL needs them too).
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+CONVERSATIONS = [
+    {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "Name a prime number."},
+            {"role": "assistant", "content": "Seven."},
+            {"role": "user", "content": "And an even one?"},
+            {"role": "assistant", "content": "Two, the only even prime."},
+        ]
+    },
+    {"messages": [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": " Hello there! "}]},
+]
+
+TEXT_PAIRS = [
+    {"prompt": "The history of the", "completion": " city began in the old town."},
+    {"prompt": "Translate to French: cat", "completion": " chat"},
+    {"prompt": "Q: two plus two?\nA:", "completion": " four"},
+]
+
+CHAT_PAIRS = [{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in CONVERSATIONS]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A Llama-3-style byte-level BPE trained on the sample corpus, with the chat template above."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("sft-tokenizer")
+    for script, *args in (
+        ("make_sample.py", "--out", str(root / "sample"), "--max-mb", "1"),
+        ("train_tokenizer.py", "--input", str(root / "sample" / "train"), "--vocab-size", "700",
+         "--format", "huggingface", "--out", str(root / "tok")),
+    ):  # fmt: skip
+        subprocess.run([sys.executable, f"data_prep/{script}", *args], cwd=ROOT, check=True, capture_output=True)
+    tok = AutoTokenizer.from_pretrained(root / "tok")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def _trl_tokens_and_masks(tokenizer, examples, tmp_path, **options) -> list[tuple[list[int], list[int]]]:
+    """What TRL's SFTTrainer trains on: each example's input_ids and which of them its labels keep."""
+    import torch
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        report_to=[],
+        packing=False,
+        max_length=None,
+        bf16=False,
+        use_cpu=True,
+        **options,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tokenizer)
+    return [(list(row["input_ids"]), [int(label != -100) for label in row["labels"]]) for row in trainer.train_dataset]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "examples, options",
+    [
+        (CONVERSATIONS, {"assistant_only_loss": True}),
+        (CONVERSATIONS, {"assistant_only_loss": False}),
+        (TEXT_PAIRS, {"completion_only_loss": True}),
+        (CHAT_PAIRS, {"completion_only_loss": True}),
+        (CHAT_PAIRS, {"completion_only_loss": False}),
+    ],
+    ids=["chat-assistant-only", "chat-all-tokens", "text-completion", "chat-completion", "chat-pair-all-tokens"],
+)
+def test_tokens_and_loss_masks_equal_trl_sft_trainer(tokenizer, tmp_path, examples, options):
+    theirs = _trl_tokens_and_masks(tokenizer, examples, tmp_path, **options)
+    ours = [
+        to_tokens_and_mask(
+            example,
+            tokenizer,
+            assistant_only_loss=options.get("assistant_only_loss", False),
+            completion_only_loss=options.get("completion_only_loss", True),
+        )
+        for example in examples
+    ]
+    assert ours == theirs
+    for ids, mask in ours:  # neither all nor nothing is trained, except when asked for everything
+        assert 0 < sum(mask) <= len(ids)
+        assert sum(mask) < len(ids) or not (options.get("assistant_only_loss") or options.get("completion_only_loss"))
+
+
+def test_assistant_tokens_are_the_replies_and_their_end_of_turn(tokenizer):
+    ids, mask = to_tokens_and_mask(CONVERSATIONS[1], tokenizer)
+    trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    assert trained == "Seven.<|eot_id|>Two, the only even prime.<|eot_id|>"
+    text_ids, text_mask = to_tokens_and_mask(TEXT_PAIRS[1], tokenizer)
+    assert tokenizer.decode([t for t, m in zip(text_ids, text_mask) if m]) == " chat<|end_of_text|>"
+
+
+@pytest.mark.parametrize(
+    "example, message",
+    [
+        ([1, 2], "an example must be a JSON object, got list"),
+        ({"text": "hi"}, "an example needs 'messages' or 'prompt' and 'completion'; it has ['text']"),
+        ({"messages": []}, "'messages' must be a non-empty list of messages"),
+        ({"messages": [{"role": "user"}]}, "messages[0] must be an object with a string 'role' and a string 'content'"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0] has the unknown role 'robot'"),
+        (
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}]},
+            "messages[1] is an empty assistant turn",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}]}, "the conversation has no assistant turn"),
+        ({"prompt": "a", "completion": ""}, "the completion is empty"),
+        ({"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}, "must both be text or both be"),
+    ],
+)
+def test_an_example_that_cannot_be_trained_is_one_line(tokenizer, example, message):
+    with pytest.raises(SFTExampleError) as error:
+        to_tokens_and_mask(example, tokenizer)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_tokenizer_without_chat_template_or_generation_markers_is_one_line(tokenizer):
+    import copy
+
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    with pytest.raises(SFTExampleError, match="the tokenizer has no chat template"):
+        to_tokens_and_mask(CONVERSATIONS[0], bare)
+    assert to_tokens_and_mask(TEXT_PAIRS[0], bare)[0]  # text pairs need none
+    unmarked = copy.deepcopy(tokenizer)
+    unmarked.chat_template = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(SFTExampleError, match=r"marks no assistant tokens: it needs \{% generation %\}"):
+        to_tokens_and_mask(CONVERSATIONS[0], unmarked)
+    ids, mask = to_tokens_and_mask(CONVERSATIONS[0], unmarked, assistant_only_loss=False)
+    assert mask == [1] * len(ids)
+    json.dumps(ids)  # plain ints
