@@ -4,70 +4,11 @@ the same tokenizer, chat template and data; and one-line errors for examples tha
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from litespark.sft.examples import SFTExampleError, to_tokens_and_mask
-from tests.helpers.processes import ROOT
-
-# Llama 3.1's layout (header tokens, <|eot_id|> after each turn), with the {% generation %} markers
-# that assistant-only loss needs (Meta's own template has none; TRL needs them too).
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{% generation %}{{- message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
-    "{%- else %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
-
-CONVERSATIONS = [
-    {
-        "messages": [
-            {"role": "user", "content": "What is the capital of France?"},
-            {"role": "assistant", "content": "Paris."},
-        ]
-    },
-    {
-        "messages": [
-            {"role": "system", "content": "You answer briefly."},
-            {"role": "user", "content": "Name a prime number."},
-            {"role": "assistant", "content": "Seven."},
-            {"role": "user", "content": "And an even one?"},
-            {"role": "assistant", "content": "Two, the only even prime."},
-        ]
-    },
-    {"messages": [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": " Hello there! "}]},
-]
-
-TEXT_PAIRS = [
-    {"prompt": "The history of the", "completion": " city began in the old town."},
-    {"prompt": "Translate to French: cat", "completion": " chat"},
-    {"prompt": "Q: two plus two?\nA:", "completion": " four"},
-]
-
-CHAT_PAIRS = [{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in CONVERSATIONS]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    """A Llama-3-style byte-level BPE trained on the sample corpus, with the chat template above."""
-    from transformers import AutoTokenizer
-
-    root = tmp_path_factory.mktemp("sft-tokenizer")
-    for script, *args in (
-        ("make_sample.py", "--out", str(root / "sample"), "--max-mb", "1"),
-        ("train_tokenizer.py", "--input", str(root / "sample" / "train"), "--vocab-size", "700",
-         "--format", "huggingface", "--out", str(root / "tok")),
-    ):  # fmt: skip
-        subprocess.run([sys.executable, f"data_prep/{script}", *args], cwd=ROOT, check=True, capture_output=True)
-    tok = AutoTokenizer.from_pretrained(root / "tok")
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+from tests.helpers.sft_data import CHAT_PAIRS, CHAT_TEMPLATE, CONVERSATIONS, TEXT_PAIRS
 
 
 def _trl_tokens_and_masks(tokenizer, examples, tmp_path, **options) -> list[tuple[list[int], list[int]]]:

@@ -1,0 +1,44 @@
+"""Small SFT data shared by the SFT tests: a Llama-3-style chat template with generation markers,
+conversations and prompt-completion pairs."""
+
+from __future__ import annotations
+
+# Llama 3.1's layout (header tokens, <|eot_id|> after each turn), with the {% generation %} markers
+# that assistant-only loss needs (Meta's own template has none; TRL needs them too).
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+    "{%- else %}{{- message['content'] | trim + '<|eot_id|>' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+CONVERSATIONS = [
+    {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "Name a prime number."},
+            {"role": "assistant", "content": "Seven."},
+            {"role": "user", "content": "And an even one?"},
+            {"role": "assistant", "content": "Two, the only even prime."},
+        ]
+    },
+    {"messages": [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": " Hello there! "}]},
+]
+
+TEXT_PAIRS = [
+    {"prompt": "The history of the", "completion": " city began in the old town."},
+    {"prompt": "Translate to French: cat", "completion": " chat"},
+    {"prompt": "Q: two plus two?\nA:", "completion": " four"},
+]
+
+CHAT_PAIRS = [{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in CONVERSATIONS]
