@@ -69,78 +69,116 @@ class SFTExamples:
     counts: SFTCounts
 
 
-def read_sft_file(
-    path: str | Path,
-    tokenizer,
-    seq_length: int,
-    *,
-    too_long: str = "truncate",
-    assistant_only_loss: bool = True,
-    completion_only_loss: bool = True,
-    keep_bad_examples: int = 5,
-) -> SFTExamples:
-    """Tokenise every example of ``path`` (see the module docstring); raises :class:`SFTDataError`
-    when the file cannot be read or holds nothing to train on."""
+@dataclass
+class SFTOptions:
+    """How examples become training sequences (the SFT entry point's settings)."""
+
+    seq_length: int
+    too_long: str = "truncate"
+    """``truncate`` (keep the start) or ``drop`` an example longer than ``seq_length``."""
+    assistant_only_loss: bool = True
+    completion_only_loss: bool = True
+    keep_bad_examples: int = 5
+    """How many bad lines are kept, with their line numbers, for the log and the error."""
+
+
+class _Collector:
+    """Tokenises examples one at a time into :class:`SFTExamples`, counting every one."""
+
+    def __init__(self, tokenizer, options: SFTOptions):
+        if options.too_long not in TOO_LONG:
+            raise SFTDataError(f"too_long must be one of {', '.join(TOO_LONG)}, got {options.too_long!r}")
+        self.tokenizer, self.options = tokenizer, options
+        self.counts = SFTCounts()
+        self.tokens: list[list[int]] = []
+        self.masks: list[list[int]] = []
+
+    def bad(self, where: str, reason: str) -> None:
+        self.counts.bad[reason] += 1
+        if len(self.counts.first_bad) < self.options.keep_bad_examples:
+            self.counts.first_bad.append(f"{where}: {reason}")
+
+    def add(self, where: str, example) -> None:
+        o, c = self.options, self.counts
+        c.lines += 1
+        try:
+            ids, mask = to_tokens_and_mask(
+                example,
+                self.tokenizer,
+                assistant_only_loss=o.assistant_only_loss,
+                completion_only_loss=o.completion_only_loss,
+            )
+        except SFTExampleError as exc:
+            self.bad(where, str(exc))
+            return
+        if len(ids) > o.seq_length:
+            if o.too_long == "drop" or 1 not in mask[1 : o.seq_length]:
+                c.dropped_too_long += 1
+                return
+            ids, mask = ids[: o.seq_length], mask[: o.seq_length]
+            c.truncated += 1
+        if 1 not in mask[1:]:  # the first token is never a target (nothing precedes it)
+            self.bad(where, "no trained token after the first")
+            return
+        self.tokens.append(ids)
+        self.masks.append(mask)
+        c.examples += 1
+        c.tokens += len(ids)
+        c.target_tokens += sum(mask[1:])
+
+    def finish(self, source: str) -> SFTExamples:
+        if not self.tokens:
+            reasons = "; ".join(self.counts.first_bad) or "it has no examples"
+            raise SFTDataError(f"SFT data {source}: nothing to train on ({reasons})")
+        log.info("SFT data %s: %s", source, self.counts.summary())
+        return SFTExamples(self.tokens, self.masks, self.counts)
+
+
+def read_sft_file(path: str | Path, tokenizer, options: SFTOptions) -> SFTExamples:
+    """Tokenise every example of the JSONL file ``path`` (see the module docstring); raises
+    :class:`SFTDataError` when the file cannot be read or holds nothing to train on."""
     from data_prep.corpus import LineStream, split_lines
 
     path = Path(path)
-    if too_long not in TOO_LONG:
-        raise SFTDataError(f"too_long must be one of {', '.join(TOO_LONG)}, got {too_long!r}")
+    collector = _Collector(tokenizer, options)
     if not path.is_file():
         raise SFTDataError(f"SFT data {path}: no such file")
     if not path.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
         raise SFTDataError(f"SFT data {path}: expected a .jsonl, .jsonl.gz or .jsonl.zst file")
-    counts, tokens, masks = SFTCounts(), [], []
-
-    def bad(line_no: int, reason: str) -> None:
-        counts.bad[reason] += 1
-        if len(counts.first_bad) < keep_bad_examples:
-            counts.first_bad.append(f"line {line_no}: {reason}")
-
     stream, line_no = LineStream(path), 0
     while not stream.exhausted:
         for raw in split_lines(stream.take(stream.offset + (1 << 20))):
             line_no += 1
             if not raw.strip():
                 continue
-            counts.lines += 1
             try:
                 example = json.loads(raw)
             except ValueError:
-                bad(line_no, "invalid JSON")
+                collector.counts.lines += 1
+                collector.bad(f"line {line_no}", "invalid JSON")
                 continue
-            try:
-                ids, mask = to_tokens_and_mask(
-                    example,
-                    tokenizer,
-                    assistant_only_loss=assistant_only_loss,
-                    completion_only_loss=completion_only_loss,
-                )
-            except SFTExampleError as exc:
-                bad(line_no, str(exc))
-                continue
-            if len(ids) > seq_length:
-                if too_long == "drop" or 1 not in mask[1:seq_length]:
-                    counts.dropped_too_long += 1
-                    continue
-                ids, mask = ids[:seq_length], mask[:seq_length]
-                counts.truncated += 1
-            if 1 not in mask[1:]:  # the first token is never a target (nothing precedes it)
-                bad(line_no, "no trained token after the first")
-                continue
-            tokens.append(ids)
-            masks.append(mask)
-            counts.examples += 1
-            counts.tokens += len(ids)
-            counts.target_tokens += sum(mask[1:])
+            collector.add(f"line {line_no}", example)
     if stream.error is not None:
-        bad(line_no + 1, f"unreadable stream after line {line_no} ({stream.error})")
-        counts.lines += 1
-    if not tokens:
-        reasons = "; ".join(counts.first_bad) or "the file has no examples"
-        raise SFTDataError(f"SFT data {path}: nothing to train on ({reasons})")
-    log.info("SFT data %s: %s", path, counts.summary())
-    return SFTExamples(tokens, masks, counts)
+        collector.counts.lines += 1
+        collector.bad(f"line {line_no + 1}", f"unreadable stream after line {line_no} ({stream.error})")
+    return collector.finish(str(path))
+
+
+def read_sft_dataset(name: str, split: str, tokenizer, options: SFTOptions) -> SFTExamples:
+    """Tokenise every row of split ``split`` of the Hugging Face dataset ``name`` (a hub name or a
+    local directory ``datasets.load_dataset`` reads), as :func:`read_sft_file` does its lines."""
+    import datasets
+
+    collector = _Collector(tokenizer, options)
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # network, unknown name or split: one line either way
+        raise SFTDataError(
+            f"SFT data {name} ({split}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    for i, row in enumerate(rows):
+        collector.add(f"row {i}", {k: v for k, v in row.items() if v is not None})
+    return collector.finish(f"{name} ({split})")
 
 
 def pack_rows(examples: SFTExamples, seq_length: int, seed: int) -> list[list[int]]:
