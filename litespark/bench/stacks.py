@@ -58,13 +58,13 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
     from deepspeed.runtime.lr_schedules import WarmupCosineLR
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from litespark.convert.hf_llama import to_hf_config_kwargs
+    from litespark.convert.hf_llama import to_hf_config_kwargs, to_llama_config_kwargs
     from litespark.runtime.engine import param_groups
 
     m, o = cfg.model, cfg.optim
     device = _device()
     conf = LlamaConfig(  # type: ignore[call-arg]  # transformers 5 takes attn_implementation as **kwargs
-        **to_hf_config_kwargs(m), use_cache=False, attn_implementation="sdpa"
+        **to_llama_config_kwargs(to_hf_config_kwargs(m)), use_cache=False, attn_implementation="sdpa"
     )
     with device:
         model = LlamaForCausalLM(conf)

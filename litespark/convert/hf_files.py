@@ -37,9 +37,10 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     c = json.loads(path.read_text())
     if c.get("model_type") != "llama":
         raise ConfigError(f"--hf {hf_dir}: model_type is {c.get('model_type')!r}, only 'llama' is supported")
-    rope_params = c.get("rope_parameters") or {}
-    # transformers 5 writes rope_parameters (and reads it first); transformers 4 rope_theta and rope_scaling.
-    factor = _llama3_rope_factor(hf_dir, rope_params or c.get("rope_scaling") or {})
+    # transformers 5 writes rope_parameters, transformers 4 rope_theta and rope_scaling; given both,
+    # transformers 5 takes rope_scaling (``rope_scaling or rope_parameters``), and so does this.
+    rope = c.get("rope_scaling") or c.get("rope_parameters") or {}
+    factor = _llama3_rope_factor(hf_dir, rope, c.get("max_position_embeddings"))
     for key in ("attention_bias", "mlp_bias"):
         if c.get(key):
             raise ConfigError(f"--hf {hf_dir}: {key}=true is not supported (Litespark's Llama has no biases)")
@@ -48,7 +49,9 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     heads = c["num_attention_heads"]
     if c.get("head_dim") not in (None, c["hidden_size"] // heads):
         raise ConfigError(f"--hf {hf_dir}: head_dim {c['head_dim']} != hidden_size / heads is not supported")
-    theta = rope_params.get("rope_theta") or c.get("rope_theta") or 10000.0
+    theta = (
+        rope.get("rope_theta") or c.get("rope_theta") or (c.get("rope_parameters") or {}).get("rope_theta") or 10000.0
+    )
     max_pos = c.get("max_position_embeddings", 4096)
     return ModelConfig(
         num_layers=c["num_hidden_layers"],
@@ -66,10 +69,11 @@ def model_config_from_hf(hf_dir: Path, seq_length: int | None) -> ModelConfig:
     )
 
 
-def _llama3_rope_factor(hf_dir: Path, scaling: dict) -> float | None:
+def _llama3_rope_factor(hf_dir: Path, scaling: dict, max_positions: int | None) -> float | None:
     """The Llama 3 RoPE scaling factor of ``scaling`` (``rope_scaling``, or transformers 5's
     ``rope_parameters``), None for plain RoPE; one-line error for another kind of scaling or Llama 3
-    parameters Megatron-Core cannot represent."""
+    parameters Megatron-Core cannot represent.  A missing ``original_max_position_embeddings`` is
+    ``max_positions``, as transformers takes it."""
     from litespark.convert.hf_llama import LLAMA3_ROPE_FIXED
 
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -77,10 +81,12 @@ def _llama3_rope_factor(hf_dir: Path, scaling: dict) -> float | None:
         return None
     if kind != "llama3":
         raise ConfigError(f"--hf {hf_dir}: RoPE scaling of type {kind!r} is not supported (only 'llama3')")
+    defaults = {**LLAMA3_ROPE_FIXED, "original_max_position_embeddings": max_positions}
     for key, fixed in LLAMA3_ROPE_FIXED.items():
-        if float(scaling.get(key, fixed)) != fixed:
+        value = scaling.get(key, defaults[key])
+        if not isinstance(value, int | float) or float(value) != fixed:
             raise ConfigError(
-                f"--hf {hf_dir}: llama3 RoPE scaling with {key}={scaling[key]} is not supported "
+                f"--hf {hf_dir}: llama3 RoPE scaling with {key}={value} is not supported "
                 f"(Megatron-Core's RotaryEmbedding fixes it at {fixed:g})"
             )
     factor = scaling.get("factor")
@@ -144,6 +150,8 @@ def write_hf_dir(
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
+    from litespark.convert.hf_llama import to_llama_config_kwargs
+
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,11 +190,12 @@ def write_hf_dir(
             (tmp / INDEX).write_text(
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
             )
-        conf = LlamaConfig(**config_kwargs)
+        rope = config_kwargs["rope_parameters"]
+        conf = LlamaConfig(**to_llama_config_kwargs(config_kwargs))
         conf.architectures = ["LlamaForCausalLM"]
         setattr(conf, "dtype" if hasattr(conf, "dtype") else "torch_dtype", dtype)  # transformers 5 / 4
         conf.save_pretrained(tmp)
-        _add_legacy_rope_keys(tmp / "config.json", config_kwargs["rope_parameters"])
+        _add_legacy_rope_keys(tmp / "config.json", rope)
         if tokenizer:
             export_tokenizer(Path(tokenizer), tmp, config_kwargs["vocab_size"])
         if out.exists():
@@ -238,9 +247,12 @@ def export_tokenizer(model_file: Path, out: Path, vocab_size: int) -> None:
 def _add_legacy_rope_keys(config_json: Path, rope_parameters: dict) -> None:
     """Also write RoPE as transformers 4 reads it (``rope_theta``, ``rope_scaling``): transformers 5
     writes only ``rope_parameters``, which transformers 4 ignores, silently using theta 10000 and no
-    scaling.  transformers 5 reads ``rope_parameters`` first."""
+    scaling.  Under transformers 4, ``LlamaConfig`` wrote theta and scaling from its own arguments
+    (:func:`~litespark.convert.hf_llama.to_hf_config_kwargs`); all three keys are rewritten here to
+    say the same thing whichever version wrote the file."""
     config = json.loads(config_json.read_text())
     legacy = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
-    config.setdefault("rope_theta", rope_parameters["rope_theta"])
-    config.setdefault("rope_scaling", None if legacy["rope_type"] == "default" else legacy)
+    config["rope_theta"] = rope_parameters["rope_theta"]
+    config["rope_scaling"] = None if legacy["rope_type"] == "default" else legacy
+    config["rope_parameters"] = rope_parameters
     config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -140,8 +140,29 @@ def to_hf_rope_parameters(m: ModelConfig) -> dict:
     return {"rope_type": "llama3", "factor": m.rope_scaling_factor, **LLAMA3_ROPE_FIXED, "rope_theta": m.rotary_base}
 
 
+def to_llama_config_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` (from :func:`to_hf_config_kwargs`) as this ``transformers``' ``LlamaConfig`` takes
+    RoPE: ``rope_parameters`` (transformers 5), or ``rope_theta`` and ``rope_scaling`` (4, whose
+    ``LlamaConfig`` would keep ``rope_parameters`` as an unused attribute and default the others)."""
+    import inspect
+
+    from transformers import LlamaConfig
+
+    if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
+        return kwargs
+    out = dict(kwargs)
+    rope = out.pop("rope_parameters")
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return {
+        **out,
+        "rope_theta": rope["rope_theta"],
+        "rope_scaling": None if scaling["rope_type"] == "default" else scaling,
+    }
+
+
 def to_hf_config_kwargs(m: ModelConfig) -> dict:
-    """Keyword arguments for ``transformers.LlamaConfig`` describing the same model."""
+    """The HF Llama config describing the same model, RoPE as transformers 5's ``rope_parameters``
+    (pass it through :func:`to_llama_config_kwargs` for ``LlamaConfig`` itself)."""
     return {
         "vocab_size": m.vocab_size,
         "hidden_size": m.hidden_size,

@@ -31,7 +31,8 @@ class SFTDataError(ValueError):
 
 @dataclass
 class SFTCounts:
-    """What reading a file found: every line is in exactly one of ``examples`` or ``bad``."""
+    """What reading a file found: every non-blank line is an example (``examples``), dropped as too
+    long (``dropped_too_long``) or a bad line (``bad``)."""
 
     lines: int = 0
     examples: int = 0
@@ -153,7 +154,7 @@ def read_sft_file(path: str | Path, tokenizer, options: SFTOptions) -> SFTExampl
                 continue
             try:
                 example = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 collector.counts.lines += 1
                 collector.bad(f"line {line_no}", "invalid JSON")
                 continue

@@ -9,13 +9,18 @@ template that work there work here:
   (``{% generation %}`` ... ``{% endgeneration %}``), i.e. the assistant turns;
 - prompt-completion, ``{"prompt", "completion"}``, both text or both message lists: the loss covers
   the completion (``completion_only_loss``).  Text gets the tokenizer's EOS after the completion;
-  messages are rendered by the chat template, the prompt with the generation prompt.
+  messages are rendered by the chat template, the prompt with the generation prompt, and with
+  ``assistant_only_loss`` a token is trained on only when the template also marks it generated.
+
+An example's ``tools`` (a list, or JSON text) and ``chat_template_kwargs`` go to the chat template,
+as in TRL.
 
 Anything else is an :class:`SFTExampleError` with one line that says what is wrong with the example.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -32,35 +37,57 @@ def to_tokens_and_mask(
     ``mask[j]`` is 1 when token ``j`` is a target of the loss."""
     if not isinstance(example, dict):
         raise SFTExampleError(f"an example must be a JSON object, got {type(example).__name__}")
+    if "prompt" in example and "completion" in example:  # TRL looks for a prompt first
+        template = _template_kwargs(example)
+        return _prompt_completion(
+            example["prompt"], example["completion"], tokenizer, template, assistant_only_loss, completion_only_loss
+        )
     if "messages" in example:
-        return _conversation(example["messages"], tokenizer, assistant_only_loss)
-    if "prompt" in example and "completion" in example:
-        return _prompt_completion(example["prompt"], example["completion"], tokenizer, completion_only_loss)
+        return _conversation(example["messages"], tokenizer, _template_kwargs(example), assistant_only_loss)
     raise SFTExampleError(
         f"an example needs 'messages' or 'prompt' and 'completion'; it has {sorted(example) or 'no fields'}"
     )
 
 
-def _conversation(messages: Any, tokenizer, assistant_only_loss: bool) -> tuple[list[int], list[int]]:
+def _template_kwargs(example: dict) -> dict:
+    """The chat template's extra arguments an example carries, as TRL passes them."""
+    tools = example.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except (ValueError, RecursionError):
+            raise SFTExampleError("'tools' is text but not JSON") from None
+    extra = example.get("chat_template_kwargs") or {}
+    if not isinstance(extra, dict):
+        raise SFTExampleError("'chat_template_kwargs' must be an object")
+    return {"tools": tools, **extra}
+
+
+def _conversation(messages: Any, tokenizer, template: dict, assistant_only_loss: bool) -> tuple[list[int], list[int]]:
     _check_messages(messages, "messages")
     if not any(m["role"] == "assistant" for m in messages):
         raise SFTExampleError("the conversation has no assistant turn: nothing to train on")
-    rendered = _render(tokenizer, messages, return_assistant_tokens_mask=assistant_only_loss)
+    rendered = _render(tokenizer, messages, return_assistant_tokens_mask=assistant_only_loss, **template)
     ids = list(rendered["input_ids"])
     if not assistant_only_loss:
         return ids, [1] * len(ids)
+    return ids, _assistant_mask(rendered)
+
+
+def _assistant_mask(rendered: dict) -> list[int]:
     mask = list(rendered["assistant_masks"])
     if 1 not in mask:
         raise SFTExampleError(
             "the chat template marks no assistant tokens: it needs {% generation %} ... {% endgeneration %} "
             "around the assistant turns (or train on every token: assistant_only_loss=false)"
         )
-    return ids, mask
+    return mask
 
 
 def _prompt_completion(
-    prompt: Any, completion: Any, tokenizer, completion_only_loss: bool
+    prompt: Any, completion: Any, tokenizer, template: dict, assistant_only_loss: bool, completion_only_loss: bool
 ) -> tuple[list[int], list[int]]:
+    assistant: list[int] | None = None
     if isinstance(prompt, str) and isinstance(completion, str):
         if not completion.strip():
             raise SFTExampleError("the completion is empty")
@@ -74,8 +101,11 @@ def _prompt_completion(
     elif isinstance(prompt, list) and isinstance(completion, list):
         _check_messages(prompt, "prompt")
         _check_messages(completion, "completion")
-        prompt_ids = list(_render(tokenizer, prompt, add_generation_prompt=True)["input_ids"])
-        ids = list(_render(tokenizer, prompt + completion)["input_ids"])
+        prompt_ids = list(_render(tokenizer, prompt, add_generation_prompt=True, **template)["input_ids"])
+        rendered = _render(tokenizer, prompt + completion, return_assistant_tokens_mask=assistant_only_loss, **template)
+        ids = list(rendered["input_ids"])
+        if assistant_only_loss:
+            assistant = _assistant_mask(rendered)
     else:
         raise SFTExampleError(
             f"'prompt' and 'completion' must both be text or both be message lists, got "
@@ -86,9 +116,10 @@ def _prompt_completion(
     start = 0
     while start < min(len(prompt_ids), len(ids)) and prompt_ids[start] == ids[start]:
         start += 1
-    if not completion_only_loss:
-        return ids, [1] * len(ids)
-    return ids, [0] * start + [1] * (len(ids) - start)
+    mask = [0] * start + [1] * (len(ids) - start) if completion_only_loss else [1] * len(ids)
+    if assistant is not None:  # trained only where every mask says so, as TRL's labels
+        mask = [a & b for a, b in zip(mask, assistant)]
+    return ids, mask
 
 
 def _check_messages(messages: Any, field: str) -> None:
@@ -104,6 +135,11 @@ def _check_messages(messages: Any, field: str) -> None:
 
 
 def _render(tokenizer, messages: list, **kwargs) -> dict:
+    from jinja2 import TemplateError
+
     if not getattr(tokenizer, "chat_template", None):
         raise SFTExampleError("the tokenizer has no chat template: conversational data needs one")
-    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    except (TemplateError, ValueError, TypeError) as exc:  # the template's raise_exception, bad arguments
+        raise SFTExampleError(f"the chat template refused the example: {str(exc).splitlines()[0][:200]}") from None

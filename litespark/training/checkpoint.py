@@ -309,7 +309,9 @@ class CheckpointSaver:
 
     def wait_for_copy(self) -> None:
         """Block until the pending save's device-to-host copies are done, if they may not be: call it
-        before anything changes the saved state (the optimizer update).  Free when they are done."""
+        before anything changes the saved state (the optimizer update).  Free when they are done.
+        The host waits (rather than the training stream waiting on the event) so that every stream
+        DeepSpeed's step may use is ordered after the copies, not only the current one."""
         pending = self.pending
         if pending is None or pending.copied is None:
             return

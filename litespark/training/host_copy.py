@@ -121,7 +121,10 @@ class HostCopies:
             self._buffer(name, index, nbytes, device)
 
     def release(self) -> None:
-        """Unregister and drop the buffers (the process keeps them otherwise, for the next save)."""
+        """Unregister and drop the buffers (the process keeps them otherwise, for the next save), once
+        no copy into them is in flight."""
+        for stream in self._streams.values():
+            stream.synchronize()
         for key in list(self._registered):
             self._unpin(key)
         self._buffers = {}

@@ -48,14 +48,19 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 
 def to_packed_batch(
-    documents: Sequence[torch.Tensor], loss_masks: Sequence[torch.Tensor] | None = None, pad_to: int = 1
+    documents: Sequence[torch.Tensor],
+    loss_masks: Sequence[torch.Tensor] | None = None,
+    pad_to: int = 1,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """One packed row of ``documents`` (1-D token ids, each predicted within itself) as the trainer's
     micro-batch: ``tokens``/``labels``/``loss_mask``/``position_ids`` of shape ``[1, t]`` and
     ``packed_seq_params`` (``thd``).  ``loss_masks[i][j]`` says whether document ``i``'s token ``j`` is
     trained on as a target (default: all); each document's last token has no next token, so it is
     never a target.  ``pad_to``: the row's length is rounded up to a multiple of it (FP8 GEMMs want 16)
-    with one padding document of token 0 that no loss counts; ``real_tokens`` counts the rest."""
+    with one padding document of token 0 that no loss counts (so a row may exceed the sequence length
+    by up to ``pad_to - 1``); ``real_tokens`` counts the rest.  Every tensor, ``cu_seqlens`` included
+    (int32, as Transformer Engine's fused attention and RoPE read them), is on ``device``."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
     if not documents:
@@ -85,12 +90,13 @@ def to_packed_batch(
         lengths.append(padding)
     cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     cu_seqlens[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+    cu_seqlens = cu_seqlens.to(device)
     longest = max(lengths)
     return {
-        "tokens": torch.cat(tokens)[None],
-        "labels": torch.cat(labels)[None],
-        "loss_mask": torch.cat(mask)[None].float(),
-        "position_ids": torch.cat(positions)[None],
+        "tokens": torch.cat(tokens)[None].to(device),
+        "labels": torch.cat(labels)[None].to(device),
+        "loss_mask": torch.cat(mask)[None].float().to(device),
+        "position_ids": torch.cat(positions)[None].to(device),
         "packed_seq_params": PackedSeqParams(
             qkv_format="thd",
             cu_seqlens_q=cu_seqlens,

@@ -8,6 +8,8 @@ from __future__ import annotations
 CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
+    "{%- if loop.index0 > 0 and message['role'] == messages[loop.index0 - 1]['role'] == 'assistant' %}"
+    "{{- raise_exception('roles must alternate') }}{%- endif %}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
     "{%- if message['role'] == 'assistant' %}"
     "{% generation %}{{- message['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"

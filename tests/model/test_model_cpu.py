@@ -8,7 +8,7 @@ import torch
 
 from litespark.config import apply_overrides, resolve
 from litespark.config.presets import get_preset
-from litespark.convert.hf_llama import from_hf_state_dict, to_hf_config_kwargs, to_hf_state_dict
+from litespark.convert.hf_llama import from_hf_state_dict, to_hf_config_kwargs, to_hf_state_dict, to_llama_config_kwargs
 from litespark.model.build import build_model, padded_vocab_size, position_ids_for
 from litespark.runtime.distributed import init_distributed
 from litespark.training.metrics import count_parameters
@@ -103,7 +103,9 @@ def test_logits_equal_hf_llama(dist_world_1, shape):
             if "norm" in name:  # layer_norm_weight (fused slots) and final_layernorm
                 p.add_(0.1 * torch.randn_like(p))
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**to_hf_config_kwargs(cfg.model))).eval()
+    hf = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**to_llama_config_kwargs(to_hf_config_kwargs(cfg.model)))
+    ).eval()
     hf.load_state_dict(to_hf_state_dict(sd, cfg.model), strict=True)
     for _ in range(2):  # fresh random batches
         ids = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_length))

@@ -51,8 +51,16 @@ def _trl_tokens_and_masks(tokenizer, examples, tmp_path, **options) -> list[tupl
         (TEXT_PAIRS, {"completion_only_loss": True}),
         (CHAT_PAIRS, {"completion_only_loss": True}),
         (CHAT_PAIRS, {"completion_only_loss": False}),
+        (CHAT_PAIRS, {"completion_only_loss": True, "assistant_only_loss": True}),
     ],
-    ids=["chat-assistant-only", "chat-all-tokens", "text-completion", "chat-completion", "chat-pair-all-tokens"],
+    ids=[
+        "chat-assistant-only",
+        "chat-all-tokens",
+        "text-completion",
+        "chat-completion",
+        "chat-pair-all-tokens",
+        "chat-completion-assistant-only",
+    ],
 )
 def test_tokens_and_loss_masks_equal_trl_sft_trainer(tokenizer, tmp_path, examples, options):
     theirs = _trl_tokens_and_masks(tokenizer, examples, tmp_path, **options)
@@ -94,6 +102,12 @@ def test_assistant_tokens_are_the_replies_and_their_end_of_turn(tokenizer):
         ({"messages": [{"role": "user", "content": "x"}]}, "the conversation has no assistant turn"),
         ({"prompt": "a", "completion": ""}, "the completion is empty"),
         ({"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}, "must both be text or both be"),
+        ({**CONVERSATIONS[0], "tools": "{not json"}, "'tools' is text but not JSON"),
+        ({**CONVERSATIONS[0], "chat_template_kwargs": [1]}, "'chat_template_kwargs' must be an object"),
+        (
+            {"messages": [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]},
+            "the chat template refused the example: roles must alternate",
+        ),
     ],
 )
 def test_an_example_that_cannot_be_trained_is_one_line(tokenizer, example, message):

@@ -512,6 +512,9 @@ def test_llama3_rope_scaling_gives_hf_logits_and_round_trips(tmp_path, factor, w
         (_llama3_rope(8.0, high_freq_factor=2.0), "high_freq_factor=2.0 is not supported"),
         (_llama3_rope(8.0, original_max_position_embeddings=4096), "original_max_position_embeddings=4096"),
         (_llama3_rope(0.0), "llama3 RoPE scaling needs a positive 'factor', got 0.0"),
+        (_llama3_rope(8.0, high_freq_factor="x"), "high_freq_factor=x is not supported"),
+        # transformers takes a missing original_max_position_embeddings as max_position_embeddings (none here)
+        ({k: v for k, v in _llama3_rope(8.0).items() if k != "original_max_position_embeddings"}, "=None"),
     ],
 )
 def test_rope_scaling_that_megatron_cannot_represent_is_refused_in_one_line(tmp_path, rope, message):
@@ -534,3 +537,9 @@ def test_rope_scaling_that_megatron_cannot_represent_is_refused_in_one_line(tmp_
     config["rope_parameters"] = _llama3_rope(32.0)
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert model_config_from_hf(tmp_path, None).rope_scaling_factor == 32.0
+    # Given both keys, transformers 5 takes rope_scaling; a missing original context is max_position_embeddings.
+    legacy = {k: v for k, v in _llama3_rope(8.0).items() if k not in ("rope_theta", "original_max_position_embeddings")}
+    config.update(rope_scaling=legacy, rope_theta=5e5, max_position_embeddings=8192)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    m = model_config_from_hf(tmp_path, None)
+    assert (m.rope_scaling_factor, m.rotary_base) == (8.0, 5e5)

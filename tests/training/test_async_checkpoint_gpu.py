@@ -19,9 +19,11 @@ def test_the_copy_waits_for_the_work_that_produced_the_state():
     from litespark.training.host_copy import HostCopies
 
     source = torch.zeros(16 << 20, device="cuda")  # 64 MiB
+    copies = HostCopies(overlap=True)
+    copies.reserve("model.pt", copies.storage_sizes({"w": source}))  # page-locking now, not inside the race
+    torch.cuda.synchronize()
     torch.cuda._sleep(SPIN)
     source.fill_(7.0)  # still queued behind the sleep when the copy is issued
-    copies = HostCopies(overlap=True)
     copied = copies.copy("model.pt", {"w": source})
     done = copies.finish()
     assert done is not None
@@ -35,9 +37,11 @@ def test_a_temporary_of_the_state_dict_is_not_reused_before_it_is_copied():
     from litespark.training.host_copy import HostCopies
 
     n = 64 << 20  # 256 MiB: the copy takes milliseconds, the fill below microseconds
+    copies = HostCopies(overlap=True)
+    copies.reserve("model.pt", [(4 * n, torch.device("cuda", torch.cuda.current_device()))])
+    torch.cuda.synchronize()
     torch.cuda._sleep(SPIN)  # the copy cannot start before the sleep is over
     temporary = torch.full((n,), 3.0, device="cuda")
-    copies = HostCopies(overlap=True)
     copied = copies.copy("model.pt", {"t": temporary})
     del temporary
     reused = torch.empty(n, device="cuda")  # the allocator's first choice would be the freed block
@@ -65,7 +69,11 @@ def test_an_asynchronous_save_holds_the_step_it_was_taken_at(dist_world_1, tmp_p
     try:
         saver.prepare()
         at_step_2 = {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items() if torch.is_tensor(v)}
-        masters = [g.detach().cpu().clone() for g in engine.optimizer.single_partition_of_fp32_groups]
+        # ZeRO's optimizer keeps them as single_partition_of_fp32_groups; BF16_Optimizer (with fp32
+        # gradient accumulation, on here) as fp32_groups_flat_partition.  Both save the former name.
+        optimizer = engine.optimizer
+        groups = getattr(optimizer, "single_partition_of_fp32_groups", None) or optimizer.fp32_groups_flat_partition
+        masters = [g.detach().cpu().clone() for g in groups]
         pending = saver.start(2, {"step": 2})
         assert pending.copied is not None  # asynchronous: the copy is still on its way
         train_step(engine, batches, before_update=saver.wait_for_copy)
@@ -80,7 +88,7 @@ def test_an_asynchronous_save_holds_the_step_it_was_taken_at(dist_world_1, tmp_p
         changed += not torch.equal(engine.module.state_dict()[name].cpu(), value)
     assert changed, "step 3 changed no weight: the test would not see a copy that raced it"
     optim = torch.load(next(path.glob("*optim_states.pt")), weights_only=False)["optimizer_state_dict"]
-    saved_masters = optim["single_partition_of_fp32_groups"]  # without the alignment padding
+    saved_masters = optim["single_partition_of_fp32_groups"]  # ZeRO's without its alignment padding
     assert len(saved_masters) == len(masters)
     for ours, theirs in zip(masters, saved_masters):
         assert torch.equal(theirs.cpu(), ours[: theirs.numel()])

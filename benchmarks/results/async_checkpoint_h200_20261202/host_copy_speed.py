@@ -15,7 +15,7 @@ copies = HostCopies()
 for attempt in range(3):
     t = time.perf_counter()
     copied = copies.copy("state.pt", state)
-    copies.wait()
+    torch.cuda.synchronize()
     seconds = time.perf_counter() - t
     assert all(bool(c[0] == 1.0) for c in copied.values())
     print(f"copy {attempt + 1}: {gib} GiB in {seconds:.2f} s ({gib / seconds:.1f} GiB/s), pinned: {copied['t0'].is_pinned()}")
