@@ -150,7 +150,7 @@ def write_hf_dir(
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    from litespark.convert.hf_llama import to_llama_config_kwargs
+    from litespark.convert.hf_llama import to_llama_config_kwargs, to_transformers4_rope
 
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} exists and is not empty; choose a new directory")
@@ -195,7 +195,7 @@ def write_hf_dir(
         conf.architectures = ["LlamaForCausalLM"]
         setattr(conf, "dtype" if hasattr(conf, "dtype") else "torch_dtype", dtype)  # transformers 5 / 4
         conf.save_pretrained(tmp)
-        _add_legacy_rope_keys(tmp / "config.json", rope)
+        _add_legacy_rope_keys(tmp / "config.json", rope, to_transformers4_rope(rope))
         if tokenizer:
             export_tokenizer(Path(tokenizer), tmp, config_kwargs["vocab_size"])
         if out.exists():
@@ -244,15 +244,12 @@ def export_tokenizer(model_file: Path, out: Path, vocab_size: int) -> None:
     shutil.copy(model_file, out / "tokenizer.model")
 
 
-def _add_legacy_rope_keys(config_json: Path, rope_parameters: dict) -> None:
-    """Also write RoPE as transformers 4 reads it (``rope_theta``, ``rope_scaling``): transformers 5
+def _add_legacy_rope_keys(config_json: Path, rope_parameters: dict, legacy: dict) -> None:
+    """Also write RoPE as transformers 4 reads it (``legacy``: ``rope_theta``, ``rope_scaling``): transformers 5
     writes only ``rope_parameters``, which transformers 4 ignores, silently using theta 10000 and no
     scaling.  Under transformers 4, ``LlamaConfig`` wrote theta and scaling from its own arguments
     (:func:`~litespark.convert.hf_llama.to_hf_config_kwargs`); all three keys are rewritten here to
     say the same thing whichever version wrote the file."""
     config = json.loads(config_json.read_text())
-    legacy = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
-    config["rope_theta"] = rope_parameters["rope_theta"]
-    config["rope_scaling"] = None if legacy["rope_type"] == "default" else legacy
-    config["rope_parameters"] = rope_parameters
+    config.update(legacy, rope_parameters=rope_parameters)
     config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

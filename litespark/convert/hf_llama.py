@@ -140,6 +140,16 @@ def to_hf_rope_parameters(m: ModelConfig) -> dict:
     return {"rope_type": "llama3", "factor": m.rope_scaling_factor, **LLAMA3_ROPE_FIXED, "rope_theta": m.rotary_base}
 
 
+def to_transformers4_rope(rope_parameters: dict) -> dict:
+    """``rope_parameters`` as transformers 4 writes and reads RoPE: ``rope_theta`` and ``rope_scaling``
+    (None for plain RoPE)."""
+    scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+    return {
+        "rope_theta": rope_parameters["rope_theta"],
+        "rope_scaling": None if scaling["rope_type"] == "default" else scaling,
+    }
+
+
 def to_llama_config_kwargs(kwargs: dict) -> dict:
     """``kwargs`` (from :func:`to_hf_config_kwargs`) as this ``transformers``' ``LlamaConfig`` takes
     RoPE: ``rope_parameters`` (transformers 5), or ``rope_theta`` and ``rope_scaling`` (4, whose
@@ -151,13 +161,7 @@ def to_llama_config_kwargs(kwargs: dict) -> dict:
     if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
         return kwargs
     out = dict(kwargs)
-    rope = out.pop("rope_parameters")
-    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
-    return {
-        **out,
-        "rope_theta": rope["rope_theta"],
-        "rope_scaling": None if scaling["rope_type"] == "default" else scaling,
-    }
+    return {**out, **to_transformers4_rope(out.pop("rope_parameters"))}
 
 
 def to_hf_config_kwargs(m: ModelConfig) -> dict:

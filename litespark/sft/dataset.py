@@ -94,6 +94,11 @@ class _Collector:
         self.tokens: list[list[int]] = []
         self.masks: list[list[int]] = []
 
+    def unreadable(self, where: str, reason: str) -> None:
+        """A line that is not an example at all (invalid JSON, a damaged stream): counted bad."""
+        self.counts.lines += 1
+        self.bad(where, reason)
+
     def bad(self, where: str, reason: str) -> None:
         self.counts.bad[reason] += 1
         if len(self.counts.first_bad) < self.options.keep_bad_examples:
@@ -155,13 +160,11 @@ def read_sft_file(path: str | Path, tokenizer, options: SFTOptions) -> SFTExampl
             try:
                 example = json.loads(raw)
             except (ValueError, RecursionError):
-                collector.counts.lines += 1
-                collector.bad(f"line {line_no}", "invalid JSON")
+                collector.unreadable(f"line {line_no}", "invalid JSON")
                 continue
             collector.add(f"line {line_no}", example)
     if stream.error is not None:
-        collector.counts.lines += 1
-        collector.bad(f"line {line_no + 1}", f"unreadable stream after line {line_no} ({stream.error})")
+        collector.unreadable(f"line {line_no + 1}", f"unreadable stream after line {line_no} ({stream.error})")
     return collector.finish(str(path))
 
 

@@ -5,14 +5,14 @@ A save writes into ``.incomplete-step_N`` on every rank, each file hashed as it 
 files through the hashing checkpoint engine, the RNG states beside them).  With
 ``checkpoint.async_save`` training blocks only while the state is copied to host memory (with
 ``checkpoint.overlap_copy``, only while the copy is issued: it runs during the next step, whose
-optimizer update waits for it), and a background thread writes the files (:class:`CheckpointSaver`).  A write that fails (a full disk, a
-quota) is recorded instead of raised, so that every rank reaches the same point; then all ranks agree,
-and on failure the unfinished directory is removed and :class:`CheckpointWriteError` names the
-filesystem, what is free and what the checkpoint needs.  On success rank 0 writes the manifest,
+optimizer update waits for it), and a background thread writes the files (:class:`CheckpointSaver`).
+A write that fails (a full disk, a quota) is recorded instead of raised, so that every rank reaches
+the same point; then all ranks agree, and on failure the unfinished directory is removed and
+:class:`CheckpointWriteError` names the filesystem, what is free and what the checkpoint needs.  On success rank 0 writes the manifest,
 renames the directory to ``step_N``, rewrites ``latest`` and prunes: a checkpoint is retired (renamed
 at once, deleted in the background) only when ``checkpoint.keep_last`` newer ones are complete.
-Nothing existing is touched before the new checkpoint is complete.  Which checkpoint to load, and whether it fits this run, is
-:mod:`litespark.training.resume`.
+Nothing existing is touched before the new checkpoint is complete.  Which checkpoint to load, and
+whether it fits this run, is :mod:`litespark.training.resume`.
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ MODEL_FIELDS = (
     "tie_embeddings",
 )
 """The model fields that change the function a checkpoint's weights compute (shape, RoPE base and
-scaling, norm epsilon, tied embeddings, vocabulary and its padding).  ``seq_length`` and ``init_method_std`` do not."""
+scaling, norm epsilon, tied embeddings, vocabulary and its padding).  ``seq_length`` and
+``init_method_std`` do not."""
 
 UNIVERSAL = ".universal-"
 """Prefix of the directory a resharded checkpoint is converted into (removed once it is loaded)."""
