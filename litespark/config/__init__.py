@@ -20,6 +20,7 @@ from litespark.config.schema import (
     ParallelConfig,
     PrecisionConfig,
     RunConfig,
+    SFTConfig,
 )
 from litespark.config.validate import validate
 
@@ -35,6 +36,7 @@ __all__ = [
     "PrecisionConfig",
     "RunConfig",
     "RunPlan",
+    "SFTConfig",
     "apply_overrides",
     "from_dict",
     "load_yaml",

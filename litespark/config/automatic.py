@@ -60,6 +60,10 @@ def cuda_graphs_refusal(cfg: LitesparkConfig, backend: str) -> str | None:
         )
     if cfg.precision.fp32_grad_accumulation:
         return "kernels.cuda_graphs=true cannot be combined with precision.fp32_grad_accumulation=true (not supported together)"
+    if cfg.data.source == "sft":
+        return (
+            "kernels.cuda_graphs=true cannot run packed SFT rows (their document boundaries change every micro-batch)"
+        )
     return None
 
 
@@ -128,6 +132,15 @@ def zero_sub_group_size(cfg: LitesparkConfig, fp32_grads: bool) -> int | None:
     if cfg.parallel.zero_stage != 3 and fp32_grads:
         return None
     return ZERO_SUB_GROUP_SIZE
+
+
+def fused_qkv_rope(cfg: LitesparkConfig, backend: str) -> bool:
+    """Whether the model rotates the unsplit QKV output in one kernel (Megatron's
+    ``fused_single_qkv_rope``): ``kernels.fused_qkv_rope`` with the te backend and ``rope_fusion``,
+    except on packed SFT rows, whose rotary positions restart at each document (``cu_seqlens``), which
+    only Megatron's split path passes to the rotation."""
+    k = cfg.kernels
+    return backend == "te" and k.rope_fusion and k.fused_qkv_rope and cfg.data.source != "sft"
 
 
 def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> str | None:

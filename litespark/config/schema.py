@@ -126,7 +126,8 @@ class KernelConfig:
     """TE backend with rope_fusion: rotate the unsplit QKV projection output in one TE kernel that also
     writes q, k and v apart (Megatron's ``fused_single_qkv_rope``), instead of splitting it into
     views, copying them contiguous, rotating q and k separately and concatenating the three gradients
-    in backward.  Same function.  Ignored without rope_fusion and by the torch backend."""
+    in backward.  Same function.  Ignored without rope_fusion, by the torch backend and with
+    ``data.source=sft`` (packed rows restart positions per document, which only the split path takes)."""
     norm_kernel: Literal["te", "cudnn"] = "cudnn"
     """TE backend: which kernels Transformer Engine runs for RMSNorm (forward, with its FP8 output, and
     backward).  'te': TE's own, which have tuned variants only for some hidden sizes (512, 768, 1024,
@@ -199,8 +200,9 @@ class DataConfig:
     """Megatron indexed dataset prefixes (PATH without .bin/.idx); empty with source='mock'."""
     weights: list[float] = field(default_factory=list)
     """Blend weights, one per prefix; empty means proportional to size."""
-    source: Literal["indexed", "mock"] = "mock"
-    """'indexed' reads the prefixes; 'mock' generates random tokens (benchmarks, tests)."""
+    source: Literal["indexed", "mock", "sft"] = "mock"
+    """'indexed' reads the prefixes; 'mock' generates random tokens (benchmarks, tests); 'sft' reads the
+    examples of ``sft.data`` and packs them into rows with document masks (``python -m litespark.sft``)."""
     split: str = "98,2,0"
     """Train/valid/test split of each prefix, as Megatron's comma-separated weights."""
     micro_batch_size: int | None = 2
@@ -220,6 +222,32 @@ class DataConfig:
     ``model.vocab_size``; off: trust the tokenizer's manifest (its vocabulary size is still checked)."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning (``data.source=sft``; ``python -m litespark.sft`` sets these)."""
+
+    data: str | None = None
+    """A JSONL file (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``) of examples in TRL's formats, or a
+    Hugging Face dataset (a hub name or a local directory ``datasets.load_dataset`` reads)."""
+    split: str = "train"
+    """The split of a Hugging Face dataset (ignored for a JSONL file)."""
+    tokenizer: str | None = None
+    """A Hugging Face tokenizer directory (``transformers.AutoTokenizer``) with a chat template; None:
+    the examples must be tokenised already (``input_ids``)."""
+    hf_model: str | None = None
+    """A Hugging Face Llama directory whose weights initialise the run (converted once into
+    ``RUN_DIR/hf_init``) when ``checkpoint.load`` is not set; None: ``checkpoint.load``'s or random."""
+    assistant_only_loss: bool = True
+    """Conversations: train on the assistant turns only (the tokens the chat template marks with
+    ``{% generation %}``); false: on every token."""
+    completion_only_loss: bool = True
+    """Prompt-completion examples: train on the completion only; false: on the prompt too."""
+    too_long: Literal["truncate", "drop"] = "truncate"
+    """An example longer than ``model.seq_length``: keep its start, or drop it (counted either way)."""
+    valid_fraction: float = 0.0
+    """Share of the examples held out for validation (``run.eval_interval``), chosen with ``run.seed``."""
 
 
 @dataclass
@@ -275,6 +303,7 @@ class LitesparkConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     run: RunConfig = field(default_factory=RunConfig)
     preset: str = "custom"
     """Name of the preset this config started from (informational)."""

@@ -24,6 +24,7 @@ def validate(cfg: LitesparkConfig) -> LitesparkConfig:
     _check_kernels(cfg)
     _check_optim(cfg)
     _check_data(cfg)
+    _check_sft(cfg)
     _check_checkpoint(cfg)
     return cfg
 
@@ -178,6 +179,24 @@ def _check_data(cfg: LitesparkConfig) -> None:
         raise ConfigError(f"data.split {d.split!r} must be comma-separated numbers such as 98,2,0") from None
     if len(split) != 3 or any(s < 0 for s in split) or sum(split) <= 0:
         raise ConfigError(f"data.split {d.split!r} must be three non-negative numbers such as 98,2,0")
+
+
+def _check_sft(cfg: LitesparkConfig) -> None:
+    """SFT data names its examples and a tokenizer; packed rows cannot be replayed as CUDA graphs."""
+    d, s = cfg.data, cfg.sft
+    if d.source != "sft":
+        return
+    if not s.data:
+        raise ConfigError("data.source=sft needs sft.data (a JSONL file or a Hugging Face dataset)")
+    if not 0 <= s.valid_fraction < 1:
+        raise ConfigError(f"sft.valid_fraction must lie in [0, 1), got {s.valid_fraction}")
+    if cfg.run.eval_interval and not s.valid_fraction:
+        raise ConfigError("run.eval_interval with data.source=sft needs sft.valid_fraction > 0 (the held-out examples)")
+    if cfg.kernels.cuda_graphs:
+        raise ConfigError(
+            "kernels.cuda_graphs=true cannot run data.source=sft: packed rows change their document "
+            "boundaries every micro-batch, which a captured graph cannot"
+        )
 
 
 def _check_checkpoint(cfg: LitesparkConfig) -> None:

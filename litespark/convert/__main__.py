@@ -1,6 +1,6 @@
 """``python -m litespark.convert``: Litespark checkpoints to Hugging Face Llama and back.
 
-    python -m litespark.convert to-hf --checkpoint RUN_DIR --out HF_DIR [--tokenizer tok.model] [--dtype bf16|fp32]
+    python -m litespark.convert to-hf --checkpoint RUN_DIR --out HF_DIR [--tokenizer tok.model|TOK_DIR] [--dtype bf16|fp32]
     python -m litespark.convert from-hf --hf HF_DIR --out CKPT_DIR --tp N
 
 ``to-hf`` consolidates the TP shards (and, for ZeRO-3 or ``--dtype fp32`` of a BF16 run, DeepSpeed's
@@ -69,6 +69,9 @@ def to_hf(args: argparse.Namespace) -> int:
     tokenizer = args.tokenizer
     if tokenizer is None and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
         tokenizer = cfg.data.tokenizer
+        log.info("tokenizer from the run's config: %s", tokenizer)
+    elif tokenizer is None and cfg.sft.tokenizer and Path(cfg.sft.tokenizer).is_dir():
+        tokenizer = cfg.sft.tokenizer
         log.info("tokenizer from the run's config: %s", tokenizer)
     elif tokenizer is None:
         log.warning("no tokenizer given and none recorded in the run's config: writing weights and config only")
@@ -182,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", required=True, help="run directory, its checkpoints/ directory, or one step_N directory"
     )
     a.add_argument("--out", required=True, help="new directory for the HF checkpoint")
-    a.add_argument("--tokenizer", help="SentencePiece model (default: the run's data.tokenizer, if it exists)")
+    a.add_argument(
+        "--tokenizer",
+        help="SentencePiece model or Hugging Face tokenizer directory (default: the run's data.tokenizer "
+        "or sft.tokenizer, if it exists)",
+    )
     a.add_argument(
         "--dtype", choices=sorted(DTYPES), help="default: the dtype the weights are stored in (bf16 for BF16/FP8 runs)"
     )

@@ -196,7 +196,9 @@ def write_hf_dir(
         setattr(conf, "dtype" if hasattr(conf, "dtype") else "torch_dtype", dtype)  # transformers 5 / 4
         conf.save_pretrained(tmp)
         _add_legacy_rope_keys(tmp / "config.json", rope, to_transformers4_rope(rope))
-        if tokenizer:
+        if tokenizer and Path(tokenizer).is_dir():
+            export_hf_tokenizer(Path(tokenizer), tmp, config_kwargs["vocab_size"])
+        elif tokenizer:
             export_tokenizer(Path(tokenizer), tmp, config_kwargs["vocab_size"])
         if out.exists():
             out.rmdir()
@@ -205,6 +207,25 @@ def write_hf_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted(out.iterdir())
+
+
+def export_hf_tokenizer(directory: Path, out: Path, vocab_size: int) -> None:
+    """A Hugging Face tokenizer directory's tokenizer (chat template included) saved into ``out``,
+    with the directory's ``generation_config.json`` (the end-of-turn ids ``generate`` stops at) when
+    it has one; the tokenizer must fit the model's embedding."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as exc:
+        raise ConfigError(f"--tokenizer {directory}: cannot be loaded ({type(exc).__name__})") from None
+    if len(tok) > vocab_size:
+        raise ConfigError(
+            f"--tokenizer {directory}: {len(tok)} tokens do not fit the model's embedding ({vocab_size} rows)"
+        )
+    tok.save_pretrained(str(out))
+    if (directory / "generation_config.json").is_file():
+        shutil.copy(directory / "generation_config.json", out / "generation_config.json")
 
 
 def export_tokenizer(model_file: Path, out: Path, vocab_size: int) -> None:

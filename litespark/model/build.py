@@ -112,8 +112,10 @@ def _select_qkv_rope_kernel(cfg: LitesparkConfig, backend: str) -> None:
     the other kernel switches the first one too, so that is logged.
     """
     global _qkv_rope_choice
+    from litespark.config.automatic import fused_qkv_rope
+
     k = cfg.kernels
-    if not (backend == "te" and k.rope_fusion and k.fused_qkv_rope):
+    if not fused_qkv_rope(cfg, backend):
         return
     if _qkv_rope_choice not in (None, k.qkv_rope_kernel):
         get_logger(__name__).warning(

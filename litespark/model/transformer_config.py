@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from litespark.config import RunPlan
+from litespark.config.automatic import fused_qkv_rope
 
 
 def to_transformer_config(plan: RunPlan) -> TransformerConfig:
@@ -62,7 +63,7 @@ def to_transformer_config(plan: RunPlan) -> TransformerConfig:
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=te and k.rope_fusion,
-        fused_single_qkv_rope=te and k.rope_fusion and k.fused_qkv_rope,
+        fused_single_qkv_rope=fused_qkv_rope(cfg, plan.backend),
         cross_entropy_loss_fusion=te,
         cross_entropy_fusion_impl="te" if te and k.te_cross_entropy else "native",
         use_te_activation_func=te_activation,

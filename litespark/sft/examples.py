@@ -4,6 +4,8 @@ The formats are the ones TRL's ``SFTTrainer`` accepts, and the tokens and masks 
 computes (``tests/sft/test_examples.py`` compares them token for token), so a dataset and a chat
 template that work there work here:
 
+- tokenised, ``{"input_ids": [...]}`` with optional ``completion_mask`` / ``assistant_masks`` (0/1
+  per token), as TRL's own tokenisation writes them: no tokenizer needed;
 - conversational, ``{"messages": [{"role", "content"}, ...]}``: rendered by the tokenizer's chat
   template; with ``assistant_only_loss`` the loss covers the tokens the template marks as generated
   (``{% generation %}`` ... ``{% endgeneration %}``), i.e. the assistant turns;
@@ -37,6 +39,10 @@ def to_tokens_and_mask(
     ``mask[j]`` is 1 when token ``j`` is a target of the loss."""
     if not isinstance(example, dict):
         raise SFTExampleError(f"an example must be a JSON object, got {type(example).__name__}")
+    if "input_ids" in example:  # already tokenised, as TRL takes it
+        return _pretokenized(example, assistant_only_loss, completion_only_loss)
+    if tokenizer is None:
+        raise SFTExampleError("text and messages need a tokenizer (sft.tokenizer); only 'input_ids' examples do not")
     if "prompt" in example and "completion" in example:  # TRL looks for a prompt first
         template = _template_kwargs(example)
         return _prompt_completion(
@@ -47,6 +53,24 @@ def to_tokens_and_mask(
     raise SFTExampleError(
         f"an example needs 'messages' or 'prompt' and 'completion'; it has {sorted(example) or 'no fields'}"
     )
+
+
+def _pretokenized(example: dict, assistant_only_loss: bool, completion_only_loss: bool) -> tuple[list[int], list[int]]:
+    """An example given as token ids: trained on every token, except where its ``completion_mask``
+    (with ``completion_only_loss``) or ``assistant_masks`` (with ``assistant_only_loss``) says 0, the
+    columns TRL's tokenisation writes and its collator reads."""
+    ids = example["input_ids"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and t >= 0 for t in ids):
+        raise SFTExampleError("'input_ids' must be a non-empty list of non-negative integers")
+    mask = [1] * len(ids)
+    for name, used in (("completion_mask", completion_only_loss), ("assistant_masks", assistant_only_loss)):
+        given = example.get(name)
+        if given is None or not used:
+            continue
+        if not isinstance(given, list) or len(given) != len(ids) or not all(m in (0, 1) for m in given):
+            raise SFTExampleError(f"'{name}' must be a list of 0 and 1 as long as 'input_ids' ({len(ids)})")
+        mask = [a & b for a, b in zip(mask, given)]
+    return ids, mask
 
 
 def _template_kwargs(example: dict) -> dict:

@@ -40,6 +40,43 @@ class Datasets:
     valid: torch.utils.data.Dataset | None
 
 
+@dataclass(frozen=True)
+class StepTokens:
+    """What one optimizer step computes, over all data-parallel ranks: the metrics' token counts."""
+
+    real: int
+    """Tokens of data (tokens/s counts these)."""
+    padding: int
+    """Tokens computed only to round a micro-batch's length (FP8 GEMMs want multiples of 16)."""
+    trained: int
+    """Targets of the loss."""
+    attention_pairs: int
+    """Sum over documents of their length squared: the attention term of the step's FLOPs."""
+
+
+class PretrainData:
+    """Pretraining batches (indexed or mock data): every micro-batch is ``micro x seq_length`` tokens."""
+
+    def __init__(self, datasets: Datasets, plan: RunPlan):
+        self.datasets, self.plan = datasets, plan
+        cfg = plan.config
+        tokens = cfg.data.global_batch_size * cfg.model.seq_length
+        self._tokens = StepTokens(tokens, 0, tokens, tokens * cfg.model.seq_length)
+
+    @property
+    def has_valid(self) -> bool:
+        return self.datasets.valid is not None
+
+    def train_batches(self, start_step: int, dp_size: int, dp_rank: int, device: torch.device):
+        return iterate_micro_batches(self.datasets.train, self.plan, dp_size, dp_rank, start_step, device)
+
+    def eval_batches(self, dp_size: int, dp_rank: int, device: torch.device):
+        return eval_batches(self.datasets.valid, self.plan, dp_size, dp_rank, device)
+
+    def step_tokens(self, step: int) -> StepTokens:
+        return self._tokens
+
+
 @dataclass
 class IndexFacts:
     """What a Megatron ``.idx`` says of its ``.bin``, read without building an ``IndexedDataset``."""

@@ -32,6 +32,10 @@ from litespark.log import get_logger
 
 log = get_logger(__name__)
 
+PIN_MIN_BYTES = 1 << 20
+"""Smaller buffers stay pageable: they come from the heap and can share a page with another pinned
+buffer, which ``cudaHostRegister`` refuses (page granularity), and copying them costs little anyway."""
+
 
 class HostCopies:
     """Reusable host buffers that :meth:`copy` fills with a state dict's tensors.
@@ -137,7 +141,7 @@ class HostCopies:
         self._unpin(key)  # a storage that changed size: its old buffer goes
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         self.bytes_allocated += nbytes
-        if device.type == "cuda" and nbytes:
+        if device.type == "cuda" and nbytes >= PIN_MIN_BYTES:
             # Fault the pages in with torch's CPU threads first: cudaHostRegister would fault them one
             # by one, inside the driver call.
             buffer.zero_()
@@ -156,8 +160,10 @@ class HostCopies:
         if self._pin_failed:
             return
         ptr, nbytes = buffer.data_ptr(), buffer.numel()
-        status = torch.cuda.cudart().cudaHostRegister(ptr, nbytes, 1)  # cudaHostRegisterPortable
+        cudart = torch.cuda.cudart()
+        status = cudart.cudaHostRegister(ptr, nbytes, 1)  # cudaHostRegisterPortable
         if int(status) != 0:
+            cudart.cudaGetLastError()  # else the next CUDA call in the process raises this error
             self._pin_failed = True
             log.warning(
                 "checkpoint: could not page-lock %.1f GB of host memory for the asynchronous copy (CUDA error %s); "

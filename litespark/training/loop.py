@@ -36,7 +36,13 @@ from litespark.files import FileLock, LockHeld, atomic_write_text, hold_lock
 from litespark.log import get_logger, setup_logging
 from litespark.training.checkpoint import CheckpointSaver, CheckpointWriteError, remove_unfinished_saves
 from litespark.training.energy import EnergyMeter, PhaseMeter
-from litespark.training.metrics import count_parameters, flops_per_token, interval_metrics, peak_bf16_tflops
+from litespark.training.metrics import (
+    count_parameters,
+    flops_of_documents,
+    flops_per_token,
+    interval_metrics,
+    peak_bf16_tflops,
+)
 from litespark.training.metrics_log import MetricsLog
 from litespark.training.resume import ResumePlan, check_weights_source, load_planned, load_weights, plan_resume
 from litespark.training.step import dp_mean, evaluate, train_step
@@ -69,17 +75,21 @@ def train(plan: RunPlan) -> int:
         run_dir = Path(cfg.run.run_dir)
         # Read-only until the checkpoint to start from is known to fit: a refused run touches nothing.
         resume = plan_resume(cfg, run_dir, world) if cfg.checkpoint.resume else ResumePlan()
-        weights = (
-            check_weights_source(cfg, cfg.checkpoint.load) if resume.path is None and cfg.checkpoint.load else None
-        )
+        weights = None
+        if resume.path is None and cfg.checkpoint.load:
+            weights = check_weights_source(cfg, cfg.checkpoint.load)
+        elif resume.path is None and cfg.sft.hf_model:
+            from litespark.sft.hf_init import hf_init_run_dir
+
+            weights = check_weights_source(cfg, hf_init_run_dir(cfg))
         _prepare_run_dir(plan)
         _log_summary(plan)
-        engine, scheduler, datasets = _build(plan, load_universal=resume.saved_data_parallel is not None)
+        engine, scheduler, data = _build(plan, load_universal=resume.saved_data_parallel is not None)
         start_step = _restore(cfg, engine, resume, weights)
         if start_step >= cfg.run.train_iters:
             log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
             return 0
-        training = TrainingRun(plan, engine, scheduler, datasets, run_dir, energy, start_step, t_setup)
+        training = TrainingRun(plan, engine, scheduler, data, run_dir, energy, start_step, t_setup)
         return training.run()
     finally:
         if lock is not None:
@@ -203,18 +213,23 @@ def _log_summary(plan: RunPlan) -> None:
 
 
 def _build(plan: RunPlan, load_universal: bool = False):
-    """The model inside its DeepSpeed engine, the LR scheduler, and the datasets of this run's sizes."""
+    """The model inside its DeepSpeed engine, the LR scheduler, and the training data: pretraining
+    datasets of this run's sizes, or packed SFT examples."""
 
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
-    from litespark.training.data import build_datasets, check_token_ids
+    from litespark.training.data import PretrainData, build_datasets, check_token_ids
 
     cfg = plan.config
     engine, _, scheduler = build_engine(plan, build_model(plan), load_universal=load_universal)
+    if cfg.data.source == "sft":
+        from litespark.sft.batches import build_sft_data
+
+        return engine, scheduler, build_sft_data(plan)
     eval_samples = cfg.run.eval_iters * cfg.data.global_batch_size if cfg.run.eval_interval else 0
     datasets = build_datasets(cfg, eval_samples=eval_samples)
     check_token_ids(cfg)
-    return engine, scheduler, datasets
+    return engine, scheduler, PretrainData(datasets, plan)
 
 
 def _restore(cfg: LitesparkConfig, engine, plan: ResumePlan, weights: Path | None) -> int:
@@ -301,7 +316,7 @@ class TrainingRun:
         plan: RunPlan,
         engine,
         scheduler,
-        datasets,
+        data,
         run_dir: Path,
         energy: EnergyMeter,
         start_step: int,
@@ -312,7 +327,7 @@ class TrainingRun:
 
         cfg = plan.config
         self.plan, self.cfg, self.engine, self.scheduler = plan, cfg, engine, scheduler
-        self.datasets, self.run_dir = datasets, run_dir
+        self.data, self.run_dir = data, run_dir
         self.device = engine.device if isinstance(engine.device, torch.device) else torch.device(engine.device)
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.dp_size, self.dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -324,7 +339,6 @@ class TrainingRun:
         self.flags = StepFlags()
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
-        self.tokens_per_step = cfg.data.global_batch_size * cfg.model.seq_length
         # A live bar on a terminal; in logs (batch jobs, CI) the interval lines already say where we are.
         self.progress = tqdm(
             total=cfg.run.train_iters,
@@ -354,15 +368,11 @@ class TrainingRun:
     def _steps(self) -> int:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        from litespark.training.data import iterate_micro_batches
-
         cfg, device = self.cfg, self.device
         interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
         with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
             fetch_start = time.perf_counter()
-            for step, micro_batches in iterate_micro_batches(
-                self.datasets.train, self.plan, self.dp_size, self.dp_rank, self.start_step, device
-            ):
+            for step, micro_batches in self.data.train_batches(self.start_step, self.dp_size, self.dp_rank, device):
                 data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
                 loss_sum += train_step(self.engine, micro_batches, before_update=self.saver.wait_for_copy)
                 self.step_done, interval_steps = step + 1, interval_steps + 1
@@ -381,11 +391,7 @@ class TrainingRun:
                             self._commit()  # a save started earlier is finished, as a synchronous one would be
                         return EXIT_NONFINITE_LOSS
                     interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
-                if (
-                    cfg.run.eval_interval
-                    and self.step_done % cfg.run.eval_interval == 0
-                    and self.datasets.valid is not None
-                ):
+                if cfg.run.eval_interval and self.step_done % cfg.run.eval_interval == 0 and self.data.has_valid:
                     self._evaluate()
                 if cfg.checkpoint.save_interval and self.step_done % cfg.checkpoint.save_interval == 0:
                     self._save("interval")
@@ -418,7 +424,8 @@ class TrainingRun:
         seconds, joules = self.phases.close_interval()
         interval_j, reporting = self._all_gpus_joules(joules)
         grad_norm = self.engine.get_global_grad_norm()
-        tokens = interval_steps * self.tokens_per_step
+        counts = [self.data.step_tokens(s) for s in range(self.step_done - interval_steps, self.step_done)]
+        tokens = sum(c.real for c in counts)
         record = {
             "step": self.step_done,
             "split": "train",
@@ -429,6 +436,14 @@ class TrainingRun:
             "data_wait_s": data_wait,
             "tokens": tokens,
             "consumed_samples": self.step_done * cfg.data.global_batch_size,
+            **(
+                {
+                    "padding_tokens": sum(c.padding for c in counts),
+                    "trained_tokens": sum(c.trained for c in counts),
+                }
+                if cfg.data.source == "sft"
+                else {}
+            ),
             **interval_metrics(
                 tokens=tokens,
                 seconds=seconds,
@@ -437,6 +452,7 @@ class TrainingRun:
                 peak_tflops=self.peak,
                 energy_joules_all_gpus=interval_j,
                 gpus_reporting=reporting,
+                flops=flops_of_documents(cfg.model, tokens, sum(c.attention_pairs for c in counts)),
             ),
             **_peak_memory_gib(),
         }
@@ -464,7 +480,8 @@ class TrainingRun:
 
     def _evaluate(self) -> None:
         valid_loss = self._side_phase(
-            "eval", lambda: evaluate(self.engine, self.datasets.valid, self.plan, self.device)
+            "eval",
+            lambda: evaluate(self.engine, self.data.eval_batches(self.dp_size, self.dp_rank, self.device), self.device),
         )
         self.metrics.write({"step": self.step_done, "split": "valid", "loss": valid_loss})
         log.info("step %d validation loss %.4f", self.step_done, valid_loss)

@@ -83,6 +83,15 @@ def flops_per_token(m: ModelConfig) -> float:
     return 6.0 * n + 12.0 * m.num_layers * m.hidden_size * m.seq_length
 
 
+def flops_of_documents(m: ModelConfig, tokens: int, attention_pairs: int) -> float:
+    """Training FLOPs of ``tokens`` tokens in documents whose squared lengths sum to
+    ``attention_pairs``: 6 N per token plus the attention term 12 L h per pair of tokens that
+    attend (a token of a document of length n attends over n; with one document of ``seq_length``
+    per row this is :func:`flops_per_token` x ``tokens``)."""
+    n = count_parameters(m).matmul
+    return 6.0 * n * tokens + 12.0 * m.num_layers * m.hidden_size * attention_pairs
+
+
 def peak_bf16_tflops(device_name: str) -> float | None:
     """Dense BF16 peak of a device by name, or None when it is not in the table."""
     for key, peak in PEAK_BF16_TFLOPS:
@@ -105,12 +114,17 @@ def interval_metrics(
     peak_tflops: float | None,
     energy_joules_all_gpus: float | None,
     gpus_reporting: int,
+    flops: float | None = None,
 ) -> dict:
-    """Throughput and energy of one logging interval, per device and in all (see module docstring)."""
+    """Throughput and energy of one logging interval, per device and in all (see module docstring).
+    ``flops``: the interval's training FLOPs when its documents are not ``seq_length`` rows (packed
+    SFT: :func:`flops_of_documents`); default ``tokens`` x :func:`flops_per_token`."""
     per_device = tokens / seconds / world_size
-    out = {"tokens_per_s_per_gpu": per_device, "tflops_per_gpu": per_device * flops_per_token(m) / 1e12}
+    flops = tokens * flops_per_token(m) if flops is None else flops
+    tflops = flops / seconds / world_size / 1e12
+    out = {"tokens_per_s_per_gpu": per_device, "tflops_per_gpu": tflops}
     if peak_tflops:
-        out["mfu"] = mfu(per_device, m, peak_tflops)
+        out["mfu"] = tflops / peak_tflops
     if energy_joules_all_gpus is not None and gpus_reporting == world_size:
         out["energy_j"] = energy_joules_all_gpus
         out["joules_per_token"] = energy_joules_all_gpus / tokens

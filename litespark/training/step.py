@@ -8,16 +8,16 @@ Litespark stack calls :func:`train_step` too, so what is measured is what trains
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
 
-from litespark.config import RunPlan
-
 
 def forward_loss(engine, batch: dict) -> torch.Tensor:
-    """Mean loss of one micro-batch over the positions its ``loss_mask`` counts; a packed row
+    """Loss of one micro-batch: summed over the positions its ``loss_mask`` counts, divided by their
+    number, or by the batch's ``loss_normalizer`` when it has one (SFT: the global batch's trained
+    tokens per micro-batch, so that the step's loss is the mean over all of them).  A packed row
     (:func:`litespark.training.packing.to_packed_batch`) runs with its document masks."""
     from litespark.model.build import position_ids_for
 
@@ -30,7 +30,8 @@ def forward_loss(engine, batch: dict) -> torch.Tensor:
         **({"packed_seq_params": packed} if packed is not None else {}),
     )
     mask = batch["loss_mask"].float()
-    return (losses.float() * mask).sum() / mask.sum().clamp(min=1.0)
+    normalizer = batch.get("loss_normalizer")
+    return (losses.float() * mask).sum() / (mask.sum().clamp(min=1.0) if normalizer is None else normalizer)
 
 
 def refresh_fp8_weight_cache(engine) -> None:
@@ -78,20 +79,14 @@ def dp_mean(value: torch.Tensor) -> float:
     return float(value) / ps.get_data_parallel_world_size()
 
 
-def evaluate(engine, dataset, plan: RunPlan, device: torch.device) -> float:
-    """Mean validation loss over ``run.eval_iters`` fixed global batches (averaged over this rank's
-    micro-batches, then over DP ranks)."""
-    from megatron.core import parallel_state as ps
-
-    from litespark.training.data import eval_batches
-
+def evaluate(engine, batches: Iterable[dict], device: torch.device) -> float:
+    """Mean validation loss over ``batches``, this rank's micro-batches of one pass (averaged over
+    them, then over DP ranks)."""
     engine.eval()
     refresh_fp8_weight_cache(engine)
     total, count = torch.zeros((), device=device), 0
     with torch.no_grad():
-        for batch in eval_batches(
-            dataset, plan, ps.get_data_parallel_world_size(), ps.get_data_parallel_rank(), device
-        ):
+        for batch in batches:
             total += forward_loss(engine, batch)
             count += 1
     engine.train()

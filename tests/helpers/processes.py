@@ -82,3 +82,20 @@ def read_metrics(run_dir, split: str = "train") -> list[dict]:
     """The records of one split in ``run_dir``/metrics.jsonl."""
     path = Path(run_dir) / "metrics.jsonl"
     return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == split]
+
+
+def run_module(module: str, *args: str, expect: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m module args`` in one process, as a user runs it; asserts the exit code."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != expect:
+        raise AssertionError(
+            f"{module} exited {proc.returncode}, expected {expect}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc

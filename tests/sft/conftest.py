@@ -25,3 +25,31 @@ def tokenizer(tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(out)
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+@pytest.fixture(scope="session")
+def hf_llama_dir(tokenizer, tmp_path_factory):
+    """A tiny random Hugging Face Llama (2 x 64, untied head, 128 positions) saved with
+    :func:`tokenizer` and its chat template: what ``python -m litespark.sft --hf`` starts from.
+    ``generate`` stops at ``<|eot_id|>``, the end of an assistant turn."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("sft-hf") / "llama"
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=176,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|eot_id|>"),
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out

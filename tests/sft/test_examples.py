@@ -131,3 +131,19 @@ def test_a_tokenizer_without_chat_template_or_generation_markers_is_one_line(tok
     ids, mask = to_tokens_and_mask(CONVERSATIONS[0], unmarked, assistant_only_loss=False)
     assert mask == [1] * len(ids)
     json.dumps(ids)  # plain ints
+
+
+def test_tokenised_examples_train_where_their_masks_say_without_a_tokenizer():
+    example = {"input_ids": [5, 6, 7, 8], "completion_mask": [0, 0, 1, 1], "assistant_masks": [0, 1, 1, 0]}
+    assert to_tokens_and_mask(example, None) == ([5, 6, 7, 8], [0, 0, 1, 0])
+    assert to_tokens_and_mask(example, None, assistant_only_loss=False) == ([5, 6, 7, 8], [0, 0, 1, 1])
+    assert to_tokens_and_mask(example, None, assistant_only_loss=False, completion_only_loss=False)[1] == [1] * 4
+    assert to_tokens_and_mask({"input_ids": [1, 2]}, None) == ([1, 2], [1, 1])
+    for bad, message in [
+        ({"input_ids": []}, "non-empty list of non-negative integers"),
+        ({"input_ids": [1, -2]}, "non-empty list of non-negative integers"),
+        ({"input_ids": [1, 2], "completion_mask": [1]}, "'completion_mask' must be a list of 0 and 1 as long"),
+        ({"messages": CONVERSATIONS[0]["messages"]}, "need a tokenizer"),
+    ]:
+        with pytest.raises(SFTExampleError, match=message):
+            to_tokens_and_mask(bad, None)
