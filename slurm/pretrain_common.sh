@@ -1,9 +1,14 @@
-# The body of slurm/pretrain_{3b,30b}.sh (sourced after they set their defaults; not submitted itself).
+# The body of slurm/pretrain_{3b,30b}.sh and slurm/sft.sh (sourced after they set their defaults; not
+# submitted itself).
 #
 # Environment (all optional):
+#   LITESPARK_ENTRY           litespark.train (default) or litespark.sft
 #   LITESPARK_PRESET          preset name (the calling script sets its own default)
-#   LITESPARK_DATA            comma-separated indexed-dataset prefixes, or "mock"
-#   LITESPARK_RUN_DIR         default runs/<preset>-<job id>; stable across requeues, so a requeued job resumes
+#   LITESPARK_DATA            litespark.train: comma-separated indexed-dataset prefixes, or "mock";
+#                             litespark.sft: the examples (JSONL file or Hugging Face dataset; required)
+#   LITESPARK_HF              litespark.sft: the Hugging Face Llama directory to start from
+#   LITESPARK_RUN_NAME        default: the preset
+#   LITESPARK_RUN_DIR         default runs/<run name>-<job id>; stable across requeues, so a requeued job resumes
 #   LITESPARK_SET             extra overrides, space-separated KEY=VALUE (e.g. "optim.lr=1e-4 run.train_iters=500")
 #   LITESPARK_GPUS_PER_NODE   processes per node (default: the allocation's tasks per node)
 #   LITESPARK_MAX_RESTARTS    requeues after a failure that is not a preemption (default 2)
@@ -11,7 +16,7 @@
 #   LITESPARK_LAUNCHER        srun (default) or torchrun (one host, no Slurm step: the scaling runs)
 #   LITESPARK_MASTER_PORT     rendezvous port (default 20000 + job id mod 40000)
 # Arguments: --dry-run prints the resolved launch and config and exits; anything else goes to
-# `python -m litespark.train` after the overrides above.
+# `python -m $LITESPARK_ENTRY` after the overrides above (e.g. --export-hf OUT for litespark.sft).
 set -euo pipefail
 
 # A mistake in the environment is one line and exit 2, which the job never requeues.
@@ -30,7 +35,11 @@ PER_NODE=${LITESPARK_GPUS_PER_NODE:-${SLURM_NTASKS_PER_NODE:-8}}
 PER_NODE=${PER_NODE%%(*}                     # "8(x4)" -> 8
 integer LITESPARK_GPUS_PER_NODE "$PER_NODE" 1
 WORLD=$((NODES * PER_NODE))
-RUN_DIR=${LITESPARK_RUN_DIR:-runs/${PRESET}-${JOB}}
+ENTRY=${LITESPARK_ENTRY:-litespark.train}
+[ "$ENTRY" = litespark.train ] || [ "$ENTRY" = litespark.sft ] || die "LITESPARK_ENTRY=$ENTRY is not litespark.train or litespark.sft"
+[ "$ENTRY" = litespark.train ] || [ -n "${LITESPARK_DATA:-}" ] || die "LITESPARK_DATA must name the SFT examples"
+[ -z "${LITESPARK_HF:-}" ] || [ "$ENTRY" = litespark.sft ] || die "LITESPARK_HF is read by litespark.sft only (LITESPARK_ENTRY=$ENTRY)"
+RUN_DIR=${LITESPARK_RUN_DIR:-runs/${LITESPARK_RUN_NAME:-$PRESET}-${JOB}}
 MAX_RESTARTS=${LITESPARK_MAX_RESTARTS:-2}
 integer LITESPARK_MAX_RESTARTS "$MAX_RESTARTS" 0
 LAUNCHER=${LITESPARK_LAUNCHER:-srun}
@@ -45,6 +54,7 @@ for a in "$@"; do
 done
 args=(--preset "$PRESET" --run-dir "$RUN_DIR")
 [ -n "${LITESPARK_DATA:-}" ] && args+=(--data "$LITESPARK_DATA")
+[ -n "${LITESPARK_HF:-}" ] && args+=(--hf "$LITESPARK_HF")
 for kv in ${LITESPARK_SET:-}; do args+=(--set "$kv"); done
 args+=("${passthrough[@]}")
 
@@ -66,10 +76,10 @@ cd "$LITESPARK_HOME"
 
 if [ "$LAUNCHER" = "srun" ]; then
   launch=(srun --kill-on-bad-exit=1 --nodes="$NODES" --ntasks-per-node="$PER_NODE" --ntasks="$WORLD"
-          "$PY" -m litespark.train "${args[@]}")
+          "$PY" -m "$ENTRY" "${args[@]}")
 else
   launch=("$PY" -m torch.distributed.run --nnodes=1 --nproc-per-node="$PER_NODE" --master-addr="$MASTER_ADDR"
-          --master-port="$MASTER_PORT" -m litespark.train "${args[@]}")
+          --master-port="$MASTER_PORT" -m "$ENTRY" "${args[@]}")
 fi
 
 # The interpreter must be the project's: without it every rank would fail with its own traceback.
@@ -80,18 +90,18 @@ echo "litespark job $JOB (restart $RESTART): $PRESET on $NODES node(s) x $PER_NO
      "rendezvous $MASTER_ADDR:$MASTER_PORT, run dir $RUN_DIR"
 echo "launch: ${launch[*]}"
 if [ "$DRY_RUN" = 1 ]; then
-  "$PY" -m litespark.train "${args[@]}" --preflight "$WORLD"
-  WORLD_SIZE="$WORLD" "$PY" -m litespark.train "${args[@]}" --print-config
+  "$PY" -m "$ENTRY" "${args[@]}" --preflight "$WORLD"
+  WORLD_SIZE="$WORLD" "$PY" -m "$ENTRY" "${args[@]}" --print-config
   exit 0
 fi
 
 # Preflight: a config, data or allocation mistake fails here in seconds (exit 2, never requeued).
-"$PY" -m litespark.train "${args[@]}" --preflight "$WORLD" || exit 2
+"$PY" -m "$ENTRY" "${args[@]}" --preflight "$WORLD" || exit 2
 
 # One log directory per job start: resolved config, git revision, versions, the launch itself.
 logdir="$RUN_DIR/slurm/job-${JOB}-restart-${RESTART}"
 mkdir -p "$logdir"
-WORLD_SIZE="$WORLD" "$PY" -m litespark.train "${args[@]}" --print-config > "$logdir/config.yaml"
+WORLD_SIZE="$WORLD" "$PY" -m "$ENTRY" "${args[@]}" --print-config > "$logdir/config.yaml"
 { git -C "$LITESPARK_HOME" rev-parse HEAD 2>/dev/null || echo "not a git checkout"
   git -C "$LITESPARK_HOME" status --short 2>/dev/null | sed -n '1,50p'; } > "$logdir/git.txt"
 "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|megatron|deepspeed|transformer|nvidia-nccl|numpy) ' > "$logdir/versions.txt" || true

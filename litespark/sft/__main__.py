@@ -78,6 +78,20 @@ def _default_preset() -> str:
     return "llama-3b" if torch.cuda.is_available() else "tiny"
 
 
+def preflight(cfg: LitesparkConfig, world_size: int, gpu: str | None) -> str:
+    """``python -m litespark.train --preflight``'s checks plus the SFT inputs: the data and the
+    tokenizer exist (a Hugging Face dataset name is left to the run: it may need the network)."""
+    from litespark import train
+
+    s = cfg.sft
+    if s.data and not Path(s.data).exists() and s.data.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+        raise ConfigError(f"sft.data: {s.data} does not exist")
+    if s.tokenizer and not Path(s.tokenizer).is_dir():
+        raise ConfigError(f"sft.tokenizer: {s.tokenizer} is not a directory")
+    line = train.preflight(cfg, world_size, gpu)
+    return line.replace("data sft", f"SFT data {s.data}" + (f", from {s.hf_model}" if s.hf_model else ""))
+
+
 def export_hf(cfg: LitesparkConfig, out: str) -> None:
     """The run's newest checkpoint as a Hugging Face Llama directory with the run's tokenizer."""
     from litespark.convert.__main__ import to_hf
@@ -105,10 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="shortcut for --set run.run_dir=DIR")
     parser.add_argument("--export-hf", metavar="OUT", help="after training, write the model and tokenizer here")
     parser.add_argument("--print-config", action="store_true", help="print the config and its plan, then exit")
+    parser.add_argument(
+        "--preflight",
+        type=int,
+        metavar="WORLD_SIZE",
+        help="check without a GPU that the config is valid for WORLD_SIZE processes, the data, tokenizer and "
+        "checkpoint exist and the run directory is writable; print one line and exit (Slurm runs this first)",
+    )
+    parser.add_argument("--gpu", default=None, help="with --preflight / --print-config: the GPU to plan for")
     args = parser.parse_args(argv)
     cfg = build_sft_config(args)
     if args.export_hf and Path(args.export_hf).exists() and any(Path(args.export_hf).iterdir()):
         raise ConfigError(f"--export-hf {args.export_hf} exists and is not empty; choose a new directory")
+    if args.preflight is not None:
+        print(preflight(cfg, args.preflight, args.gpu))
+        return 0
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from litespark.config import resolve
     from litespark.runtime.distributed import launched_world_size
@@ -117,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         from litespark.train import print_config
 
-        print(print_config(cfg, world_size, None))
+        print(print_config(cfg, world_size, args.gpu))
         return 0
     from litespark.training.loop import run
 

@@ -171,3 +171,37 @@ def test_the_step_loss_is_the_mean_over_every_trained_token(tokenizer, tmp_path,
             total += float((per_token * b["loss_mask"]).sum())
             count += float(b["loss_mask"].sum())
     assert float(step_loss) == pytest.approx(total / count, rel=1e-6)
+
+
+def test_the_sft_job_script_preflights_and_plans_with_the_real_entry_point(hf_llama_dir, tmp_path):
+    """``slurm/sft.sh --dry-run`` as a user runs it before submitting: the preflight line names the
+    model and the data, the printed config is the imported model's."""
+    import subprocess
+    import sys
+
+    from tests.helpers.processes import ROOT, train_env
+
+    data = _write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
+    env = dict(
+        train_env(),
+        LITESPARK_HOME=str(ROOT),
+        LITESPARK_PYTHON=sys.executable,
+        LITESPARK_LAUNCHER="torchrun",
+        LITESPARK_GPUS_PER_NODE="1",
+        LITESPARK_PRESET="tiny",
+        LITESPARK_RUN_DIR=str(tmp_path / "run"),
+        LITESPARK_HF=str(hf_llama_dir),
+        LITESPARK_DATA=str(data),
+        LITESPARK_SET="data.global_batch_size=8",
+    )
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    proc = subprocess.run(
+        ["bash", "slurm/sft.sh", "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SFT data {data}, from {hf_llama_dir}" in proc.stdout, proc.stdout
+    assert "hidden_size: 64" in proc.stdout and "source: sft" in proc.stdout
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # a dry run writes nothing
+    missing = dict(env, LITESPARK_DATA=str(tmp_path / "none.jsonl"))
+    proc = subprocess.run(["bash", "slurm/sft.sh", "--dry-run"], cwd=ROOT, env=missing, capture_output=True, text=True)
+    assert proc.returncode == 2 and "sft.data:" in proc.stderr and "does not exist" in proc.stderr, proc.stderr

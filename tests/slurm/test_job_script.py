@@ -66,9 +66,11 @@ def _job_env(tmp_path, **extra) -> dict:
     return env
 
 
-def _job(tmp_path, **extra) -> subprocess.CompletedProcess:
+def _job(
+    tmp_path, script: str = "slurm/pretrain_3b.sh", args: tuple[str, ...] = (), **extra
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", "slurm/pretrain_3b.sh"],
+        ["bash", script, *args],
         cwd=ROOT,
         env=_job_env(tmp_path, **extra),
         capture_output=True,
@@ -116,3 +118,31 @@ def test_a_bad_environment_is_one_line_and_exit_2(tmp_path, variable, value, mes
     assert proc.stderr.strip().splitlines() == [f"litespark: error: {message}"] or (
         len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr
     ), proc.stderr
+
+
+def test_the_sft_job_launches_litespark_sft_on_the_model_and_the_examples(tmp_path):
+    proc = _job(
+        tmp_path,
+        "slurm/sft.sh",
+        ("--export-hf", "out/chat"),
+        LITESPARK_HF="/models/llama",
+        LITESPARK_DATA="/data/chat.jsonl",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (launch,) = [line for line in proc.stdout.splitlines() if line.startswith("launch: ")]
+    assert "-m litespark.sft --preset llama-3b" in launch
+    assert "--data /data/chat.jsonl --hf /models/llama --set data.global_batch_size=64 --export-hf out/chat" in launch
+    assert "training finished" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "script, env, message",
+    [
+        ("slurm/sft.sh", {}, "LITESPARK_DATA must name the SFT examples"),
+        ("slurm/pretrain_3b.sh", {"LITESPARK_HF": "/m"}, "LITESPARK_HF is read by litespark.sft only"),
+        ("slurm/pretrain_3b.sh", {"LITESPARK_ENTRY": "litespark.dpo"}, "LITESPARK_ENTRY=litespark.dpo is not"),
+    ],
+)
+def test_an_sft_job_without_its_inputs_is_one_line_and_exit_2(tmp_path, script, env, message):
+    proc = _job(tmp_path, script, **env)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
