@@ -114,7 +114,7 @@ class SFTData:
             tokens, mask = self.corpus.example(int(i))
             docs.append(tokens)
             masks.append(mask)
-        batch = to_packed_batch(docs, masks, pad_to=PAD_TO, device=device)
+        batch = to_packed_batch(docs, masks, pad_to=PAD_TO, device=device, max_seqlen=self.seq)
         batch["loss_normalizer"] = normalizer
         return batch
 

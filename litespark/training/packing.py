@@ -52,6 +52,7 @@ def to_packed_batch(
     loss_masks: Sequence[torch.Tensor] | None = None,
     pad_to: int = 1,
     device: torch.device | str = "cpu",
+    max_seqlen: int | None = None,
 ) -> dict:
     """One packed row of ``documents`` (1-D token ids, each predicted within itself) as the trainer's
     micro-batch: ``tokens``/``labels``/``loss_mask``/``position_ids`` of shape ``[1, t]`` and
@@ -60,7 +61,10 @@ def to_packed_batch(
     never a target.  ``pad_to``: the row's length is rounded up to a multiple of it (FP8 GEMMs want 16)
     with one padding document of token 0 that no loss counts (so a row may exceed the sequence length
     by up to ``pad_to - 1``); ``real_tokens`` counts the rest.  Every tensor, ``cu_seqlens`` included
-    (int32, as Transformer Engine's fused attention and RoPE read them), is on ``device``."""
+    (int32, as Transformer Engine's fused attention and RoPE read them), is on ``device``.
+    ``max_seqlen``: the bound on a document's length that the attention kernels are given (default:
+    the longest here); a fixed bound (the row length) keeps the shapes cuDNN plans for the same from
+    one micro-batch to the next."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
     if not documents:
@@ -92,6 +96,10 @@ def to_packed_batch(
     cu_seqlens[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
     cu_seqlens = cu_seqlens.to(device)
     longest = max(lengths)
+    if max_seqlen is not None:
+        if max_seqlen < longest:
+            raise ValueError(f"max_seqlen {max_seqlen} is below the longest document ({longest} tokens)")
+        longest = max_seqlen
     return {
         "tokens": torch.cat(tokens)[None].to(device),
         "labels": torch.cat(labels)[None].to(device),

@@ -44,6 +44,9 @@ def test_a_packed_row_restarts_positions_and_never_targets_across_documents():
     assert row["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
     assert row["packed_seq_params"].cu_seqlens_q.tolist() == [0, 3, 5, 8]
     assert (row["real_tokens"], row["padding_tokens"]) == (5, 3)
+    assert to_packed_batch(docs, masks, pad_to=8, max_seqlen=16)["packed_seq_params"].max_seqlen_q == 16
+    with pytest.raises(ValueError, match="max_seqlen 2 is below the longest document"):
+        to_packed_batch(docs, masks, max_seqlen=2)
     with pytest.raises(ValueError, match="document 0 has 1 token"):
         to_packed_batch([torch.tensor([1])])
     with pytest.raises(ValueError, match="loss mask 0 has 2 entries for 3 tokens"):
