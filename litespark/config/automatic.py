@@ -134,6 +134,14 @@ def zero_sub_group_size(cfg: LitesparkConfig, fp32_grads: bool) -> int | None:
     return ZERO_SUB_GROUP_SIZE
 
 
+def overlap_copy(cfg: LitesparkConfig, backend: str) -> bool:
+    """Whether an asynchronous save's device-to-host copy runs during the next step:
+    ``checkpoint.overlap_copy``, or (None) on with asynchronous saves on the te backend (a CUDA host)."""
+    if cfg.checkpoint.overlap_copy is not None:
+        return cfg.checkpoint.overlap_copy
+    return cfg.checkpoint.async_save and backend == "te"
+
+
 def fused_qkv_rope(cfg: LitesparkConfig, backend: str) -> bool:
     """Whether the model rotates the unsplit QKV output in one kernel (Megatron's
     ``fused_single_qkv_rope``): ``kernels.fused_qkv_rope`` with the te backend and ``rope_fusion``,

@@ -4,9 +4,10 @@ A :class:`~litespark.config.schema.LitesparkConfig` is pure data and keeps its a
 (``None`` / ``'auto'``) as the user wrote them; :func:`resolve` validates it once and decides, for
 this host (or a named GPU) and a world size, the kernel backend, the micro-batch (the planner's
 choice), the data-parallel size and gradient accumulation, CUDA graphs, fp32 gradient accumulation,
-the FP8 output layer and the optimizer's parameter groups.  Everything that builds or runs the model
-reads the plan, never the automatic fields, so ``--print-config`` (the config, then the plan) and
-``RUN_DIR/plan.yaml`` are where a reader looks to know what a run does.
+the FP8 output layer, the optimizer's parameter groups and whether a checkpoint's copy overlaps the
+next step.  Everything that builds or runs the model reads the plan, never the automatic fields, so
+``--print-config`` (the config, then the plan) and ``RUN_DIR/plan.yaml`` are where a reader looks to
+know what a run does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from litespark.config.automatic import (
     fp32_grad_accumulation,
     fp32_grad_accumulation_refusal,
     host_backend,
+    overlap_copy,
     zero_sub_group_size,
 )
 from litespark.config.schema import ConfigError, LitesparkConfig
@@ -60,6 +62,8 @@ class RunPlan:
     fp8_output_layer: bool
     zero_sub_group_size: int | None
     """Most parameters per optimizer group; None: one group for the weight matrices."""
+    overlap_copy: bool
+    """An asynchronous save's device-to-host copy runs during the next step (``checkpoint.overlap_copy``)."""
 
     def to_dict(self) -> dict:
         """The decisions, without the config (``plan.yaml``, ``--print-config``)."""
@@ -127,6 +131,7 @@ def plan_for(
         fp32_grad_accumulation=fp32_grads,
         fp8_output_layer=fp8_output_layer(cfg),
         zero_sub_group_size=zero_sub_group_size(cfg, fp32_grads),
+        overlap_copy=overlap_copy(cfg, backend),
     )
 
 

@@ -263,10 +263,11 @@ class CheckpointConfig:
     async_save: bool = True
     """Write checkpoints in the background: training blocks only while the state is copied to host
     memory (as much host memory as each process's share of the checkpoint, kept for the run)."""
-    overlap_copy: bool = False
+    overlap_copy: bool | None = None
     """With ``async_save`` on a GPU: run that copy on a stream of its own during the next step's forward
-    and backward (the optimizer update waits for it) instead of blocking training for it.  Off by
-    default: not yet measured on a GPU (docs/training.md)."""
+    and backward (the optimizer update waits for it) instead of blocking training for it.  None
+    (auto): on with ``async_save`` on the te backend (:func:`litespark.config.automatic.overlap_copy`);
+    true needs ``async_save`` (docs/training.md)."""
     resume: bool = True
     """Resume from RUN_DIR/checkpoints/latest when it exists."""
     load: str | None = None

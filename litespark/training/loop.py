@@ -334,7 +334,7 @@ class TrainingRun:
         self.start_step = self.step_done = start_step
         self.last_saved: int | None = None
         self.saver = CheckpointSaver(
-            engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save, cfg.checkpoint.overlap_copy
+            engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save, plan.overlap_copy
         )
         self.flags = StepFlags()
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None

@@ -112,3 +112,25 @@ def test_plan_for_is_pure_and_refuses_explicit_settings_that_cannot_hold():
     with pytest.raises(ConfigError, match="kernels.cuda_graphs=true needs kernels.backend 'te'"):
         plan_for(apply_overrides(get_preset("tiny"), ["kernels.cuda_graphs=true"]), 1, "torch", 4)
     assert dataclasses.asdict(cfg) == dataclasses.asdict(before)
+
+
+def test_checkpoint_copies_overlap_the_next_step_on_a_gpu_with_asynchronous_saves():
+    """``checkpoint.overlap_copy`` None: on with asynchronous saves on the te backend, off on the torch
+    backend (nothing to overlap on a CPU) and with synchronous saves, which then need no change."""
+    gpu = {"backend": "te", "gpu": GPUS["h200"]}
+    assert resolve(get_preset("llama-3b"), 1, **gpu).overlap_copy is True
+    assert (
+        resolve(apply_overrides(get_preset("llama-3b"), ["checkpoint.async_save=false"]), 1, **gpu).overlap_copy
+        is False
+    )
+    assert (
+        resolve(apply_overrides(get_preset("llama-3b"), ["checkpoint.overlap_copy=false"]), 1, **gpu).overlap_copy
+        is False
+    )
+    assert resolve(get_preset("tiny")).overlap_copy is False
+    with pytest.raises(ConfigError, match="checkpoint.overlap_copy=true needs checkpoint.async_save=true"):
+        resolve(
+            apply_overrides(get_preset("llama-3b"), ["checkpoint.overlap_copy=true", "checkpoint.async_save=false"]),
+            1,
+            **gpu,
+        )
