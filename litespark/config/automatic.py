@@ -155,7 +155,7 @@ def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> str | None:
     """Why ``kernels.qkv_rope_kernel`` cannot run this model on the TE backend, or None."""
     k, m = cfg.kernels, cfg.model
     head_dim = m.hidden_size // m.num_attention_heads
-    if k.rope_fusion and k.fused_qkv_rope and k.qkv_rope_kernel == "triton" and head_dim & (head_dim - 1):
+    if fused_qkv_rope(cfg, "te") and k.qkv_rope_kernel == "triton" and head_dim & (head_dim - 1):
         return (
             f"kernels.qkv_rope_kernel=triton needs a power-of-two head dimension, got {head_dim}: "
             "set kernels.qkv_rope_kernel=te"

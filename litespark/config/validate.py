@@ -192,6 +192,8 @@ def _check_sft(cfg: LitesparkConfig) -> None:
         raise ConfigError(f"sft.valid_fraction must lie in [0, 1), got {s.valid_fraction}")
     if cfg.run.eval_interval and not s.valid_fraction:
         raise ConfigError("run.eval_interval with data.source=sft needs sft.valid_fraction > 0 (the held-out examples)")
+    if cfg.run.eval_interval and cfg.run.eval_iters < 1:
+        raise ConfigError(f"run.eval_iters must be >= 1 to evaluate, got {cfg.run.eval_iters}")
     if cfg.kernels.cuda_graphs:
         raise ConfigError(
             "kernels.cuda_graphs=true cannot run data.source=sft: packed rows change their document "

@@ -67,11 +67,11 @@ def to_hf(args: argparse.Namespace) -> int:
     shapes = {name: tuple(t.shape) for name, t in merged.items()}
     check_shapes(shapes, expected, f"checkpoint {step}")
     tokenizer = args.tokenizer
-    if tokenizer is None and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
-        tokenizer = cfg.data.tokenizer
+    if tokenizer is None and cfg.data.source == "sft" and cfg.sft.tokenizer and Path(cfg.sft.tokenizer).is_dir():
+        tokenizer = cfg.sft.tokenizer  # the fine-tuning's, with its chat template
         log.info("tokenizer from the run's config: %s", tokenizer)
-    elif tokenizer is None and cfg.sft.tokenizer and Path(cfg.sft.tokenizer).is_dir():
-        tokenizer = cfg.sft.tokenizer
+    elif tokenizer is None and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
+        tokenizer = cfg.data.tokenizer
         log.info("tokenizer from the run's config: %s", tokenizer)
     elif tokenizer is None:
         log.warning("no tokenizer given and none recorded in the run's config: writing weights and config only")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import random
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -165,6 +166,39 @@ def broadcast_from_rank0(obj):
     """Rank 0's ``obj`` on every rank (collective)."""
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+RANK0_WORK_TIMEOUT = datetime.timedelta(hours=12)
+"""How long the other ranks wait for :func:`run_on_rank0`'s work (the process group's own collectives
+time out after 30 minutes, which preparing a large data set can take)."""
+_waiting_group: tuple = (None, None)
+"""(the default process group it belongs to, the gloo group): made again for a new process group."""
+
+
+def run_on_rank0(work: Callable[[], None], what: str) -> str | None:
+    """Run ``work`` on rank 0 while the other ranks wait (collective); returns None, or on every rank
+    the one-line reason it failed: its ConfigError's text, else ``"{what} failed: "`` and the
+    exception's type and first line.
+    The wait is on a gloo group with :data:`RANK0_WORK_TIMEOUT`, so an hour of work does not trip the
+    NCCL watchdog."""
+    global _waiting_group
+    world = torch.distributed.group.WORLD
+    if _waiting_group[0] is not world:
+        _waiting_group = (world, torch.distributed.new_group(backend="gloo", timeout=RANK0_WORK_TIMEOUT))
+    error = None
+    if torch.distributed.get_rank() == 0:
+        from litespark.config import ConfigError
+
+        try:
+            work()
+        except ConfigError as exc:
+            error = str(exc)
+        except Exception as exc:  # a full disk, a damaged file: one line on every rank, not a hang
+            text = str(exc).strip()
+            error = f"{what} failed: {type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    box = [error]
+    torch.distributed.broadcast_object_list(box, src=0, group=_waiting_group[1])
     return box[0]
 
 

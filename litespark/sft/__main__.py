@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_sft_config(args)
     if args.export_hf and Path(args.export_hf).exists() and any(Path(args.export_hf).iterdir()):
         raise ConfigError(f"--export-hf {args.export_hf} exists and is not empty; choose a new directory")
+    if args.export_hf and not cfg.checkpoint.enabled:
+        raise ConfigError("--export-hf exports the run's last checkpoint: it needs checkpoint.enabled=true")
     if args.preflight is not None:
         print(preflight(cfg, args.preflight, args.gpu))
         return 0

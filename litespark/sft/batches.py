@@ -47,7 +47,7 @@ class SFTData:
         lengths = corpus.lengths()
         starts = corpus.offsets[:-1]
         # Targets of example i: its mask without the first token (nothing precedes it to predict it).
-        self.targets = np.add.reduceat(corpus.mask.astype(np.int64), starts) - corpus.mask[starts]
+        self.targets = np.add.reduceat(corpus.mask, starts, dtype=np.int64) - corpus.mask[starts]
         order = np.random.default_rng(self.seed).permutation(len(corpus))
         n_valid = round(len(corpus) * cfg.sft.valid_fraction)
         if cfg.sft.valid_fraction and n_valid == 0:
@@ -71,6 +71,10 @@ class SFTData:
             len(self.valid_rows),
         )
         self._perms: dict[int, np.ndarray] = {}
+        if n_valid and not cfg.run.eval_interval:
+            log.warning(
+                "sft.valid_fraction holds out %d examples but run.eval_interval=0 never evaluates them", n_valid
+            )
 
     def _pack(self, ids: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         rows = best_fit_decreasing(lengths[ids].tolist(), self.seq)
@@ -142,10 +146,3 @@ class SFTData:
             first = k * self.global_batch + dp_rank * per_rank
             for start in range(first, first + per_rank, self.micro):
                 yield self._batch(every[start : start + self.micro], normalizer, device)
-
-
-def build_sft_data(plan: RunPlan) -> SFTData:
-    """The run's SFT batches (collective: rank 0 tokenises the data at the first start)."""
-    from litespark.sft.prepare import prepare_sft_corpus
-
-    return SFTData(prepare_sft_corpus(plan.config), plan)

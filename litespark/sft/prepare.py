@@ -7,7 +7,9 @@ what was read: every line counted as an example, a truncated or dropped long one
 its reason.  The directory is written under a temporary name and renamed when complete.  A later
 start (a resume) reuses it only when its fingerprint (the data's bytes, the tokenizer's files and the
 settings that shape examples) is the one it was made with; otherwise the run is refused in one line,
-since training on other data from the same checkpoint would silently change what the run is.
+since training on other data from the same checkpoint would silently change what the run is.  The
+same holds for the seed and ``sft.valid_fraction``, which decide which examples train and in what
+order.
 """
 
 from __future__ import annotations
@@ -74,9 +76,9 @@ def fingerprint(cfg: LitesparkConfig) -> dict:
     assert s.data is not None
     data = Path(s.data)
     if data.is_file():
-        source = {"file": str(data), "sha256": _sha256_files([data])}
+        source = {"file": data.name, "sha256": _sha256_files([data])}
     elif data.is_dir():
-        source = {"dataset_dir": str(data), "split": s.split, "sha256": _sha256_files(sorted(data.rglob("*")))}
+        source = {"dataset_dir": data.name, "split": s.split, "sha256": _sha256_files(sorted(data.rglob("*")))}
     else:
         source = {"dataset": s.data, "split": s.split}  # a hub name: its revision is the hub's
     tokenizer = None
@@ -92,6 +94,8 @@ def fingerprint(cfg: LitesparkConfig) -> dict:
         "too_long": s.too_long,
         "assistant_only_loss": s.assistant_only_loss,
         "completion_only_loss": s.completion_only_loss,
+        # Which examples train and which validate, and the rows' order (litespark.sft.batches).
+        "split": {"seed": cfg.run.seed, "valid_fraction": s.valid_fraction},
     }
 
 
@@ -113,18 +117,10 @@ def _sha256_files(paths: list[Path]) -> str:
 
 def prepare_sft_corpus(cfg: LitesparkConfig) -> SFTCorpus:
     """The run's tokenised examples (collective): made by rank 0 at the first start, reused after."""
-    import torch.distributed as dist
-
-    from litespark.runtime.distributed import broadcast_from_rank0
+    from litespark.runtime.distributed import run_on_rank0
 
     cache = Path(cfg.run.run_dir) / CACHE
-    error = None
-    if dist.get_rank() == 0:
-        try:
-            _ensure_cache(cfg, cache)
-        except ConfigError as exc:
-            error = str(exc)
-    error = broadcast_from_rank0(error)
+    error = run_on_rank0(lambda: _ensure_cache(cfg, cache), f"sft.data: preparing {cache}")
     if error is not None:
         raise ConfigError(error)
     return read_corpus(cache)
@@ -143,7 +139,9 @@ def _ensure_cache(cfg: LitesparkConfig, cache: Path) -> None:
             )
         return
     examples, seconds = _tokenise(cfg)
-    tmp = cache.with_name(f"{CACHE}.tmp-{os.getpid()}")
+    # One name: rank 0 holds the run directory's lock, and a start killed here leaves nothing behind
+    # that the next one does not remove.
+    tmp = cache.with_name(f"{CACHE}.incomplete")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     lengths = np.fromiter((len(t) for t in examples.tokens), dtype=np.int64, count=len(examples.tokens))

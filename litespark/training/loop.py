@@ -82,9 +82,14 @@ def train(plan: RunPlan) -> int:
             from litespark.sft.hf_init import hf_init_run_dir
 
             weights = check_weights_source(cfg, hf_init_run_dir(cfg))
+        sft_corpus = None
+        if cfg.data.source == "sft":  # before the run directory is written to: other data is refused
+            from litespark.sft.prepare import prepare_sft_corpus
+
+            sft_corpus = prepare_sft_corpus(cfg)
         _prepare_run_dir(plan)
         _log_summary(plan)
-        engine, scheduler, data = _build(plan, load_universal=resume.saved_data_parallel is not None)
+        engine, scheduler, data = _build(plan, resume.saved_data_parallel is not None, sft_corpus)
         start_step = _restore(cfg, engine, resume, weights)
         if start_step >= cfg.run.train_iters:
             log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
@@ -212,9 +217,9 @@ def _log_summary(plan: RunPlan) -> None:
     )
 
 
-def _build(plan: RunPlan, load_universal: bool = False):
+def _build(plan: RunPlan, load_universal: bool = False, sft_corpus=None):
     """The model inside its DeepSpeed engine, the LR scheduler, and the training data: pretraining
-    datasets of this run's sizes, or packed SFT examples."""
+    datasets of this run's sizes, or ``sft_corpus``'s examples packed (``data.source=sft``)."""
 
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
@@ -223,9 +228,9 @@ def _build(plan: RunPlan, load_universal: bool = False):
     cfg = plan.config
     engine, _, scheduler = build_engine(plan, build_model(plan), load_universal=load_universal)
     if cfg.data.source == "sft":
-        from litespark.sft.batches import build_sft_data
+        from litespark.sft.batches import SFTData
 
-        return engine, scheduler, build_sft_data(plan)
+        return engine, scheduler, SFTData(sft_corpus, plan)
     eval_samples = cfg.run.eval_iters * cfg.data.global_batch_size if cfg.run.eval_interval else 0
     datasets = build_datasets(cfg, eval_samples=eval_samples)
     check_token_ids(cfg)

@@ -89,6 +89,18 @@ def test_unusable_input_is_one_line_and_exit_2(hf_llama_dir, tmp_path):
     assert "nothing to train on" in proc.stderr
     proc = _sft(hf_llama_dir, tmp_path / "missing.jsonl", tmp_path / "run2", expect=2)
     assert "no such file" in proc.stderr.strip().splitlines()[-1]
+    proc = _sft(
+        hf_llama_dir,
+        bad,
+        tmp_path / "run4",
+        "--export-hf",
+        str(tmp_path / "x"),
+        "--set",
+        "checkpoint.enabled=false",
+        expect=2,
+    )
+    assert "--export-hf exports the run's last checkpoint: it needs checkpoint.enabled=true" in proc.stderr
+    assert not (tmp_path / "run4").exists()  # refused before anything ran
     proc = _sft(hf_llama_dir, bad, tmp_path / "run3", "--set", "kernels.cuda_graphs=true", expect=2)
     assert "kernels.cuda_graphs=true cannot run data.source=sft" in proc.stderr.strip().splitlines()[-1]
 
