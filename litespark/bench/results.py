@@ -174,15 +174,16 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, stem: Path) -> list[Path]:
-    """``stem``.json, ``stem``.md and ``stem``.png, each written under a temporary name then renamed."""
+def write_report(report: dict, stem: Path, render=None, draw=None) -> list[Path]:
+    """``stem``.json, ``stem``.md and ``stem``.png, each written under a temporary name then renamed;
+    ``render`` (markdown) and ``draw`` (the plot) default to this module's, for ``litespark.bench``."""
     from litespark.files import atomic_write_text
 
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = (stem.with_suffix(s) for s in (".json", ".md", ".png"))
     atomic_write_text(json_path, json.dumps(report, indent=1) + "\n")
-    atomic_write_text(md_path, to_markdown(report))
+    atomic_write_text(md_path, (render or to_markdown)(report))
     tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    plot(report, tmp)
+    (draw or plot)(report, tmp)
     tmp.replace(png_path)
     return [json_path, md_path, png_path]

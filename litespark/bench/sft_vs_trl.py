@@ -406,10 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "env": {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(report))
-    plot(report, out.with_suffix(".png"))
+    from litespark.bench.results import write_report
+
+    write_report(report, out, render=to_markdown, draw=plot)
     print(to_markdown(report))
     return 0
 

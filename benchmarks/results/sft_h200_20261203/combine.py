@@ -8,6 +8,7 @@ call before) and TRL at micro-batch 1, which a separate worker call measured (se
 import json
 from pathlib import Path
 
+from litespark.bench.results import write_report
 from litespark.bench.sft_vs_trl import plot, to_markdown
 
 here = Path(__file__).parent
@@ -18,7 +19,5 @@ report["results"]["trl"] = dict(
     best, tokens_per_s_by_micro_batch={str(m): r["tokens_per_s"] for m, r in trl.items()}, attempts=[]
 )
 report["command"] = "see README.md: three bench calls and one TRL worker call, combined by combine.py"
-(here / "sft_vs_trl.json").write_text(json.dumps(report, indent=1) + "\n")
-(here / "sft_vs_trl.md").write_text(to_markdown(report))
-plot(report, here / "sft_vs_trl.png")
+write_report(report, here / "sft_vs_trl", render=to_markdown, draw=plot)
 print(to_markdown(report))
