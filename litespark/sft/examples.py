@@ -44,12 +44,12 @@ def to_tokens_and_mask(
     if tokenizer is None:
         raise SFTExampleError("text and messages need a tokenizer (sft.tokenizer); only 'input_ids' examples do not")
     if "prompt" in example and "completion" in example:  # TRL looks for a prompt first
-        template = _template_kwargs(example)
+        template = template_kwargs(example)
         return _prompt_completion(
             example["prompt"], example["completion"], tokenizer, template, assistant_only_loss, completion_only_loss
         )
     if "messages" in example:
-        return _conversation(example["messages"], tokenizer, _template_kwargs(example), assistant_only_loss)
+        return _conversation(example["messages"], tokenizer, template_kwargs(example), assistant_only_loss)
     raise SFTExampleError(
         f"an example needs 'messages' or 'prompt' and 'completion'; it has {sorted(example) or 'no fields'}"
     )
@@ -73,7 +73,7 @@ def _pretokenized(example: dict, assistant_only_loss: bool, completion_only_loss
     return ids, mask
 
 
-def _template_kwargs(example: dict) -> dict:
+def template_kwargs(example: dict) -> dict:
     """The chat template's extra arguments an example carries, as TRL passes them."""
     tools = example.get("tools")
     if isinstance(tools, str):
@@ -88,10 +88,10 @@ def _template_kwargs(example: dict) -> dict:
 
 
 def _conversation(messages: Any, tokenizer, template: dict, assistant_only_loss: bool) -> tuple[list[int], list[int]]:
-    _check_messages(messages, "messages")
+    check_messages(messages, "messages")
     if not any(m["role"] == "assistant" for m in messages):
         raise SFTExampleError("the conversation has no assistant turn: nothing to train on")
-    rendered = _render(tokenizer, messages, return_assistant_tokens_mask=assistant_only_loss, **template)
+    rendered = render(tokenizer, messages, return_assistant_tokens_mask=assistant_only_loss, **template)
     ids = list(rendered["input_ids"])
     if not assistant_only_loss:
         return ids, [1] * len(ids)
@@ -123,10 +123,10 @@ def _prompt_completion(
         prompt_ids = list(tokenizer(text=prompt)["input_ids"])
         ids = list(tokenizer(text=prompt + completion)["input_ids"])
     elif isinstance(prompt, list) and isinstance(completion, list):
-        _check_messages(prompt, "prompt")
-        _check_messages(completion, "completion")
-        prompt_ids = list(_render(tokenizer, prompt, add_generation_prompt=True, **template)["input_ids"])
-        rendered = _render(tokenizer, prompt + completion, return_assistant_tokens_mask=assistant_only_loss, **template)
+        check_messages(prompt, "prompt")
+        check_messages(completion, "completion")
+        prompt_ids = list(render(tokenizer, prompt, add_generation_prompt=True, **template)["input_ids"])
+        rendered = render(tokenizer, prompt + completion, return_assistant_tokens_mask=assistant_only_loss, **template)
         ids = list(rendered["input_ids"])
         if assistant_only_loss:
             assistant = _assistant_mask(rendered)
@@ -146,7 +146,7 @@ def _prompt_completion(
     return ids, mask
 
 
-def _check_messages(messages: Any, field: str) -> None:
+def check_messages(messages: Any, field: str) -> None:
     if not isinstance(messages, list) or not messages:
         raise SFTExampleError(f"'{field}' must be a non-empty list of messages")
     for i, m in enumerate(messages):
@@ -158,7 +158,7 @@ def _check_messages(messages: Any, field: str) -> None:
             raise SFTExampleError(f"{field}[{i}] is an empty assistant turn")
 
 
-def _render(tokenizer, messages: list, **kwargs) -> dict:
+def render(tokenizer, messages: list, **kwargs) -> dict:
     from jinja2 import TemplateError
 
     if not getattr(tokenizer, "chat_template", None):

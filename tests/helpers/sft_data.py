@@ -44,3 +44,27 @@ TEXT_PAIRS = [
 ]
 
 CHAT_PAIRS = [{"prompt": c["messages"][:-1], "completion": c["messages"][-1:]} for c in CONVERSATIONS]
+
+# Preference pairs in TRL's formats: text, conversational, and conversational with the prompt implicit.
+TEXT_PREFERENCES = [
+    {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " Lyon."},
+    {"prompt": "Two plus two is", "chosen": " four", "rejected": " five, or so I am told"},
+]
+CHAT_PREFERENCES = [
+    {
+        "prompt": [{"role": "user", "content": "Name a prime number."}],
+        "chosen": [{"role": "assistant", "content": "Seven."}],
+        "rejected": [{"role": "assistant", "content": "Nine."}],
+    },
+    {
+        "prompt": [
+            {"role": "system", "content": "You answer briefly."},
+            {"role": "user", "content": "What colour is the sky?"},
+        ],
+        "chosen": [{"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "assistant", "content": "It depends on many things, mostly green."}],
+    },
+]
+IMPLICIT_PREFERENCES = [
+    {"chosen": p["prompt"] + p["chosen"], "rejected": p["prompt"] + p["rejected"]} for p in CHAT_PREFERENCES
+]

@@ -1,0 +1,1 @@
+"""Direct preference optimisation (DPO) on the Litespark engine: preference examples and losses."""
