@@ -217,3 +217,33 @@ def test_the_sft_job_script_preflights_and_plans_with_the_real_entry_point(hf_ll
     missing = dict(env, LITESPARK_DATA=str(tmp_path / "none.jsonl"))
     proc = subprocess.run(["bash", "slurm/sft.sh", "--dry-run"], cwd=ROOT, env=missing, capture_output=True, text=True)
     assert proc.returncode == 2 and "sft.data:" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+
+
+def test_two_data_parallel_ranks_train_as_one_with_the_same_global_batch(hf_llama_dir, tmp_path):
+    """torchrun with 2 processes (DP 2): rank 0 prepares the data and the weights while the other
+    waits, each rank runs its half of every step's rows, and the losses are the one-process run's
+    (the global batch's mean over its trained tokens, to reduction-order accuracy)."""
+    import subprocess
+    import sys
+
+    from litespark.runtime.distributed import free_port
+    from tests.helpers.processes import ROOT, train_env
+
+    data = _write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS * 4)
+    common = ["--train-iters", "6", "--set", "run.log_interval=1", "--set", "optim.lr=3e-3"]
+    _sft(hf_llama_dir, data, tmp_path / "one", *common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1"]
+    cmd += [f"--master-port={free_port()}", "-m", "litespark.sft", "--preset", "tiny", "--hf", str(hf_llama_dir)]
+    cmd += ["--data", str(data), "--run-dir", str(tmp_path / "two"), *common]
+    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(one, two):
+        assert (a["tokens"], a["trained_tokens"], a["padding_tokens"]) == (
+            b["tokens"],
+            b["trained_tokens"],
+            b["padding_tokens"],
+        )
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert one[-1]["loss"] < one[0]["loss"] - 0.1  # it trained: the comparison is not of untouched weights
