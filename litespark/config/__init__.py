@@ -13,6 +13,7 @@ from litespark.config.schema import (
     CheckpointConfig,
     ConfigError,
     DataConfig,
+    DPOConfig,
     KernelConfig,
     LitesparkConfig,
     ModelConfig,
@@ -27,6 +28,7 @@ from litespark.config.validate import validate
 __all__ = [
     "CheckpointConfig",
     "ConfigError",
+    "DPOConfig",
     "DataConfig",
     "KernelConfig",
     "LitesparkConfig",

@@ -11,7 +11,7 @@ the measurements the rules follow.
 
 from __future__ import annotations
 
-from litespark.config.schema import LitesparkConfig
+from litespark.config.schema import PACKED_SOURCES, LitesparkConfig
 
 # kernels.cuda_graphs=None turns the graphs on up to this micro-batch, where the step is launch-bound.
 GRAPHS_AUTO_MAX_MICRO_BATCH = 2
@@ -60,9 +60,10 @@ def cuda_graphs_refusal(cfg: LitesparkConfig, backend: str) -> str | None:
         )
     if cfg.precision.fp32_grad_accumulation:
         return "kernels.cuda_graphs=true cannot be combined with precision.fp32_grad_accumulation=true (not supported together)"
-    if cfg.data.source == "sft":
+    if cfg.data.source in PACKED_SOURCES:
         return (
-            "kernels.cuda_graphs=true cannot run packed SFT rows (their document boundaries change every micro-batch)"
+            f"kernels.cuda_graphs=true cannot run packed {cfg.data.source.upper()} rows (their document boundaries "
+            "change every micro-batch)"
         )
     return None
 
@@ -145,10 +146,10 @@ def overlap_copy(cfg: LitesparkConfig, backend: str) -> bool:
 def fused_qkv_rope(cfg: LitesparkConfig, backend: str) -> bool:
     """Whether the model rotates the unsplit QKV output in one kernel (Megatron's
     ``fused_single_qkv_rope``): ``kernels.fused_qkv_rope`` with the te backend and ``rope_fusion``,
-    except on packed SFT rows, whose rotary positions restart at each document (``cu_seqlens``), which
+    except on packed SFT and DPO rows, whose rotary positions restart at each document (``cu_seqlens``), which
     only Megatron's split path passes to the rotation."""
     k = cfg.kernels
-    return backend == "te" and k.rope_fusion and k.fused_qkv_rope and cfg.data.source != "sft"
+    return backend == "te" and k.rope_fusion and k.fused_qkv_rope and cfg.data.source not in PACKED_SOURCES
 
 
 def qkv_rope_kernel_refusal(cfg: LitesparkConfig) -> str | None:

@@ -192,6 +192,10 @@ class OptimConfig:
     syncs, and the clip as one foreach multiply.  Process-wide; refuses untested DeepSpeed releases."""
 
 
+PACKED_SOURCES = ("sft", "dpo")
+"""Data sources whose examples are packed into rows with document masks (``thd``)."""
+
+
 @dataclass
 class DataConfig:
     """Training data and batching."""
@@ -200,9 +204,11 @@ class DataConfig:
     """Megatron indexed dataset prefixes (PATH without .bin/.idx); empty with source='mock'."""
     weights: list[float] = field(default_factory=list)
     """Blend weights, one per prefix; empty means proportional to size."""
-    source: Literal["indexed", "mock", "sft"] = "mock"
+    source: Literal["indexed", "mock", "sft", "dpo"] = "mock"
     """'indexed' reads the prefixes; 'mock' generates random tokens (benchmarks, tests); 'sft' reads the
-    examples of ``sft.data`` and packs them into rows with document masks (``python -m litespark.sft``)."""
+    examples of ``sft.data`` and packs them into rows with document masks (``python -m litespark.sft``);
+    'dpo' reads preference pairs from ``sft.data`` and packs whole pairs into rows (``python -m
+    litespark.dpo``)."""
     split: str = "98,2,0"
     """Train/valid/test split of each prefix, as Megatron's comma-separated weights."""
     micro_batch_size: int | None = 2
@@ -226,7 +232,8 @@ class DataConfig:
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning (``data.source=sft``; ``python -m litespark.sft`` sets these)."""
+    """The fine-tuning data and starting model of ``data.source=sft`` and ``data.source=dpo``
+    (``python -m litespark.sft`` and ``python -m litespark.dpo`` set these)."""
 
     data: str | None = None
     """A JSONL file (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``) of examples in TRL's formats, or a
@@ -245,9 +252,29 @@ class SFTConfig:
     completion_only_loss: bool = True
     """Prompt-completion examples: train on the completion only; false: on the prompt too."""
     too_long: Literal["truncate", "drop"] = "truncate"
-    """An example longer than ``model.seq_length``: keep its start, or drop it (counted either way)."""
+    """An example longer than ``model.seq_length`` (DPO: a sequence longer than half of it): keep its
+    start, or drop it (counted either way)."""
     valid_fraction: float = 0.0
     """Share of the examples held out for validation (``run.eval_interval``), chosen with ``run.seed``."""
+
+
+@dataclass
+class DPOConfig:
+    """Direct preference optimisation (``data.source=dpo``; :mod:`litespark.dpo.loss` defines the losses)."""
+
+    beta: float = 0.1
+    """How far the policy may move from the reference: the implicit reward's scale."""
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    """Losses added up: ``sigmoid`` (DPO), ``hinge``, ``ipo``, ``robust`` (label-smoothed / cDPO) and
+    ``sft`` (the chosen responses' negative log-likelihood per token), as TRL's ``loss_type``."""
+    loss_weights: list[float] | None = None
+    """One weight per ``loss_type`` (None: all 1), as TRL's ``loss_weights``."""
+    label_smoothing: float = 0.0
+    """The ``robust`` loss's probability that a preference label is flipped, in [0, 0.5)."""
+    reference_cache: str | None = None
+    """Directory of the reference log-probabilities (computed once, before the first step, with the
+    initial weights); None: ``RUN_DIR/dpo_data``.  Runs that share it reuse each other's when their
+    data, reference weights and model settings are the same."""
 
 
 @dataclass
@@ -305,6 +332,7 @@ class LitesparkConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     run: RunConfig = field(default_factory=RunConfig)
     preset: str = "custom"
     """Name of the preset this config started from (informational)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from litespark.config.schema import ConfigError, LitesparkConfig
+from litespark.config.schema import PACKED_SOURCES, ConfigError, LitesparkConfig
 
 
 def validate(cfg: LitesparkConfig) -> LitesparkConfig:
@@ -182,23 +182,47 @@ def _check_data(cfg: LitesparkConfig) -> None:
 
 
 def _check_sft(cfg: LitesparkConfig) -> None:
-    """SFT data names its examples and a tokenizer; packed rows cannot be replayed as CUDA graphs."""
+    """SFT and DPO data name their examples; packed rows cannot be replayed as CUDA graphs."""
     d, s = cfg.data, cfg.sft
-    if d.source != "sft":
+    if d.source not in PACKED_SOURCES:
         return
     if not s.data:
-        raise ConfigError("data.source=sft needs sft.data (a JSONL file or a Hugging Face dataset)")
+        raise ConfigError(f"data.source={d.source} needs sft.data (a JSONL file or a Hugging Face dataset)")
     if not 0 <= s.valid_fraction < 1:
         raise ConfigError(f"sft.valid_fraction must lie in [0, 1), got {s.valid_fraction}")
     if cfg.run.eval_interval and not s.valid_fraction:
-        raise ConfigError("run.eval_interval with data.source=sft needs sft.valid_fraction > 0 (the held-out examples)")
+        raise ConfigError(
+            f"run.eval_interval with data.source={d.source} needs sft.valid_fraction > 0 (the held-out examples)"
+        )
     if cfg.run.eval_interval and cfg.run.eval_iters < 1:
         raise ConfigError(f"run.eval_iters must be >= 1 to evaluate, got {cfg.run.eval_iters}")
     if cfg.kernels.cuda_graphs:
         raise ConfigError(
-            "kernels.cuda_graphs=true cannot run data.source=sft: packed rows change their document "
+            f"kernels.cuda_graphs=true cannot run data.source={d.source}: packed rows change their document "
             "boundaries every micro-batch, which a captured graph cannot"
         )
+    if d.source == "dpo":
+        _check_dpo(cfg)
+
+
+def _check_dpo(cfg: LitesparkConfig) -> None:
+    """The preference loss's settings (:class:`litespark.dpo.loss.PreferenceLoss` says the same)."""
+    from litespark.dpo.loss import LOSS_TYPES
+
+    p = cfg.dpo
+    unknown = [t for t in p.loss_type if t not in LOSS_TYPES]
+    if unknown or not p.loss_type:
+        raise ConfigError(f"dpo.loss_type must list some of {', '.join(LOSS_TYPES)}, got {p.loss_type}")
+    if p.loss_weights is not None and len(p.loss_weights) != len(p.loss_type):
+        raise ConfigError(f"dpo.loss_weights has {len(p.loss_weights)} weights for {len(p.loss_type)} loss types")
+    if not p.beta > 0:
+        raise ConfigError(f"dpo.beta must be positive, got {p.beta}")
+    if not 0 <= p.label_smoothing < 0.5:
+        raise ConfigError(f"dpo.label_smoothing must lie in [0, 0.5), got {p.label_smoothing}")
+    if p.label_smoothing and "robust" not in p.loss_type:
+        raise ConfigError("dpo.label_smoothing is used by the robust loss only: add robust to dpo.loss_type")
+    if cfg.model.seq_length < 4:
+        raise ConfigError("data.source=dpo needs model.seq_length >= 4 (a row holds both sequences of a pair)")
 
 
 def _check_checkpoint(cfg: LitesparkConfig) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from litespark.config import ConfigError, LitesparkConfig, to_dict, validate
 from litespark.config.cli import quiet_optional_dependency_warnings, user_errors_exit_2
+from litespark.config.schema import PACKED_SOURCES
 from litespark.files import atomic_write_text
 from litespark.log import get_logger, setup_logging
 
@@ -67,7 +68,12 @@ def to_hf(args: argparse.Namespace) -> int:
     shapes = {name: tuple(t.shape) for name, t in merged.items()}
     check_shapes(shapes, expected, f"checkpoint {step}")
     tokenizer = args.tokenizer
-    if tokenizer is None and cfg.data.source == "sft" and cfg.sft.tokenizer and Path(cfg.sft.tokenizer).is_dir():
+    if (
+        tokenizer is None
+        and cfg.data.source in PACKED_SOURCES
+        and cfg.sft.tokenizer
+        and Path(cfg.sft.tokenizer).is_dir()
+    ):
         tokenizer = cfg.sft.tokenizer  # the fine-tuning's, with its chat template
         log.info("tokenizer from the run's config: %s", tokenizer)
     elif tokenizer is None and cfg.data.tokenizer and Path(cfg.data.tokenizer).is_file():
