@@ -42,15 +42,18 @@ SFT_DEFAULTS = [
 warm-up, no weight decay, Adam's beta2 0.999), applied over the preset's pretraining ones."""
 
 
-def build_sft_config(args: argparse.Namespace) -> LitesparkConfig:
-    """The run's config from the command line (see the module docstring for the order)."""
+def build_sft_config(
+    args: argparse.Namespace, source: str = "sft", defaults: list[str] = SFT_DEFAULTS
+) -> LitesparkConfig:
+    """The run's config from the command line (see the module docstring for the order); ``source``
+    and ``defaults``: DPO's (:mod:`litespark.dpo.__main__`) instead of SFT's."""
     from litespark.config.overrides import apply_overrides, load_yaml
     from litespark.config.presets import get_preset
 
     preset = args.preset or _default_preset()
     cfg = get_preset(preset)
-    apply_overrides(cfg, SFT_DEFAULTS)
-    settings = ["data.source=sft", f"sft.data={args.data}"]
+    apply_overrides(cfg, defaults)
+    settings = [f"data.source={source}", f"sft.data={args.data}"]
     if args.hf:
         from litespark.convert.hf_files import model_config_from_hf
 
@@ -89,7 +92,10 @@ def preflight(cfg: LitesparkConfig, world_size: int, gpu: str | None) -> str:
     if s.tokenizer and not Path(s.tokenizer).is_dir():
         raise ConfigError(f"sft.tokenizer: {s.tokenizer} is not a directory")
     line = train.preflight(cfg, world_size, gpu)
-    return line.replace("data sft", f"SFT data {s.data}" + (f", from {s.hf_model}" if s.hf_model else ""))
+    source = cfg.data.source
+    return line.replace(
+        f"data {source}", f"{source.upper()} data {s.data}" + (f", from {s.hf_model}" if s.hf_model else "")
+    )
 
 
 def export_hf(cfg: LitesparkConfig, out: str) -> None:
@@ -103,8 +109,13 @@ def export_hf(cfg: LitesparkConfig, out: str) -> None:
 
 @user_errors_exit_2("litespark.sft")
 def main(argv: list[str] | None = None) -> int:
+    return run_finetuning(argv, "sft", SFT_DEFAULTS, __doc__)
+
+
+def run_finetuning(argv: list[str] | None, source: str, defaults: list[str], doc: str | None) -> int:
+    """The command line of ``python -m litespark.sft`` (``source`` sft) and ``litespark.dpo`` (dpo)."""
     quiet_optional_dependency_warnings()
-    parser = argparse.ArgumentParser(prog="python -m litespark.sft", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m litespark.{source}", description=(doc or "").splitlines()[0])
     add_config_args(parser)
     parser.set_defaults(preset=None)
     parser.add_argument("--hf", metavar="HF_DIR", help="Hugging Face Llama directory: model, weights and tokenizer")
@@ -112,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         required=True,
         metavar="FILE|DATASET",
-        help="JSONL examples (.jsonl, .jsonl.gz, .jsonl.zst) or a Hugging Face dataset (name or directory)",
+        help=f"JSONL {'preference pairs' if source == 'dpo' else 'examples'} (.jsonl, .jsonl.gz, .jsonl.zst) or a "
+        "Hugging Face dataset (name or directory)",
     )
     parser.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer directory (default: --hf's)")
     parser.add_argument("--train-iters", type=int, help="shortcut for --set run.train_iters=N")
@@ -128,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu", default=None, help="with --preflight / --print-config: the GPU to plan for")
     args = parser.parse_args(argv)
-    cfg = build_sft_config(args)
+    cfg = build_sft_config(args, source, defaults)
     if args.export_hf and Path(args.export_hf).exists() and any(Path(args.export_hf).iterdir()):
         raise ConfigError(f"--export-hf {args.export_hf} exists and is not empty; choose a new directory")
     if args.export_hf and not cfg.checkpoint.enabled:
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if code == 0 and args.export_hf and global_rank() == 0:
         setup_logging()
         export_hf(cfg, args.export_hf)
-        log.info("exported the fine-tuned model to %s", args.export_hf)
+        log.info("exported the %s model to %s", source.upper(), args.export_hf)
     return code
 
 

@@ -38,43 +38,59 @@ PAD_TO = 16
 class SFTData:
     """The packed rows of one run, split into training and validation examples by ``run.seed``."""
 
+    per_unit = 1
+    """Sequences trained together, never split across micro-batches (DPO: a pair's two)."""
+    unit_name = "examples"
+
     def __init__(self, corpus: SFTCorpus, plan: RunPlan):
         cfg = plan.config
         self.corpus, self.plan = corpus, plan
         self.seq, self.seed = cfg.model.seq_length, cfg.run.seed
         self.micro, self.global_batch = plan.micro_batch_size, cfg.data.global_batch_size
         self.micro_batches_per_step = plan.gradient_accumulation_steps * plan.data_parallel
-        lengths = corpus.lengths()
+        self.seq_lengths = corpus.lengths()
         starts = corpus.offsets[:-1]
-        # Targets of example i: its mask without the first token (nothing precedes it to predict it).
+        # Targets of sequence i: its mask without the first token (nothing precedes it to predict it).
         self.targets = np.add.reduceat(corpus.mask, starts, dtype=np.int64) - corpus.mask[starts]
-        order = np.random.default_rng(self.seed).permutation(len(corpus))
-        n_valid = round(len(corpus) * cfg.sft.valid_fraction)
+        lengths = self.seq_lengths.reshape(-1, self.per_unit).sum(axis=1)
+        units = len(lengths)
+        order = np.random.default_rng(self.seed).permutation(units)
+        n_valid = round(units * cfg.sft.valid_fraction)
         if cfg.sft.valid_fraction and n_valid == 0:
             n_valid = 1
-        if n_valid >= len(corpus):
+        if n_valid >= units:
             raise ConfigError(
-                f"sft.valid_fraction {cfg.sft.valid_fraction} leaves no training example of {len(corpus)}"
+                f"sft.valid_fraction {cfg.sft.valid_fraction} leaves no training {self.unit_name[:-1]} of {units}"
             )
         self.train_rows = self._pack(np.sort(order[n_valid:]), lengths)
         self.valid_rows = self._pack(np.sort(order[:n_valid]), lengths) if n_valid else []
         real = int(lengths[order[n_valid:]].sum())
         log.info(
-            "SFT rows: %d training examples in %d rows of %d tokens (%.1f%% full), an epoch every %.1f steps; "
-            "%d validation examples in %d rows",
-            len(corpus) - n_valid,
+            "%s rows: %d training %s in %d rows of %d tokens (%.1f%% full), an epoch every %.1f steps; "
+            "%d validation %s in %d rows",
+            cfg.data.source.upper(),
+            units - n_valid,
+            self.unit_name,
             len(self.train_rows),
             self.seq,
             100 * real / (len(self.train_rows) * self.seq),
             len(self.train_rows) / self.global_batch,
             n_valid,
+            self.unit_name,
             len(self.valid_rows),
         )
         self._perms: dict[int, np.ndarray] = {}
         if n_valid and not cfg.run.eval_interval:
             log.warning(
-                "sft.valid_fraction holds out %d examples but run.eval_interval=0 never evaluates them", n_valid
+                "sft.valid_fraction holds out %d %s but run.eval_interval=0 never evaluates them",
+                n_valid,
+                self.unit_name,
             )
+
+    def sequences(self, units: np.ndarray) -> np.ndarray:
+        """The corpus's sequences of ``units``, in order (a unit's sequences are consecutive)."""
+        k = self.per_unit
+        return units if k == 1 else (units[:, None] * k + np.arange(k)).reshape(-1)
 
     def _pack(self, ids: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         rows = best_fit_decreasing(lengths[ids].tolist(), self.seq)
@@ -101,10 +117,10 @@ class SFTData:
         return range(step * self.global_batch, (step + 1) * self.global_batch)
 
     def _tokens(self, rows: list[np.ndarray]) -> StepTokens:
-        lengths = self.corpus.lengths()
+        lengths = self.seq_lengths
         real = trained = pairs = padding = 0
         for first in range(0, len(rows), self.micro):
-            ids = np.concatenate(rows[first : first + self.micro])
+            ids = self.sequences(np.concatenate(rows[first : first + self.micro]))
             n = lengths[ids]
             real += int(n.sum())
             padding += -int(n.sum()) % PAD_TO
@@ -112,15 +128,27 @@ class SFTData:
             pairs += int((n * n).sum())
         return StepTokens(real=real, padding=padding, trained=trained, attention_pairs=pairs)
 
-    def _batch(self, rows: list[np.ndarray], normalizer: float, device: torch.device) -> dict:
+    def _packed(self, rows: list[np.ndarray], device: torch.device) -> dict:
+        """The ``thd`` micro-batch of ``rows``' sequences."""
         docs, masks = [], []
-        for i in np.concatenate(rows):
+        for i in self.sequences(np.concatenate(rows)):
             tokens, mask = self.corpus.example(int(i))
             docs.append(tokens)
             masks.append(mask)
-        batch = to_packed_batch(docs, masks, pad_to=PAD_TO, device=device, max_seqlen=self.seq)
+        return to_packed_batch(docs, masks, pad_to=PAD_TO, device=device, max_seqlen=self.seq)
+
+    def _batch(self, rows: list[np.ndarray], normalizer: float, device: torch.device) -> dict:
+        batch = self._packed(rows, device)
         batch["loss_normalizer"] = normalizer
         return batch
+
+    def interval_record(self, steps: range, counts: list[StepTokens]) -> dict:
+        """What the metrics record of the training steps ``steps`` adds to pretraining's (collective)."""
+        return {"padding_tokens": sum(c.padding for c in counts), "trained_tokens": sum(c.trained for c in counts)}
+
+    def eval_record(self) -> dict:
+        """What a validation record adds (nothing: the loss is the mean over trained tokens)."""
+        return {}
 
     def train_batches(
         self, start_step: int, dp_size: int, dp_rank: int, device: torch.device

@@ -83,8 +83,11 @@ class SFTOptions:
     """How many bad lines are kept, with their line numbers, for the log and the error."""
 
 
-class _Collector:
-    """Tokenises examples one at a time into :class:`SFTExamples`, counting every one."""
+class Collector:
+    """Tokenises examples one at a time into :class:`SFTExamples`, counting every one (SFT examples;
+    :class:`litespark.dpo.dataset.PairCollector` adds preference pairs instead)."""
+
+    kind = "SFT"
 
     def __init__(self, tokenizer, options: SFTOptions):
         if options.too_long not in TOO_LONG:
@@ -135,22 +138,26 @@ class _Collector:
     def finish(self, source: str) -> SFTExamples:
         if not self.tokens:
             reasons = "; ".join(self.counts.first_bad) or "it has no examples"
-            raise SFTDataError(f"SFT data {source}: nothing to train on ({reasons})")
-        log.info("SFT data %s: %s", source, self.counts.summary())
+            raise SFTDataError(f"{self.kind} data {source}: nothing to train on ({reasons})")
+        log.info("%s data %s: %s", self.kind, source, self.counts.summary())
         return SFTExamples(self.tokens, self.masks, self.counts)
 
 
 def read_sft_file(path: str | Path, tokenizer, options: SFTOptions) -> SFTExamples:
     """Tokenise every example of the JSONL file ``path`` (see the module docstring); raises
     :class:`SFTDataError` when the file cannot be read or holds nothing to train on."""
+    return read_jsonl(path, Collector(tokenizer, options))
+
+
+def read_jsonl(path: str | Path, collector: Collector) -> SFTExamples:
+    """Every line of the JSONL file ``path`` through ``collector``."""
     from data_prep.corpus import LineStream, split_lines
 
     path = Path(path)
-    collector = _Collector(tokenizer, options)
     if not path.is_file():
-        raise SFTDataError(f"SFT data {path}: no such file")
+        raise SFTDataError(f"{collector.kind} data {path}: no such file")
     if not path.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-        raise SFTDataError(f"SFT data {path}: expected a .jsonl, .jsonl.gz or .jsonl.zst file")
+        raise SFTDataError(f"{collector.kind} data {path}: expected a .jsonl, .jsonl.gz or .jsonl.zst file")
     stream, line_no = LineStream(path), 0
     while not stream.exhausted:
         for raw in split_lines(stream.take(stream.offset + (1 << 20))):
@@ -171,14 +178,18 @@ def read_sft_file(path: str | Path, tokenizer, options: SFTOptions) -> SFTExampl
 def read_sft_dataset(name: str, split: str, tokenizer, options: SFTOptions) -> SFTExamples:
     """Tokenise every row of split ``split`` of the Hugging Face dataset ``name`` (a hub name or a
     local directory ``datasets.load_dataset`` reads), as :func:`read_sft_file` does its lines."""
+    return read_dataset(name, split, Collector(tokenizer, options))
+
+
+def read_dataset(name: str, split: str, collector: Collector) -> SFTExamples:
+    """Every row of split ``split`` of the Hugging Face dataset ``name`` through ``collector``."""
     import datasets
 
-    collector = _Collector(tokenizer, options)
     try:
         rows = datasets.load_dataset(name, split=split)
     except Exception as exc:  # network, unknown name or split: one line either way
         raise SFTDataError(
-            f"SFT data {name} ({split}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            f"{collector.kind} data {name} ({split}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         ) from None
     for i, row in enumerate(rows):
         collector.add(f"row {i}", {k: v for k, v in row.items() if v is not None})

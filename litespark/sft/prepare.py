@@ -2,7 +2,7 @@
 
 Tokenising a chat set through a chat template runs at a few thousand examples per second on one
 core, so it is done once, at the first start, by rank 0 while the other ranks wait, and kept in
-``RUN_DIR/sft_data/`` as three flat arrays (token ids, loss mask, example offsets) with a manifest of
+``RUN_DIR/sft_data/`` (DPO: ``RUN_DIR/dpo_data/``, two sequences per pair) as three flat arrays (token ids, loss mask, example offsets) with a manifest of
 what was read: every line counted as an example, a truncated or dropped long one, or a bad line with
 its reason.  The directory is written under a temporary name and renamed when complete.  A later
 start (a resume) reuses it only when its fingerprint (the data's bytes, the tokenizer's files and the
@@ -31,6 +31,7 @@ from litespark.log import get_logger
 
 log = get_logger(__name__)
 CACHE = "sft_data"
+DPO_CACHE = "dpo_data"
 FORMAT = 1
 
 
@@ -115,11 +116,16 @@ def _sha256_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def corpus_dir(cfg: LitesparkConfig) -> Path:
+    """``RUN_DIR/sft_data`` or, for preference pairs, ``RUN_DIR/dpo_data``."""
+    return Path(cfg.run.run_dir) / (DPO_CACHE if cfg.data.source == "dpo" else CACHE)
+
+
 def prepare_sft_corpus(cfg: LitesparkConfig) -> SFTCorpus:
     """The run's tokenised examples (collective): made by rank 0 at the first start, reused after."""
     from litespark.runtime.distributed import run_on_rank0
 
-    cache = Path(cfg.run.run_dir) / CACHE
+    cache = corpus_dir(cfg)
     error = run_on_rank0(lambda: _ensure_cache(cfg, cache), f"sft.data: preparing {cache}")
     if error is not None:
         raise ConfigError(error)
@@ -141,7 +147,7 @@ def _ensure_cache(cfg: LitesparkConfig, cache: Path) -> None:
     examples, seconds = _tokenise(cfg)
     # One name: rank 0 holds the run directory's lock, and a start killed here leaves nothing behind
     # that the next one does not remove.
-    tmp = cache.with_name(f"{CACHE}.incomplete")
+    tmp = cache.with_name(f"{cache.name}.incomplete")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     lengths = np.fromiter((len(t) for t in examples.tokens), dtype=np.int64, count=len(examples.tokens))
@@ -170,11 +176,17 @@ def _ensure_cache(cfg: LitesparkConfig, cache: Path) -> None:
         ),
     )
     os.replace(tmp, cache)
-    log.info("SFT data tokenised in %.1f s (%.0f examples/s) into %s", seconds, c.lines / max(seconds, 1e-9), cache)
+    log.info(
+        "%s data tokenised in %.1f s (%.0f examples/s) into %s",
+        cfg.data.source.upper(),
+        seconds,
+        c.lines / max(seconds, 1e-9),
+        cache,
+    )
 
 
 def _tokenise(cfg: LitesparkConfig):
-    from litespark.sft.dataset import SFTDataError, SFTOptions, read_sft_dataset, read_sft_file
+    from litespark.sft.dataset import Collector, SFTDataError, SFTOptions, read_dataset, read_jsonl
 
     s = cfg.sft
     assert s.data is not None
@@ -189,13 +201,19 @@ def _tokenise(cfg: LitesparkConfig):
         raise ConfigError(
             f"sft.tokenizer: {s.tokenizer} has {len(tokenizer)} tokens, more than model.vocab_size ({cfg.model.vocab_size})"
         )
+    if cfg.data.source == "dpo":
+        from litespark.dpo.dataset import PairCollector
+
+        collector: Collector = PairCollector(tokenizer, options)
+    else:
+        collector = Collector(tokenizer, options)
     start = time.perf_counter()
     try:
         path = Path(s.data)
         if path.is_file() or path.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-            examples = read_sft_file(path, tokenizer, options)
+            examples = read_jsonl(path, collector)
         else:
-            examples = read_sft_dataset(s.data, s.split, tokenizer, options)
+            examples = read_dataset(s.data, s.split, collector)
     except SFTDataError as exc:
         raise ConfigError(str(exc)) from None
     top = max(max(ids) for ids in examples.tokens)

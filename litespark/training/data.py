@@ -76,6 +76,14 @@ class PretrainData:
     def step_tokens(self, step: int) -> StepTokens:
         return self._tokens
 
+    def interval_record(self, steps: range, counts: list[StepTokens]) -> dict:
+        """What a metrics record adds for this data (nothing: every token is real and trained)."""
+        return {}
+
+    def eval_record(self) -> dict:
+        """What a validation record adds for this data (nothing)."""
+        return {}
+
 
 @dataclass
 class IndexFacts:

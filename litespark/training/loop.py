@@ -31,6 +31,7 @@ import torch.distributed as dist
 import yaml
 
 from litespark.config import ConfigError, LitesparkConfig, RunPlan, to_dict
+from litespark.config.schema import PACKED_SOURCES
 from litespark.environment import collect_versions
 from litespark.files import FileLock, LockHeld, atomic_write_text, hold_lock
 from litespark.log import get_logger, setup_logging
@@ -52,6 +53,8 @@ EXIT_NONFINITE_LOSS = 1
 EXIT_WRITE_FAILED = 74
 """A checkpoint could not be written (disk full, quota): the job scripts do not requeue it."""
 RUN_DIR_LOCK = "litespark.lock"
+SHOWN_METRICS = ("rewards/accuracies", "rewards/margins")
+"""DPO metrics the log lines show (metrics.jsonl and the report have all of them)."""
 log = get_logger(__name__)
 
 
@@ -83,7 +86,7 @@ def train(plan: RunPlan) -> int:
 
             weights = check_weights_source(cfg, hf_init_run_dir(cfg))
         sft_corpus = None
-        if cfg.data.source == "sft":  # before the run directory is written to: other data is refused
+        if cfg.data.source in PACKED_SOURCES:  # before the run directory is written to: other data is refused
             from litespark.sft.prepare import prepare_sft_corpus
 
             sft_corpus = prepare_sft_corpus(cfg)
@@ -94,7 +97,12 @@ def train(plan: RunPlan) -> int:
         if start_step >= cfg.run.train_iters:
             log.info("nothing to do: checkpoint step %d >= run.train_iters %d", start_step, cfg.run.train_iters)
             return 0
-        training = TrainingRun(plan, engine, scheduler, data, run_dir, energy, start_step, t_setup)
+        reference = None
+        if cfg.data.source == "dpo":  # with the initial weights, before the first step changes them
+            from litespark.dpo.reference import attach_reference
+
+            reference = attach_reference(engine, data, start_step, *_dp_rank(), engine.device)
+        training = TrainingRun(plan, engine, scheduler, data, run_dir, energy, start_step, t_setup, reference)
         return training.run()
     finally:
         if lock is not None:
@@ -231,10 +239,20 @@ def _build(plan: RunPlan, load_universal: bool = False, sft_corpus=None):
         from litespark.sft.batches import SFTData
 
         return engine, scheduler, SFTData(sft_corpus, plan)
+    if cfg.data.source == "dpo":
+        from litespark.dpo.batches import DPOData
+
+        return engine, scheduler, DPOData(sft_corpus, plan)
     eval_samples = cfg.run.eval_iters * cfg.data.global_batch_size if cfg.run.eval_interval else 0
     datasets = build_datasets(cfg, eval_samples=eval_samples)
     check_token_ids(cfg)
     return engine, scheduler, PretrainData(datasets, plan)
+
+
+def _dp_rank() -> tuple[int, int]:
+    from megatron.core import parallel_state as ps
+
+    return ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
 
 
 def _restore(cfg: LitesparkConfig, engine, plan: ResumePlan, weights: Path | None) -> int:
@@ -326,6 +344,7 @@ class TrainingRun:
         energy: EnergyMeter,
         start_step: int,
         t_setup: float,
+        reference: dict | None = None,
     ):
         from megatron.core import parallel_state as ps
         from tqdm import tqdm
@@ -353,7 +372,11 @@ class TrainingRun:
             dynamic_ncols=True,
             mininterval=2.0,
         )
-        self._write_phase("setup", time.perf_counter() - t_setup, energy.interval_joules())
+        # The reference pass (DPO) is a record of its own; its energy stays in the set-up's.
+        reference_s = reference["seconds"] if reference else 0.0
+        self._write_phase("setup", time.perf_counter() - t_setup - reference_s, energy.interval_joules())
+        if reference is not None:
+            self.metrics.write(reference)
         self.phases = PhaseMeter(energy)  # the first training interval starts now
 
     def run(self) -> int:
@@ -441,14 +464,7 @@ class TrainingRun:
             "data_wait_s": data_wait,
             "tokens": tokens,
             "consumed_samples": self.step_done * cfg.data.global_batch_size,
-            **(
-                {
-                    "padding_tokens": sum(c.padding for c in counts),
-                    "trained_tokens": sum(c.trained for c in counts),
-                }
-                if cfg.data.source == "sft"
-                else {}
-            ),
+            **self.data.interval_record(range(self.step_done - interval_steps, self.step_done), counts),
             **interval_metrics(
                 tokens=tokens,
                 seconds=seconds,
@@ -467,10 +483,11 @@ class TrainingRun:
         if self.rank == 0:
             self.progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             log.info(
-                "step %d/%d loss %.4f lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s%s",
+                "step %d/%d loss %.4f%s lr %.2e grad_norm %s | %.0f tok/s/gpu %.3g TFLOP/s/gpu%s%s%s",
                 self.step_done,
                 cfg.run.train_iters,
                 record["loss"],
+                "".join(f" {k} {record[k]:.4f}" for k in SHOWN_METRICS if k in record),
                 record["lr"],
                 f"{record['grad_norm']:.3f}" if record["grad_norm"] is not None else "-",
                 record["tokens_per_s_per_gpu"],
@@ -488,8 +505,14 @@ class TrainingRun:
             "eval",
             lambda: evaluate(self.engine, self.data.eval_batches(self.dp_size, self.dp_rank, self.device), self.device),
         )
-        self.metrics.write({"step": self.step_done, "split": "valid", "loss": valid_loss})
-        log.info("step %d validation loss %.4f", self.step_done, valid_loss)
+        extra = self.data.eval_record()
+        self.metrics.write({"step": self.step_done, "split": "valid", "loss": valid_loss, **extra})
+        log.info(
+            "step %d validation loss %.4f%s",
+            self.step_done,
+            valid_loss,
+            "".join(f" {k} {v:.4f}" for k, v in extra.items() if k in SHOWN_METRICS),
+        )
 
     def _save(self, reason: str, final: bool = False) -> None:
         """Start a checkpoint of the current step: synchronous, or copied to host memory and written in

@@ -14,21 +14,31 @@ import torch
 import torch.distributed as dist
 
 
-def forward_loss(engine, batch: dict) -> torch.Tensor:
-    """Loss of one micro-batch: summed over the positions its ``loss_mask`` counts, divided by their
-    number, or by the batch's ``loss_normalizer`` when it has one (SFT: the global batch's trained
-    tokens per micro-batch, so that the step's loss is the mean over all of them).  A packed row
+def token_losses(engine, batch: dict) -> torch.Tensor:
+    """Per-position cross-entropy of one micro-batch (``[b, s]``).  A packed row
     (:func:`litespark.training.packing.to_packed_batch`) runs with its document masks."""
     from litespark.model.build import position_ids_for
 
     packed = batch.get("packed_seq_params")
-    losses = engine(
+    return engine(
         input_ids=batch["tokens"],
         position_ids=batch["position_ids"] if packed is not None else position_ids_for(batch["tokens"]),
         attention_mask=None,
         labels=batch["labels"],
         **({"packed_seq_params": packed} if packed is not None else {}),
     )
+
+
+def forward_loss(engine, batch: dict) -> torch.Tensor:
+    """Loss of one micro-batch: summed over the positions its ``loss_mask`` counts, divided by their
+    number, or by the batch's ``loss_normalizer`` when it has one (SFT: the global batch's trained
+    tokens per micro-batch, so that the step's loss is the mean over all of them).  A batch with a
+    ``preference`` (DPO: :class:`litespark.dpo.batches.PreferenceBatch`) makes its own loss of the
+    per-token ones."""
+    losses = token_losses(engine, batch)
+    preference = batch.get("preference")
+    if preference is not None:
+        return preference.loss(losses)
     mask = batch["loss_mask"].float()
     normalizer = batch.get("loss_normalizer")
     return (losses.float() * mask).sum() / (mask.sum().clamp(min=1.0) if normalizer is None else normalizer)
