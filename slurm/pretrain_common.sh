@@ -2,11 +2,12 @@
 # submitted itself).
 #
 # Environment (all optional):
-#   LITESPARK_ENTRY           litespark.train (default) or litespark.sft
+#   LITESPARK_ENTRY           litespark.train (default), litespark.sft or litespark.dpo
 #   LITESPARK_PRESET          preset name (the calling script sets its own default)
 #   LITESPARK_DATA            litespark.train: comma-separated indexed-dataset prefixes, or "mock";
-#                             litespark.sft: the examples (JSONL file or Hugging Face dataset; required)
-#   LITESPARK_HF              litespark.sft: the Hugging Face Llama directory to start from
+#                             litespark.sft / litespark.dpo: the examples or preference pairs (JSONL file or
+#                             Hugging Face dataset; required)
+#   LITESPARK_HF              litespark.sft / litespark.dpo: the Hugging Face Llama directory to start from
 #   LITESPARK_RUN_NAME        default: the preset
 #   LITESPARK_RUN_DIR         default runs/<run name>-<job id>; stable across requeues, so a requeued job resumes
 #   LITESPARK_SET             extra overrides, space-separated KEY=VALUE (e.g. "optim.lr=1e-4 run.train_iters=500")
@@ -16,7 +17,7 @@
 #   LITESPARK_LAUNCHER        srun (default) or torchrun (one host, no Slurm step: the scaling runs)
 #   LITESPARK_MASTER_PORT     rendezvous port (default 20000 + job id mod 40000)
 # Arguments: --dry-run prints the resolved launch and config and exits; anything else goes to
-# `python -m $LITESPARK_ENTRY` after the overrides above (e.g. --export-hf OUT for litespark.sft).
+# `python -m $LITESPARK_ENTRY` after the overrides above (e.g. --export-hf OUT for litespark.sft and litespark.dpo).
 set -euo pipefail
 
 # A mistake in the environment is one line and exit 2, which the job never requeues.
@@ -36,9 +37,12 @@ PER_NODE=${PER_NODE%%(*}                     # "8(x4)" -> 8
 integer LITESPARK_GPUS_PER_NODE "$PER_NODE" 1
 WORLD=$((NODES * PER_NODE))
 ENTRY=${LITESPARK_ENTRY:-litespark.train}
-[ "$ENTRY" = litespark.train ] || [ "$ENTRY" = litespark.sft ] || die "LITESPARK_ENTRY=$ENTRY is not litespark.train or litespark.sft"
-[ "$ENTRY" = litespark.train ] || [ -n "${LITESPARK_DATA:-}" ] || die "LITESPARK_DATA must name the SFT examples"
-[ -z "${LITESPARK_HF:-}" ] || [ "$ENTRY" = litespark.sft ] || die "LITESPARK_HF is read by litespark.sft only (LITESPARK_ENTRY=$ENTRY)"
+case "$ENTRY" in
+    litespark.train | litespark.sft | litespark.dpo) ;;
+    *) die "LITESPARK_ENTRY=$ENTRY is not litespark.train, litespark.sft or litespark.dpo" ;;
+esac
+[ "$ENTRY" = litespark.train ] || [ -n "${LITESPARK_DATA:-}" ] || die "LITESPARK_DATA must name the fine-tuning data ($ENTRY)"
+[ -z "${LITESPARK_HF:-}" ] || [ "$ENTRY" != litespark.train ] || die "LITESPARK_HF is read by litespark.sft and litespark.dpo only (LITESPARK_ENTRY=$ENTRY)"
 RUN_DIR=${LITESPARK_RUN_DIR:-runs/${LITESPARK_RUN_NAME:-$PRESET}-${JOB}}
 MAX_RESTARTS=${LITESPARK_MAX_RESTARTS:-2}
 integer LITESPARK_MAX_RESTARTS "$MAX_RESTARTS" 0

@@ -8,7 +8,9 @@ work there work here:
   response that lacks it) or all three message lists (rendered by the chat template: the prompt with
   the generation prompt, then the prompt followed by each response);
 - ``{"chosen", "rejected"}`` only: the prompt is what the two have in common at the start (TRL's
-  ``extract_prompt``: the shared leading turns, or the shared leading characters of text).
+  ``extract_prompt``: the shared leading turns, or the shared leading characters of text);
+- ``{"prompt_ids", "chosen_ids", "rejected_ids"}``: token ids already (TRL's tokenised columns),
+  taken as they are.
 
 The responses start where the tokenised prompt and the tokenised prompt + response part (usually the
 end of the prompt; a template or a merge across the boundary can move it earlier).  An example's
@@ -33,6 +35,13 @@ def to_preference_ids(example: dict[str, Any], tokenizer) -> tuple[list[int], li
     ``transformers`` tokenizer); each response's ids follow the prompt's."""
     if not isinstance(example, dict):
         raise PreferenceExampleError(f"an example must be a JSON object, got {type(example).__name__}")
+    if any(k in example for k in TOKENISED):
+        return _tokenised(example)
+    if tokenizer is None:
+        raise PreferenceExampleError(
+            "text and conversational pairs need a tokenizer (--hf or --tokenizer); without one, give "
+            f"{', '.join(TOKENISED)}"
+        )
     missing = [k for k in ("chosen", "rejected") if k not in example]
     if missing:
         raise PreferenceExampleError(
@@ -52,6 +61,30 @@ def to_preference_ids(example: dict[str, Any], tokenizer) -> tuple[list[int], li
         "'prompt', 'chosen' and 'rejected' must all be text or all be message lists, got "
         f"{type(prompt).__name__}, {type(chosen).__name__} and {type(rejected).__name__}"
     )
+
+
+TOKENISED = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+def _tokenised(example: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    missing = [k for k in TOKENISED if k not in example]
+    if missing:
+        raise PreferenceExampleError(f"a tokenised pair needs {', '.join(TOKENISED)}; it lacks {', '.join(missing)}")
+    ids = []
+    for key in TOKENISED:
+        value = example[key]
+        if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            raise PreferenceExampleError(f"'{key}' must be a list of integer token ids")
+        if any(t < 0 for t in value):
+            raise PreferenceExampleError(f"'{key}' has a negative token id")
+        ids.append(value)
+    prompt, chosen, rejected = ids
+    for name, response in (("chosen_ids", chosen), ("rejected_ids", rejected)):
+        if not response:
+            raise PreferenceExampleError(f"'{name}' is empty")
+    if chosen == rejected:
+        raise PreferenceExampleError("'chosen_ids' and 'rejected_ids' are identical: nothing to prefer")
+    return prompt, chosen, rejected
 
 
 def extract_prompt(chosen: Any, rejected: Any) -> dict[str, Any]:

@@ -106,9 +106,25 @@ def run_markdown(run: Run, s: dict, plots: list[Path]) -> str:
         f"{share('final_checkpoint_seconds')} | (in the checkpoint energy) |",
         f"| start-up (model build, data, resume, each start's first step) | {_hms(s['setup_seconds'])} | {share('setup_seconds')} | "
         f"{kwh('setup_kwh')} |",
+        *(
+            [
+                f"| ... of which the DPO reference pass | {_hms(s['reference_seconds'])} | {share('reference_seconds')} | - |"
+            ]
+            if s["reference_seconds"] is not None
+            else []
+        ),
         f"| lost to restarts ({s['redone_intervals']} intervals trained again after a resume) | "
         f"{_hms(s['redone_seconds'])} | {share('redone_seconds')} | {kwh('redone_kwh')} |",
     ]
+    if s["preference"] is not None:
+        lines += [
+            "",
+            "## Preferences (DPO)",
+            "",
+            "| metric | last training interval | last validation |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {k} | {t:.4f} | {_f(v, '.4f')} |" for k, (t, v) in s["preference"].items()]
     if s["skipped_lines"]:
         lines.append(
             f"\n{s['skipped_lines']} incomplete line(s) at the end of metrics.jsonl ignored "

@@ -93,4 +93,21 @@ def plot_runs(runs: list[Run], out_dir: Path, prefix: str = "") -> list[Path]:
     if len(runs) > 1:
         a.legend()
     paths.append(_save(fig, out_dir / f"{prefix}optimizer.png"))
+    if any("rewards/margins" in r.train[-1] for r in runs):
+        paths.append(_plot_preferences(plt, runs, out_dir / f"{prefix}preferences.png"))
     return paths
+
+
+def _plot_preferences(plt, runs: list[Run], path: Path) -> Path:
+    """DPO: the reward margin and accuracy, training and validation, against tokens trained."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key in zip(axes, ("rewards/margins", "rewards/accuracies")):
+        for run in runs:
+            ax.plot(*_series(run, key), label=f"{run.name} train")
+            steps = {r["step"]: t for t, r in zip(cumulative_tokens(run), run.train)}
+            pts = [(steps[v["step"]] / 1e6, v[key]) for v in run.valid if key in v and v["step"] in steps]
+            if pts:
+                ax.plot(*zip(*pts), "o--", label=f"{run.name} valid")
+        ax.set_xlabel("tokens trained (M)"), ax.set_ylabel(key)
+        ax.legend()
+    return _save(fig, path)

@@ -3,7 +3,8 @@
 The trainer appends one JSON object per event to ``metrics.jsonl`` on rank 0, with energy already
 summed over every rank of every node: ``setup`` (process start to the first step), ``train``
 (a logging interval: time and energy of training alone; the first step of each start is an interval
-of its own marked ``warmup``), ``eval`` and ``checkpoint`` (pauses, with
+of its own marked ``warmup``), ``reference`` (DPO's reference pass, once per run, timed apart from
+the set-up it belongs to), ``eval`` and ``checkpoint`` (pauses, with
 their own time and energy) and ``valid`` (validation loss).  A run that is still going or was killed
 may end in a half-written line; it is skipped and counted, never fatal.  A resumed run logs again
 the steps after its checkpoint; the later records are the ones the final model trained through,
@@ -37,6 +38,13 @@ class Run:
     config: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     skipped_lines: int = 0
+    reference: list[dict] = field(default_factory=list)
+    """DPO's reference passes (``cached`` when read from the cache instead)."""
+
+    @property
+    def packed(self) -> bool:
+        """Fine-tuning data (SFT, DPO): rows are packed examples, not full sequences."""
+        return self.config.get("data", {}).get("source") in ("sft", "dpo")
 
     @property
     def name(self) -> str:
@@ -79,7 +87,18 @@ def load_run(path: str | Path) -> Run:
     if not config:
         raise ConfigError(f"{root}: config.yaml is missing (the trainer writes it at start)")
     pauses = by_split.get("eval", []) + by_split.get("checkpoint", [])
-    return Run(root, train, redone, by_split.get("valid", []), by_split.get("setup", []), pauses, config, env, skipped)
+    return Run(
+        root,
+        train,
+        redone,
+        by_split.get("valid", []),
+        by_split.get("setup", []),
+        pauses,
+        config,
+        env,
+        skipped,
+        by_split.get("reference", []),
+    )
 
 
 def _dedupe(records: list[dict]) -> tuple[list[dict], list[dict]]:

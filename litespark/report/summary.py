@@ -49,11 +49,15 @@ def summarize(
     train_tokens = _sum(steady, "tokens")
     pause_s = {kind: _sum([p for p in run.pauses if p["split"] == kind], "seconds") for kind in ("eval", "checkpoint")}
     final_save_s = _sum([p for p in run.pauses if p["split"] == "checkpoint" and p.get("final")], "seconds")
-    setup_s = _sum(run.setup, "seconds") + _sum(warmup, "seconds")
+    reference_s = _sum(run.reference, "seconds")
+    setup_s = _sum(run.setup, "seconds") + _sum(warmup, "seconds") + reference_s
     redone_s = _sum(run.redone, "seconds")
     wall = train_s + sum(pause_s.values()) + setup_s + redone_s
     last = run.train[-1]
-    tokens = int(last.get("consumed_samples", 0)) * int(run.config["model"]["seq_length"]) or int(train_tokens)
+    if run.packed:  # rows of packed examples: the records count their real tokens
+        tokens = int(_sum(run.train, "tokens"))
+    else:
+        tokens = int(last.get("consumed_samples", 0)) * int(run.config["model"]["seq_length"]) or int(train_tokens)
     out = {
         "run": run.name,
         "world_size": world,
@@ -63,6 +67,7 @@ def summarize(
         "train_seconds": train_s,
         "gpu_hours": wall * world / 3600.0,
         "setup_seconds": setup_s,
+        "reference_seconds": reference_s if run.reference else None,
         "eval_seconds": pause_s["eval"],
         "checkpoint_seconds": pause_s["checkpoint"] - final_save_s,
         "final_checkpoint_seconds": final_save_s,
@@ -74,6 +79,7 @@ def summarize(
         "final_loss": last["loss"],
         "final_valid_loss": run.valid[-1]["loss"] if run.valid else None,
         "skipped_lines": run.skipped_lines,
+        "preference": preference_metrics(run),
     }
     mfus = [(r["mfu"], r["tokens"]) for r in steady if r.get("mfu") is not None]
     out["mfu"] = sum(m * t for m, t in mfus) / sum(t for _, t in mfus) if mfus else None
@@ -108,6 +114,16 @@ def summarize(
     if price_per_gpu_hour is not None:
         out["cost"] = out["gpu_hours"] * price_per_gpu_hour
     return out
+
+
+def preference_metrics(run: Run) -> dict | None:
+    """DPO: TRL's metrics of the last training interval and the last evaluation (None otherwise)."""
+    from litespark.dpo.loss import METRICS
+
+    if METRICS[0] not in run.train[-1]:
+        return None
+    valid = run.valid[-1] if run.valid and METRICS[0] in run.valid[-1] else {}
+    return {name: (run.train[-1][name], valid.get(name)) for name in METRICS}
 
 
 def cumulative_tokens(run: Run) -> np.ndarray:

@@ -120,17 +120,18 @@ def test_a_bad_environment_is_one_line_and_exit_2(tmp_path, variable, value, mes
     ), proc.stderr
 
 
-def test_the_sft_job_launches_litespark_sft_on_the_model_and_the_examples(tmp_path):
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_the_fine_tuning_jobs_launch_their_entry_point_on_the_model_and_the_data(tmp_path, kind):
     proc = _job(
         tmp_path,
-        "slurm/sft.sh",
+        f"slurm/{kind}.sh",
         ("--export-hf", "out/chat"),
         LITESPARK_HF="/models/llama",
         LITESPARK_DATA="/data/chat.jsonl",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (launch,) = [line for line in proc.stdout.splitlines() if line.startswith("launch: ")]
-    assert "-m litespark.sft --preset llama-3b" in launch
+    assert f"-m litespark.{kind} --preset llama-3b" in launch
     assert "--data /data/chat.jsonl --hf /models/llama --set data.global_batch_size=64 --export-hf out/chat" in launch
     assert "training finished" in proc.stdout
 
@@ -138,9 +139,14 @@ def test_the_sft_job_launches_litespark_sft_on_the_model_and_the_examples(tmp_pa
 @pytest.mark.parametrize(
     "script, env, message",
     [
-        ("slurm/sft.sh", {}, "LITESPARK_DATA must name the SFT examples"),
-        ("slurm/pretrain_3b.sh", {"LITESPARK_HF": "/m"}, "LITESPARK_HF is read by litespark.sft only"),
-        ("slurm/pretrain_3b.sh", {"LITESPARK_ENTRY": "litespark.dpo"}, "LITESPARK_ENTRY=litespark.dpo is not"),
+        ("slurm/sft.sh", {}, "LITESPARK_DATA must name the fine-tuning data (litespark.sft)"),
+        ("slurm/dpo.sh", {}, "LITESPARK_DATA must name the fine-tuning data (litespark.dpo)"),
+        (
+            "slurm/pretrain_3b.sh",
+            {"LITESPARK_HF": "/m"},
+            "LITESPARK_HF is read by litespark.sft and litespark.dpo only",
+        ),
+        ("slurm/pretrain_3b.sh", {"LITESPARK_ENTRY": "litespark.kto"}, "LITESPARK_ENTRY=litespark.kto is not"),
     ],
 )
 def test_an_sft_job_without_its_inputs_is_one_line_and_exit_2(tmp_path, script, env, message):

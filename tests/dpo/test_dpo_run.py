@@ -1,0 +1,285 @@
+"""``python -m litespark.dpo`` end to end on CPU: the first steps equal TRL's ``DPOTrainer`` on the same
+Hugging Face Llama, data and reference; a preference a tiny model can learn raises the held-out
+margin; the reference pass is stored and reused; bad input is counted or refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from litespark.dpo.loss import METRICS
+from tests.helpers.processes import read_metrics, run_module
+from tests.helpers.sft_data import CHAT_PREFERENCES, IMPLICIT_PREFERENCES, TEXT_PREFERENCES
+
+pytestmark = pytest.mark.slow
+
+PAIRS = [
+    *CHAT_PREFERENCES,
+    {
+        "prompt": [{"role": "user", "content": "Say hello"}],
+        "chosen": [{"role": "assistant", "content": "Hello there!"}],
+        "rejected": [{"role": "assistant", "content": "Go away."}],
+    },
+    {
+        "prompt": [{"role": "user", "content": "Is ice cold?"}],
+        "chosen": [{"role": "assistant", "content": "Yes, ice is cold."}],
+        "rejected": [{"role": "assistant", "content": "No."}],
+    },
+]
+"""Conversational pairs (a TRL dataset holds one format)."""
+
+
+def _write_jsonl(path, rows, extra_lines=()):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+    return path
+
+
+def _dpo(data, run_dir, *args, hf_dir=None, expect=0):
+    hf = ["--hf", str(hf_dir)] if hf_dir else []
+    return run_module(
+        "litespark.dpo", "--preset", "tiny", *hf, "--data", str(data), "--run-dir", str(run_dir), *args, expect=expect
+    )
+
+
+# The whole set in one row, one row per step: every step's batch is all the pairs, as TRL's batch of
+# all of them is, whatever order either side draws them in.
+ONE_BATCH = [
+    "--set", "model.seq_length=1024", "--set", "data.micro_batch_size=1", "--set", "data.global_batch_size=1",
+    "--set", "run.log_interval=1", "--set", "checkpoint.enabled=false", "--set", "optim.lr=5e-4",
+]  # fmt: skip
+STEPS = 6
+
+
+def _trl_steps(hf_dir, run_dir, options: dict) -> list[dict]:
+    """TRL 1.16 ``DPOTrainer`` on the same model, pairs and optimiser (AdamW with the run's settings and
+    DeepSpeed's ``WarmupCosineLR`` of the run's config), a batch of every pair each step, the reference
+    precomputed from the initial weights; each step's logged loss and metrics."""
+    import torch
+    import yaml
+    from datasets import Dataset
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from litespark.config import from_dict
+    from litespark.runtime.deepspeed_config import scheduler_params
+
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    o = cfg.optim
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
+    )
+    args = DPOConfig(
+        output_dir=str(run_dir.parent / "trl"),
+        report_to=[],
+        max_length=None,
+        bf16=False,
+        use_cpu=True,
+        per_device_train_batch_size=len(PAIRS),
+        max_steps=STEPS,
+        logging_steps=1,
+        max_grad_norm=o.clip_grad,
+        precompute_ref_log_probs=True,
+        save_strategy="no",
+        seed=0,
+        **options,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(PAIRS),
+        processing_class=AutoTokenizer.from_pretrained(hf_dir),
+        optimizers=(optimizer, WarmupCosineLR(optimizer, **scheduler_params(cfg))),
+    )
+    trainer.train()
+    return [h for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"beta": 0.1, "loss_type": ["sigmoid"]},
+        {"beta": 0.2, "loss_type": ["ipo"]},
+        {"beta": 0.1, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
+    ],
+    ids=["sigmoid", "ipo", "sigmoid+sft"],
+)
+def test_the_first_steps_equal_trl_dpo_trainer(hf_llama_dir, tmp_path, options):
+    """Step 1 (policy = reference) equals TRL's to 1e-4 in the loss and every metric, and so do the
+    next five steps' after AdamW updates (the schedule is DeepSpeed's ``WarmupCosineLR`` on both
+    sides, whose first two steps have learning rate 0).  Measured: 1e-6 relative on the losses and
+    5e-6 on the margins, the two models computing the same function with other kernels (Megatron's
+    fused QKV and RoPE against transformers'); the bound is 1e-4 so that a real difference, such as a
+    softmax over the padded vocabulary (1% on these log-probabilities), fails."""
+    data = _write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
+    sets = [f"dpo.beta={options['beta']}", "dpo.loss_type=" + ",".join(options["loss_type"])]
+    if "loss_weights" in options:
+        sets.append("dpo.loss_weights=" + ",".join(map(str, options["loss_weights"])))
+    run = tmp_path / "run"
+    _dpo(
+        data,
+        run,
+        "--train-iters",
+        str(STEPS),
+        *ONE_BATCH,
+        *[a for s in sets for a in ("--set", s)],
+        hf_dir=hf_llama_dir,
+    )
+    ours = read_metrics(run)
+    assert [r["step"] for r in ours] == list(range(1, STEPS + 1))
+    assert all(r["pairs"] == len(PAIRS) for r in ours)  # every pair, once, in each step
+    theirs = _trl_steps(hf_llama_dir, run, options)
+    assert len(theirs) == STEPS
+    first, trl_first = ours[0], theirs[0]
+    assert first["loss"] == pytest.approx(trl_first["loss"], rel=1e-4, abs=1e-5)
+    for name in METRICS:
+        assert first[name] == pytest.approx(trl_first[name], rel=1e-4, abs=1e-5), name
+    for step, (a, b) in enumerate(zip(ours[1:], theirs[1:]), start=2):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5), f"step {step}"
+        for name in METRICS:
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-4), f"step {step} {name}"
+    # The comparison sees training: the policy moved away from the reference after step 1.
+    assert abs(ours[-1]["rewards/margins"]) > 1e-3 and ours[-1]["loss"] != pytest.approx(ours[0]["loss"], abs=1e-4)
+
+
+def _synthetic_pairs(n: int, seed: int, vocab: int = 250) -> list[dict]:
+    """A preference a tiny model can learn: after any prompt, responses that start with 7 8 9 beat
+    those that start with 17 18 19; prompts and the rest of each response are random."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        prompt = rng.integers(30, vocab, int(rng.integers(4, 12))).tolist()
+        tail = rng.integers(30, vocab, int(rng.integers(2, 8))).tolist()
+        pairs.append({"prompt_ids": prompt, "chosen_ids": [7, 8, 9, *tail], "rejected_ids": [17, 18, 19, *tail]})
+    return pairs
+
+
+def test_the_held_out_margin_rises_on_a_preference_a_tiny_model_can_learn(tmp_path):
+    data = _write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(160, 0))
+    run = tmp_path / "run"
+    _dpo(
+        data, run, "--train-iters", "30", "--set", "optim.lr=3e-3", "--set", "dpo.beta=0.5",
+        "--set", "sft.valid_fraction=0.2", "--set", "run.eval_interval=10", "--set", "run.eval_iters=1",
+        "--set", "model.seq_length=64", "--set", "data.micro_batch_size=2", "--set", "data.global_batch_size=4",
+        "--set", "run.log_interval=10", "--set", "checkpoint.enabled=false",
+    )  # fmt: skip
+    valid = read_metrics(run, "valid")
+    assert [r["step"] for r in valid] == [10, 20, 30]
+    margins = [r["rewards/margins"] for r in valid]
+    assert margins[0] < margins[1] < margins[2] and margins[2] > 1.0, margins
+    assert valid[-1]["rewards/accuracies"] > 0.9 and valid[-1]["loss"] < 0.5
+    reference = read_metrics(run, "reference")
+    assert len(reference) == 1 and not reference[0]["cached"] and reference[0]["pairs"] == 160
+
+
+def test_the_reference_pass_is_stored_reused_on_resume_and_across_runs_and_never_recomputed_late(tmp_path):
+    data = _write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(24, 1))
+    common = ["--set", "model.seq_length=64", "--set", "run.log_interval=2"]
+    run = tmp_path / "run"
+    _dpo(data, run, "--train-iters", "2", *common)
+    stored = sorted((run / "dpo_data").glob("reference-*.npy"))
+    assert len(stored) == 1 and stored[0].with_suffix(".json").is_file()
+    values = np.load(stored[0])
+    assert values.shape == (48,) and np.all(values < 0)  # a summed log-probability per sequence
+    proc = _dpo(data, run, "--train-iters", "4", *common)
+    assert "computed in" not in proc.stderr and "read from" in proc.stderr
+    assert [r["cached"] for r in read_metrics(run, "reference")] == [False, True]
+    # Another run sharing the cache directory reuses it; another seed (another random start) does not.
+    cache = ["--set", f"dpo.reference_cache={tmp_path / 'cache'}"]
+    _dpo(data, tmp_path / "a", "--train-iters", "1", *common, *cache)
+    proc = _dpo(data, tmp_path / "b", "--train-iters", "1", *common, *cache)
+    assert "read from" in proc.stderr
+    _dpo(data, tmp_path / "c", "--train-iters", "1", *common, *cache, "--set", "run.seed=7")
+    assert len(list((tmp_path / "cache").glob("reference-*.npy"))) == 2
+    # A resume whose reference is gone cannot recompute it (the initial weights are gone): refused.
+    stored[0].unlink()
+    proc = _dpo(data, run, "--train-iters", "6", *common, expect=2)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("litespark.dpo: error: dpo.reference_cache: no reference log-probabilities")
+
+
+def test_bad_pairs_are_counted_and_unusable_input_is_one_line_and_exit_2(hf_llama_dir, tmp_path):
+    good = PAIRS + TEXT_PREFERENCES + IMPLICIT_PREFERENCES
+    bad = [
+        {"prompt": "Hi", "chosen": " there"},  # missing field
+        {"prompt": "Hi", "chosen": " ", "rejected": " no"},  # empty response
+        {"prompt": "Hi", "chosen": " same", "rejected": " same"},  # identical
+        {"prompt": "word " * 200, "chosen": " a", "rejected": " b"},  # the prompt alone is too long
+    ]
+    data = _write_jsonl(tmp_path / "prefs.jsonl", good + bad, ["not json"])
+    run = tmp_path / "run"
+    _dpo(data, run, "--train-iters", "1", "--set", "checkpoint.enabled=false", hf_dir=hf_llama_dir)
+    manifest = json.loads((run / "dpo_data" / "manifest.json").read_text())
+    assert manifest["lines"] == len(good) + len(bad) + 1 and manifest["examples"] == len(good)
+    assert manifest["dropped_too_long"] == 1
+    assert sum(manifest["bad_lines"].values()) == 4
+    reasons = " ".join(manifest["bad_lines"])
+    assert "lacks rejected" in reasons and "'chosen' is empty" in reasons and "identical" in reasons
+    assert "invalid JSON" in reasons
+    # Nothing usable, a missing file, a bad loss setting: one line, exit 2, nothing trained.
+    only_bad = _write_jsonl(tmp_path / "bad.jsonl", bad)
+    proc = _dpo(only_bad, tmp_path / "r1", hf_dir=hf_llama_dir, expect=2)
+    assert proc.stderr.strip().splitlines()[-1].startswith("litespark.dpo: error: DPO data")
+    assert "nothing to train on" in proc.stderr
+    proc = _dpo(tmp_path / "missing.jsonl", tmp_path / "r2", hf_dir=hf_llama_dir, expect=2)
+    assert "no such file" in proc.stderr.strip().splitlines()[-1]
+    proc = _dpo(data, tmp_path / "r3", "--set", "dpo.loss_type=kto", hf_dir=hf_llama_dir, expect=2)
+    assert "dpo.loss_type must list some of sigmoid" in proc.stderr.strip().splitlines()[-1]
+    proc = _dpo(data, tmp_path / "r4", "--set", "dpo.label_smoothing=0.1", hf_dir=hf_llama_dir, expect=2)
+    assert "dpo.label_smoothing is used by the robust loss only" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r3").exists() and not (tmp_path / "r4").exists()
+    # Text pairs without a tokenizer cannot be tokenised: every line says so, and the run is refused.
+    proc = _dpo(data, tmp_path / "r5", expect=2)
+    assert "need a tokenizer" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# What a step holds (in process)
+
+
+def test_pairs_are_never_split_and_a_step_counts_its_pairs(tmp_path):
+    from litespark.config import apply_overrides, resolve
+    from litespark.config.presets import get_preset
+    from litespark.dpo.batches import DPOData
+    from litespark.sft.prepare import _ensure_cache, read_corpus
+
+    data = _write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(40, 2))
+    cfg = apply_overrides(
+        get_preset("tiny"),
+        [
+            "data.source=dpo",
+            f"sft.data={data}",
+            f"run.run_dir={tmp_path / 'run'}",
+            "model.seq_length=64",
+            "data.micro_batch_size=2",
+            "data.global_batch_size=4",
+        ],
+    )
+    _ensure_cache(cfg, tmp_path / "run" / "dpo_data")
+    dpo = DPOData(read_corpus(tmp_path / "run" / "dpo_data"), resolve(cfg))
+    dpo.reference = np.zeros(len(dpo.corpus), dtype=np.float32)
+    seen = []
+    for step, micro_batches in dpo.train_batches(0, 1, 0, __import__("torch").device("cpu")):
+        if step == 3:
+            break
+        pairs = 0
+        for batch in micro_batches:
+            pref = batch["preference"]
+            owners = pref.response[pref.response >= 0]
+            n_seq = len(pref.response_tokens)
+            assert n_seq % 2 == 0 and set(owners.tolist()) == set(range(n_seq))  # both of every pair
+            # Each sequence's response positions are as many as its response tokens.
+            counts = np.bincount(owners.numpy(), minlength=n_seq)
+            assert counts.tolist() == pref.response_tokens.int().tolist()
+            assert pref.pairs == dpo.step_pairs(step)[0] / 2
+            pairs += n_seq // 2
+        seen.append(pairs)
+        assert pairs == dpo.step_pairs(step)[0]
+    assert all(n >= 4 for n in seen)  # a row of 64 tokens holds at least one pair of <= 32-token sequences
