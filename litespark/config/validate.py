@@ -221,6 +221,14 @@ def _check_dpo(cfg: LitesparkConfig) -> None:
         raise ConfigError(f"dpo.label_smoothing must lie in [0, 0.5), got {p.label_smoothing}")
     if p.label_smoothing and "robust" not in p.loss_type:
         raise ConfigError("dpo.label_smoothing is used by the robust loss only: add robust to dpo.loss_type")
+    if cfg.precision.fp8 and cfg.precision.fp8_recipe != "blockwise":
+        # Measured on an H200 (docs/post_training.md): with the weights still the reference's, the
+        # first step's loss was 0.96 (delayed) and 0.65 (tensorwise) instead of log 2.
+        raise ConfigError(
+            f"data.source=dpo with precision.fp8 needs precision.fp8_recipe=blockwise, not {cfg.precision.fp8_recipe}: "
+            "its per-tensor scales depend on the rest of the micro-batch (and, delayed, on earlier ones), so the "
+            "policy would not reproduce the reference pass's log-probabilities"
+        )
     if cfg.model.seq_length < 4:
         raise ConfigError("data.source=dpo needs model.seq_length >= 4 (a row holds both sequences of a pair)")
 

@@ -29,9 +29,12 @@ DPO_DEFAULTS = [
     "optim.weight_decay=0",
     "optim.beta2=0.999",
     "run.run_dir=runs/dpo",
+    "precision.fp8_recipe=blockwise",
 ]
 """TRL ``DPOConfig``'s optimiser settings (learning rate 1e-6 decayed to 0, no warm-up, no weight
-decay, Adam's beta2 0.999), applied over the preset's pretraining ones."""
+decay, Adam's beta2 0.999), applied over the preset's pretraining ones; and FP8 (where the preset
+has it) with block scales, whose rounding of a token does not depend on the rest of its micro-batch,
+so that the policy reproduces the reference pass (the other recipes are refused for DPO)."""
 
 
 @user_errors_exit_2("litespark.dpo")

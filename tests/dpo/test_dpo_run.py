@@ -283,3 +283,36 @@ def test_pairs_are_never_split_and_a_step_counts_its_pairs(tmp_path):
         seen.append(pairs)
         assert pairs == dpo.step_pairs(step)[0]
     assert all(n >= 4 for n in seen)  # a row of 64 tokens holds at least one pair of <= 32-token sequences
+
+
+@pytest.mark.parametrize("recipe, refused", [("delayed", True), ("tensorwise", True), ("blockwise", False)])
+def test_dpo_in_fp8_needs_block_scales_and_its_entry_point_chooses_them(recipe, refused):
+    """Per-tensor FP8 scales make a sequence's log-probabilities depend on its micro-batch, so the policy
+    would not reproduce the reference pass (measured on an H200: docs/post_training.md)."""
+    import argparse
+
+    from litespark.config import ConfigError, apply_overrides, validate
+    from litespark.config.presets import get_preset
+    from litespark.sft.__main__ import build_sft_config
+
+    cfg = apply_overrides(
+        get_preset("llama-3b"), ["data.source=dpo", "sft.data=p.jsonl", f"precision.fp8_recipe={recipe}"]
+    )
+    if refused:
+        with pytest.raises(ConfigError, match=f"needs precision.fp8_recipe=blockwise, not {recipe}"):
+            validate(cfg)
+    else:
+        validate(cfg)
+    from litespark.dpo.__main__ import DPO_DEFAULTS
+
+    args = argparse.Namespace(
+        preset="llama-3b",
+        data="p.jsonl",
+        hf=None,
+        tokenizer=None,
+        train_iters=None,
+        run_dir=None,
+        config=None,
+        overrides=[],
+    )
+    assert build_sft_config(args, "dpo", DPO_DEFAULTS).precision.fp8_recipe == "blockwise"
