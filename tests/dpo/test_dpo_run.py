@@ -11,7 +11,7 @@ import pytest
 
 from litespark.dpo.loss import METRICS
 from tests.helpers.processes import read_metrics, run_module
-from tests.helpers.sft_data import CHAT_PREFERENCES, IMPLICIT_PREFERENCES, TEXT_PREFERENCES
+from tests.helpers.sft_data import CHAT_PREFERENCES, IMPLICIT_PREFERENCES, TEXT_PREFERENCES, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,6 @@ PAIRS = [
     },
 ]
 """Conversational pairs (a TRL dataset holds one format)."""
-
-
-def _write_jsonl(path, rows, extra_lines=()):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        for line in extra_lines:
-            f.write(line + "\n")
-    return path
 
 
 def _dpo(data, run_dir, *args, hf_dir=None, expect=0):
@@ -118,7 +109,7 @@ def test_the_first_steps_equal_trl_dpo_trainer(hf_llama_dir, tmp_path, options):
     5e-6 on the margins, the two models computing the same function with other kernels (Megatron's
     fused QKV and RoPE against transformers'); the bound is 1e-4 so that a real difference, such as a
     softmax over the padded vocabulary (1% on these log-probabilities), fails."""
-    data = _write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
+    data = write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
     sets = [f"dpo.beta={options['beta']}", "dpo.loss_type=" + ",".join(options["loss_type"])]
     if "loss_weights" in options:
         sets.append("dpo.loss_weights=" + ",".join(map(str, options["loss_weights"])))
@@ -162,7 +153,7 @@ def _synthetic_pairs(n: int, seed: int, vocab: int = 250) -> list[dict]:
 
 
 def test_the_held_out_margin_rises_on_a_preference_a_tiny_model_can_learn(tmp_path):
-    data = _write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(160, 0))
+    data = write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(160, 0))
     run = tmp_path / "run"
     _dpo(
         data, run, "--train-iters", "30", "--set", "optim.lr=3e-3", "--set", "dpo.beta=0.5",
@@ -180,7 +171,7 @@ def test_the_held_out_margin_rises_on_a_preference_a_tiny_model_can_learn(tmp_pa
 
 
 def test_the_reference_pass_is_stored_reused_on_resume_and_across_runs_and_never_recomputed_late(tmp_path):
-    data = _write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(24, 1))
+    data = write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(24, 1))
     common = ["--set", "model.seq_length=64", "--set", "run.log_interval=2"]
     run = tmp_path / "run"
     _dpo(data, run, "--train-iters", "2", *common)
@@ -205,7 +196,18 @@ def test_the_reference_pass_is_stored_reused_on_resume_and_across_runs_and_never
     assert last.startswith("litespark.dpo: error: dpo.reference_cache: no reference log-probabilities")
 
 
-def test_bad_pairs_are_counted_and_unusable_input_is_one_line_and_exit_2(hf_llama_dir, tmp_path):
+def _assert_same_weights(a, b):
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert set(wa) == set(wb)
+    for name, tensor in wa.items():
+        assert wb[name].to(tensor.dtype).equal(tensor), name
+
+
+def test_bad_pairs_are_counted_the_export_is_the_model_and_unusable_input_is_one_line_and_exit_2(
+    hf_llama_dir, tmp_path
+):
     good = PAIRS + TEXT_PREFERENCES + IMPLICIT_PREFERENCES
     bad = [
         {"prompt": "Hi", "chosen": " there"},  # missing field
@@ -213,9 +215,11 @@ def test_bad_pairs_are_counted_and_unusable_input_is_one_line_and_exit_2(hf_llam
         {"prompt": "Hi", "chosen": " same", "rejected": " same"},  # identical
         {"prompt": "word " * 200, "chosen": " a", "rejected": " b"},  # the prompt alone is too long
     ]
-    data = _write_jsonl(tmp_path / "prefs.jsonl", good + bad, ["not json"])
+    data = write_jsonl(tmp_path / "prefs.jsonl", good + bad, ["not json"])
     run = tmp_path / "run"
-    _dpo(data, run, "--train-iters", "1", "--set", "checkpoint.enabled=false", hf_dir=hf_llama_dir)
+    # One step at DeepSpeed's first learning rate (0): the export is the Hugging Face model it started from.
+    _dpo(data, run, "--train-iters", "1", "--export-hf", str(tmp_path / "export"), hf_dir=hf_llama_dir)
+    _assert_same_weights(hf_llama_dir, tmp_path / "export")
     manifest = json.loads((run / "dpo_data" / "manifest.json").read_text())
     assert manifest["lines"] == len(good) + len(bad) + 1 and manifest["examples"] == len(good)
     assert manifest["dropped_too_long"] == 1
@@ -224,7 +228,7 @@ def test_bad_pairs_are_counted_and_unusable_input_is_one_line_and_exit_2(hf_llam
     assert "lacks rejected" in reasons and "'chosen' is empty" in reasons and "identical" in reasons
     assert "invalid JSON" in reasons
     # Nothing usable, a missing file, a bad loss setting: one line, exit 2, nothing trained.
-    only_bad = _write_jsonl(tmp_path / "bad.jsonl", bad)
+    only_bad = write_jsonl(tmp_path / "bad.jsonl", bad)
     proc = _dpo(only_bad, tmp_path / "r1", hf_dir=hf_llama_dir, expect=2)
     assert proc.stderr.strip().splitlines()[-1].startswith("litespark.dpo: error: DPO data")
     assert "nothing to train on" in proc.stderr
@@ -250,7 +254,7 @@ def test_pairs_are_never_split_and_a_step_counts_its_pairs(tmp_path):
     from litespark.dpo.batches import DPOData
     from litespark.sft.prepare import _ensure_cache, read_corpus
 
-    data = _write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(40, 2))
+    data = write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(40, 2))
     cfg = apply_overrides(
         get_preset("tiny"),
         [

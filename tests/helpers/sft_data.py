@@ -1,7 +1,9 @@
-"""Small SFT data shared by the SFT tests: a Llama-3-style chat template with generation markers,
-conversations and prompt-completion pairs."""
+"""Small SFT and DPO data shared by their tests: a Llama-3-style chat template with generation
+markers, conversations, prompt-completion pairs, preference pairs, and a JSONL writer."""
 
 from __future__ import annotations
+
+import json
 
 # Llama 3.1's layout (header tokens, <|eot_id|> after each turn), with the {% generation %} markers
 # that assistant-only loss needs (Meta's own template has none; TRL needs them too).
@@ -68,3 +70,13 @@ CHAT_PREFERENCES = [
 IMPLICIT_PREFERENCES = [
     {"chosen": p["prompt"] + p["chosen"], "rejected": p["prompt"] + p["rejected"]} for p in CHAT_PREFERENCES
 ]
+
+
+def write_jsonl(path, rows, extra_lines=()):
+    """``rows`` as JSON lines, then ``extra_lines`` as they are (bad lines); returns ``path``."""
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+    return path

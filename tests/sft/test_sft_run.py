@@ -4,24 +4,13 @@ the loss over every trained token, the metrics' token counts)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from tests.helpers.processes import read_metrics, run_module
-from tests.helpers.sft_data import CONVERSATIONS
+from tests.helpers.sft_data import CONVERSATIONS, write_jsonl
 
 pytestmark = pytest.mark.slow
-
-
-def _write_jsonl(path, rows, extra_lines=()):
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        for line in extra_lines:
-            f.write(line + "\n")
-    return path
 
 
 def _sft(hf_dir, data, run_dir, *args, expect=0):
@@ -36,7 +25,7 @@ def test_fine_tuned_export_generates_the_assistant_replies(hf_llama_dir, tmp_pat
     from its prompt (the chat template with the generation prompt), and the untrained model does not."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    data = _write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, extra_lines=["not json"])
+    data = write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS, extra_lines=["not json"])
     out = tmp_path / "export"
     proc = _sft(
         hf_llama_dir, data, tmp_path / "run", "--train-iters", "60", "--set", "optim.lr=3e-3",
@@ -68,7 +57,7 @@ def test_fine_tuned_export_generates_the_assistant_replies(hf_llama_dir, tmp_pat
 
 
 def test_a_second_start_resumes_on_the_same_data_and_refuses_other_data(hf_llama_dir, tmp_path):
-    data = _write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS * 4)
+    data = write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS * 4)
     run = tmp_path / "run"
     common = ["--set", "run.log_interval=5", "--set", "sft.valid_fraction=0.25", "--set", "run.eval_interval=5"]
     _sft(hf_llama_dir, data, run, "--train-iters", "10", *common)
@@ -76,14 +65,14 @@ def test_a_second_start_resumes_on_the_same_data_and_refuses_other_data(hf_llama
     proc = _sft(hf_llama_dir, data, run, "--train-iters", "15", *common)
     assert "tokenised" not in proc.stderr and "converted" not in proc.stderr  # prepared once, at the first start
     assert [r["step"] for r in read_metrics(run, "valid")] == [5, 10, 15]
-    _write_jsonl(data, CONVERSATIONS * 5)
+    write_jsonl(data, CONVERSATIONS * 5)
     proc = _sft(hf_llama_dir, data, run, "--train-iters", "20", *common, expect=2)
     last = proc.stderr.strip().splitlines()[-1]
     assert "sft_data was prepared from other data than this run's" in last, last
 
 
 def test_unusable_input_is_one_line_and_exit_2(hf_llama_dir, tmp_path):
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "robot", "content": "hi"}]}], ["{"])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "robot", "content": "hi"}]}], ["{"])
     proc = _sft(hf_llama_dir, bad, tmp_path / "run1", expect=2)
     assert proc.stderr.strip().splitlines()[-1].startswith("litespark.sft: error: SFT data")
     assert "nothing to train on" in proc.stderr
@@ -118,7 +107,7 @@ def _sft_data(tokenizer, tmp_path, *sets):
     tok_dir = tmp_path / "tok"
     tokenizer.save_pretrained(tok_dir)
     rows = [c for i in range(6) for c in CONVERSATIONS if i or c is CONVERSATIONS[0]]
-    data = _write_jsonl(tmp_path / "chat.jsonl", rows)
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
     cfg = apply_overrides(
         get_preset("tiny"),
         [
@@ -193,7 +182,7 @@ def test_the_sft_job_script_preflights_and_plans_with_the_real_entry_point(hf_ll
 
     from tests.helpers.processes import ROOT, train_env
 
-    data = _write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
+    data = write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS)
     env = dict(
         train_env(),
         LITESPARK_HOME=str(ROOT),
@@ -229,7 +218,7 @@ def test_two_data_parallel_ranks_train_as_one_with_the_same_global_batch(hf_llam
     from litespark.runtime.distributed import free_port
     from tests.helpers.processes import ROOT, train_env
 
-    data = _write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS * 4)
+    data = write_jsonl(tmp_path / "chat.jsonl", CONVERSATIONS * 4)
     common = ["--train-iters", "6", "--set", "run.log_interval=1", "--set", "optim.lr=3e-3"]
     _sft(hf_llama_dir, data, tmp_path / "one", *common)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1"]
