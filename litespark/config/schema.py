@@ -272,9 +272,10 @@ class DPOConfig:
     label_smoothing: float = 0.0
     """The ``robust`` loss's probability that a preference label is flipped, in [0, 0.5)."""
     reference_cache: str | None = None
-    """Directory of the reference log-probabilities (computed once, before the first step, with the
-    initial weights); None: ``RUN_DIR/dpo_data``.  Runs that share it reuse each other's when their
-    data, reference weights and model settings are the same."""
+    """A directory where runs share their reference log-probabilities (computed once, before the first
+    step, with the initial weights): a run finds there those of the same data, reference weights,
+    model and number format (:mod:`litespark.dpo.reference`).  None: none; each run keeps its own
+    in ``RUN_DIR/dpo_data`` either way."""
 
 
 @dataclass

@@ -164,7 +164,7 @@ class DPOData(SFTData):
         pairs, chosen = self._pair_counts(every)
         per_rank = self.global_batch // dp_size
         passes = cfg.run.eval_iters * (per_rank // self.micro) * dp_size
-        self._sums["valid"] = {}
+        self._sums["valid"].clear()
         self._valid_pairs = pairs
         for k in range(cfg.run.eval_iters):
             first = k * self.global_batch + dp_rank * per_rank
@@ -186,9 +186,9 @@ class DPOData(SFTData):
         from megatron.core import parallel_state as ps
 
         sums = self._sums[split]
-        self._sums[split] = {}
         device = next(iter(sums.values())).device if sums else torch.device("cpu")
         values = torch.stack([sums.get(name, torch.zeros((), device=device)).float() for name in METRICS])
+        sums.clear()  # in place: batches made already add to this dict
         values = values.to(torch.float64)
         if dist.is_initialized():
             dist.all_reduce(values, group=ps.get_data_parallel_group())

@@ -77,16 +77,16 @@ def fingerprint(cfg: LitesparkConfig) -> dict:
     assert s.data is not None
     data = Path(s.data)
     if data.is_file():
-        source = {"file": data.name, "sha256": _sha256_files([data])}
+        source = {"file": data.name, "sha256": sha256_files([data])}
     elif data.is_dir():
-        source = {"dataset_dir": data.name, "split": s.split, "sha256": _sha256_files(sorted(data.rglob("*")))}
+        source = {"dataset_dir": data.name, "split": s.split, "sha256": sha256_files(sorted(data.rglob("*")))}
     else:
         source = {"dataset": s.data, "split": s.split}  # a hub name: its revision is the hub's
     tokenizer = None
     if s.tokenizer:
         if not Path(s.tokenizer).is_dir():
             raise ConfigError(f"sft.tokenizer: {s.tokenizer} is not a directory")
-        tokenizer = _sha256_files(sorted(p for p in Path(s.tokenizer).iterdir() if _is_tokenizer_file(p.name)))
+        tokenizer = sha256_files(sorted(p for p in Path(s.tokenizer).iterdir() if _is_tokenizer_file(p.name)))
     return {
         "format": FORMAT,
         "data": source,
@@ -104,7 +104,7 @@ def _is_tokenizer_file(name: str) -> bool:
     return name.startswith(("tokenizer", "special_tokens", "chat_template", "added_tokens", "vocab", "merges"))
 
 
-def _sha256_files(paths: list[Path]) -> str:
+def sha256_files(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         if not path.is_file():

@@ -101,7 +101,7 @@ def train(plan: RunPlan) -> int:
         if cfg.data.source == "dpo":  # with the initial weights, before the first step changes them
             from litespark.dpo.reference import attach_reference
 
-            reference = attach_reference(engine, data, start_step, *_dp_rank(), engine.device)
+            reference = attach_reference(engine, data, start_step, *_dp_rank(), engine.device, weights)
         training = TrainingRun(plan, engine, scheduler, data, run_dir, energy, start_step, t_setup, reference)
         return training.run()
     finally:

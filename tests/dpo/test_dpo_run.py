@@ -175,25 +175,27 @@ def test_the_reference_pass_is_stored_reused_on_resume_and_across_runs_and_never
     common = ["--set", "model.seq_length=64", "--set", "run.log_interval=2"]
     run = tmp_path / "run"
     _dpo(data, run, "--train-iters", "2", *common)
-    stored = sorted((run / "dpo_data").glob("reference-*.npy"))
-    assert len(stored) == 1 and stored[0].with_suffix(".json").is_file()
-    values = np.load(stored[0])
+    own = run / "dpo_data" / "reference.npy"
+    values = np.load(own)
     assert values.shape == (48,) and np.all(values < 0)  # a summed log-probability per sequence
     proc = _dpo(data, run, "--train-iters", "4", *common)
-    assert "computed in" not in proc.stderr and "read from" in proc.stderr
+    assert "computed in" not in proc.stderr and f"read from {own}" in proc.stderr
     assert [r["cached"] for r in read_metrics(run, "reference")] == [False, True]
-    # Another run sharing the cache directory reuses it; another seed (another random start) does not.
+    assert np.array_equal(np.load(own), values)
+    # Runs sharing a cache directory reuse each other's; another seed (another random start) does not.
     cache = ["--set", f"dpo.reference_cache={tmp_path / 'cache'}"]
     _dpo(data, tmp_path / "a", "--train-iters", "1", *common, *cache)
     proc = _dpo(data, tmp_path / "b", "--train-iters", "1", *common, *cache)
-    assert "read from" in proc.stderr
+    assert f"read from {tmp_path / 'cache'}" in proc.stderr
+    assert np.array_equal(np.load(tmp_path / "b" / "dpo_data" / "reference.npy"), values)  # same start, same data
     _dpo(data, tmp_path / "c", "--train-iters", "1", *common, *cache, "--set", "run.seed=7")
     assert len(list((tmp_path / "cache").glob("reference-*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("reference-*.json"))) == 2
     # A resume whose reference is gone cannot recompute it (the initial weights are gone): refused.
-    stored[0].unlink()
+    own.unlink()
     proc = _dpo(data, run, "--train-iters", "6", *common, expect=2)
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("litespark.dpo: error: dpo.reference_cache: no reference log-probabilities")
+    assert last.startswith(f"litespark.dpo: error: dpo: no reference log-probabilities in {own} to resume with")
 
 
 def _assert_same_weights(a, b):
