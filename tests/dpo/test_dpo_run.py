@@ -322,3 +322,42 @@ def test_dpo_in_fp8_needs_block_scales_and_its_entry_point_chooses_them(recipe, 
         overrides=[],
     )
     assert build_sft_config(args, "dpo", DPO_DEFAULTS).precision.fp8_recipe == "blockwise"
+
+
+def test_two_data_parallel_ranks_train_as_one_and_share_the_reference_through_rank_0(tmp_path):
+    """torchrun with 2 processes (DP 2): each rank computes the reference of its share of the rows
+    and runs its half of each step's micro-batches; the losses and metrics are the one-process run's
+    (to reduction-order accuracy).  A second DP 2 run with the same shared cache gets the reference
+    from rank 0 (which reads it) instead of computing it, and trains the same."""
+    import subprocess
+    import sys
+
+    from litespark.runtime.distributed import free_port
+    from tests.helpers.processes import ROOT, train_env
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", _synthetic_pairs(64, 3))
+    common = ["--train-iters", "6", "--set", "run.log_interval=1", "--set", "optim.lr=3e-3"]
+    common += ["--set", "model.seq_length=64", "--set", "dpo.beta=0.5"]
+    _dpo(data, tmp_path / "one", *common)
+
+    def two(run: str):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1"]
+        cmd += [f"--master-port={free_port()}", "-m", "litespark.dpo", "--preset", "tiny", "--data", str(data)]
+        cmd += ["--run-dir", str(tmp_path / run), *common, "--set", f"dpo.reference_cache={tmp_path / 'cache'}"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return proc
+
+    two("two")
+    proc = two("three")
+    assert "computed in" not in proc.stderr and "read from" in proc.stderr
+    one = read_metrics(tmp_path / "one")
+    for run in ("two", "three"):
+        other = read_metrics(tmp_path / run)
+        assert [r["step"] for r in other] == [r["step"] for r in one] == [1, 2, 3, 4, 5, 6]
+        for a, b in zip(one, other):
+            assert (a["tokens"], a["pairs"]) == (b["tokens"], b["pairs"])
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+            for name in METRICS:
+                assert b[name] == pytest.approx(a[name], rel=1e-4, abs=1e-5), (run, name)
+    assert one[-1]["rewards/margins"] > 0.1  # it trained: the comparison is not of untouched weights
