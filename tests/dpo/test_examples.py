@@ -5,29 +5,20 @@ from __future__ import annotations
 import pytest
 
 from litespark.dpo.examples import PreferenceExampleError, to_preference_ids
-from tests.helpers.sft_data import CHAT_PREFERENCES, IMPLICIT_PREFERENCES, TEXT_PREFERENCES
+from tests.helpers.sft_data import CHAT_PREFERENCES, IMPLICIT_PREFERENCES, TEXT_PREFERENCES, tiny_hf_llama
 
 
 def _trl_preference_ids(tokenizer, examples, tmp_path) -> list[tuple[list[int], list[int], list[int]]]:
     """What TRL's DPOTrainer trains on: each example's prompt, chosen and rejected ids."""
     import torch
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
     args = DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], max_length=None, bf16=False, use_cpu=True)
     trainer = DPOTrainer(
-        model=LlamaForCausalLM(config),
-        ref_model=LlamaForCausalLM(config),  # else TRL loads one by the (absent) model name
+        model=tiny_hf_llama(len(tokenizer)),
+        ref_model=tiny_hf_llama(len(tokenizer)),  # else TRL loads one by the (absent) model name
         args=args,
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,

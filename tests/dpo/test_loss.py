@@ -7,7 +7,7 @@ import torch
 
 from litespark.dpo.examples import to_preference_ids
 from litespark.dpo.loss import METRICS, PairLogps, PreferenceLoss, sequence_logps
-from tests.helpers.sft_data import CHAT_PREFERENCES
+from tests.helpers.sft_data import CHAT_PREFERENCES, tiny_hf_llama
 
 PAIRS = CHAT_PREFERENCES * 2 + [
     {
@@ -19,18 +19,8 @@ PAIRS = CHAT_PREFERENCES * 2 + [
 
 
 def _tiny_llama(vocab: int, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_hf_llama(vocab).eval()
 
 
 def _response_logps(model, prompt: list[int], response: list[int]) -> float:

@@ -1,5 +1,6 @@
 """Small SFT and DPO data shared by their tests: a Llama-3-style chat template with generation
-markers, conversations, prompt-completion pairs, preference pairs, and a JSONL writer."""
+markers, conversations, prompt-completion pairs, preference pairs; a JSONL writer, an SFT config and a
+tiny Hugging Face Llama."""
 
 from __future__ import annotations
 
@@ -80,3 +81,38 @@ def write_jsonl(path, rows, extra_lines=()):
         for line in extra_lines:
             f.write(line + "\n")
     return path
+
+
+def sft_config(tmp_path, data, tokenizer_dir, *sets: str):
+    """The ``tiny`` preset on SFT data ``data`` with ``tokenizer_dir``'s tokenizer, rows of 96 tokens,
+    run directory ``tmp_path/run``; then ``sets``."""
+    from litespark.config import apply_overrides
+    from litespark.config.presets import get_preset
+
+    return apply_overrides(
+        get_preset("tiny"),
+        [
+            "data.source=sft",
+            f"sft.data={data}",
+            f"sft.tokenizer={tokenizer_dir}",
+            f"run.run_dir={tmp_path / 'run'}",
+            "model.seq_length=96",
+            *sets,
+        ],
+    )
+
+
+def tiny_hf_llama(vocab_size: int):
+    """A one-layer, 32-wide random Hugging Face Llama (seeded by the caller's ``torch.manual_seed``):
+    enough for TRL's trainers to prepare data and compute losses."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    return LlamaForCausalLM(config)

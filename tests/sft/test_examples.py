@@ -8,27 +8,17 @@ import json
 import pytest
 
 from litespark.sft.examples import SFTExampleError, to_tokens_and_mask
-from tests.helpers.sft_data import CHAT_PAIRS, CHAT_TEMPLATE, CONVERSATIONS, TEXT_PAIRS
+from tests.helpers.sft_data import CHAT_PAIRS, CHAT_TEMPLATE, CONVERSATIONS, TEXT_PAIRS, tiny_hf_llama
 
 
 def _trl_tokens_and_masks(tokenizer, examples, tmp_path, **options) -> list[tuple[list[int], list[int]]]:
     """What TRL's SFTTrainer trains on: each example's input_ids and which of them its labels keep."""
     import torch
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-        )
-    )
+    model = tiny_hf_llama(len(tokenizer))
     args = SFTConfig(
         output_dir=str(tmp_path / "trl"),
         report_to=[],

@@ -9,27 +9,15 @@ import shutil
 
 import pytest
 
-from litespark.config import ConfigError, apply_overrides
-from litespark.config.presets import get_preset
-from tests.helpers.sft_data import CONVERSATIONS
+from litespark.config import ConfigError
+from tests.helpers.sft_data import CONVERSATIONS, sft_config
 
 
 def _cfg(tmp_path, tok_dir, *sets):
     data = tmp_path / "chat.jsonl"
     if not data.exists():
         data.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS * 3))
-    return apply_overrides(
-        get_preset("tiny"),
-        [
-            "data.source=sft",
-            f"sft.data={data}",
-            f"sft.tokenizer={tok_dir}",
-            f"run.run_dir={tmp_path / 'run'}",
-            "model.seq_length=96",
-            "model.vocab_size=1024",
-            *sets,
-        ],
-    )
+    return sft_config(tmp_path, data, tok_dir, "model.vocab_size=1024", *sets)
 
 
 def test_prepared_examples_are_reused_only_for_the_same_data_split_and_settings(tokenizer, tmp_path):

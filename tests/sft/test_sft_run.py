@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.processes import read_metrics, run_module
-from tests.helpers.sft_data import CONVERSATIONS, write_jsonl
+from tests.helpers.sft_data import CONVERSATIONS, sft_config, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +99,7 @@ def test_unusable_input_is_one_line_and_exit_2(hf_llama_dir, tmp_path):
 
 
 def _sft_data(tokenizer, tmp_path, *sets):
-    from litespark.config import apply_overrides, resolve
-    from litespark.config.presets import get_preset
+    from litespark.config import resolve
     from litespark.sft.batches import SFTData
     from litespark.sft.prepare import _ensure_cache, read_corpus
 
@@ -108,18 +107,7 @@ def _sft_data(tokenizer, tmp_path, *sets):
     tokenizer.save_pretrained(tok_dir)
     rows = [c for i in range(6) for c in CONVERSATIONS if i or c is CONVERSATIONS[0]]
     data = write_jsonl(tmp_path / "chat.jsonl", rows)
-    cfg = apply_overrides(
-        get_preset("tiny"),
-        [
-            "data.source=sft",
-            f"sft.data={data}",
-            f"sft.tokenizer={tok_dir}",
-            f"run.run_dir={tmp_path / 'run'}",
-            "model.seq_length=96",
-            f"model.vocab_size={len(tokenizer)}",
-            *sets,
-        ],
-    )
+    cfg = sft_config(tmp_path, data, tok_dir, f"model.vocab_size={len(tokenizer)}", *sets)
     plan = resolve(cfg)
     _ensure_cache(cfg, tmp_path / "run" / "sft_data")
     return plan, SFTData(read_corpus(tmp_path / "run" / "sft_data"), plan)
