@@ -27,68 +27,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-# First match wins; patterns are matched against the lower-cased kernel name.  Norms, RoPE and
-# copies come before the FP8 row: TE's norm kernels that write FP8 name the FP8 type, and torch's
-# dtype-converting copies are templated on ``LoadWithCast`` (and its elementwise kernels on
-# ``gpu_kernel_impl_nocast``, hence ``cast_`` rather than ``cast``).
-FAMILIES: tuple[tuple[str, str], ...] = (
-    ("attention", r"fmha|flash|cudnn.*attn|attn.*cudnn|sdpa|fprop_attn|bprop_attn|scaled_dot|cudnn_generated"),
-    ("nccl", r"nccl"),
-    ("optimizer", r"adam|multi_tensor|foreach|_amp_|clip"),
-    ("gemm", r"gemm|cutlass|sm90_xmma|nvjet|cublas|wgmma|matmul"),
-    ("norm", r"rmsnorm|layernorm|layer_norm|rms_norm|^ln_(tma_)?(fwd|bwd)"),  # ln_*: cuDNN's norm graphs
-    ("rope", r"rope|rotary"),
-    ("swiglu/activation", r"swiglu|silu|gelu|act_|dact|glu"),
-    ("cross entropy / softmax", r"cross_entropy|softmax|log_softmax|nll|vocab"),
-    ("copy/fill", r"copy|memcpy|memset|fill|cat\b|index"),
-    ("fp8 cast/transpose/amax", r"cast_|transpose|amax|quantiz|fp8|scale"),
-    ("elementwise/reduce", r"elementwise|vectorized|reduce|unrolled"),
+from litespark.training.kernel_timeline import (  # noqa: F401 - re-exported: the CLI and its tests read them here
+    FAMILIES,
+    GAP_BUCKETS_US,
+    families_of,
+    family,
+    gap_histogram,
+    idle_gaps,
 )
-
-
-def family(name: str) -> str:
-    low = name.lower()
-    for fam, pattern in FAMILIES:
-        if re.search(pattern, low):
-            return fam
-    return "other"
-
-
-GAP_BUCKETS_US: tuple[tuple[str, float], ...] = (
-    ("< 10 us", 10.0),
-    ("10-100 us", 100.0),
-    ("0.1-1 ms", 1000.0),
-    (">= 1 ms", float("inf")),
-)
-
-
-def idle_gaps(kernels: list[tuple[float, float, str]]) -> list[tuple[float, float, str, str]]:
-    """The stretches in which no kernel runs on any stream, in time order.
-
-    ``kernels`` are ``(start_us, end_us, name)``; returns ``(start_us, length_us, kernel before,
-    kernel after)`` where "before" is the kernel whose end opened the gap.
-    """
-    ordered = sorted(kernels)
-    if not ordered:
-        return []
-    gaps = []
-    busy_until, last = ordered[0][1], ordered[0][2]
-    for start, end, name in ordered[1:]:
-        if start > busy_until:
-            gaps.append((busy_until, start - busy_until, last, name))
-        if end > busy_until:
-            busy_until, last = end, name
-    return gaps
-
-
-def gap_histogram(gaps: list[tuple[float, float, str, str]]) -> dict[str, dict]:
-    """Idle stretches by length bucket: how many and how much time (ms) each bucket holds."""
-    out = {label: {"count": 0, "ms": 0.0} for label, _ in GAP_BUCKETS_US}
-    for _, length, _, _ in gaps:
-        label = next(lab for lab, upper in GAP_BUCKETS_US if length < upper)
-        out[label]["count"] += 1
-        out[label]["ms"] += length / 1e3
-    return out
 
 
 def sync_site(stack: list, skip: tuple[str, ...] = (f"{os.sep}torch{os.sep}", f"{os.sep}warnings.py")) -> str:
@@ -271,14 +217,6 @@ def to_markdown(r: dict, top: int = 40) -> str:
             for i, s in enumerate(sites[:3]):
                 lines.append(f"| {'`' + name[:70] + '`' if i == 0 else ''} | {s['ms']:.2f} | `{s['site'][:200]}` |")
     return "\n".join(lines) + "\n"
-
-
-def families_of(kernels_ms: dict[str, float]) -> dict[str, float]:
-    """Kernel times summed by :func:`family`, largest first."""
-    by_family: dict[str, float] = defaultdict(float)
-    for name, ms in kernels_ms.items():
-        by_family[family(name)] += ms
-    return dict(sorted(by_family.items(), key=lambda kv: -kv[1]))
 
 
 def write_report(out: Path, report: dict) -> str:

@@ -319,6 +319,11 @@ class RunConfig:
     micro-batch and data-parallel size, so that validation losses of runs on other GPUs compare."""
     run_dir: str = "runs/default"
     """Where checkpoints, metrics.jsonl and the resolved config go."""
+    profile_start: int = 0
+    """First optimizer step (numbered from 1, as the log counts) to record with the PyTorch profiler
+    into RUN_DIR/profile/ (0: none)."""
+    profile_steps: int = 3
+    """Steps recorded from ``profile_start``."""
 
 
 @dataclass

@@ -74,6 +74,15 @@ def _check_sizes(cfg: LitesparkConfig) -> None:
     }.items():
         if not number > 0:
             raise ConfigError(f"{name} must be positive, got {number}")
+    if r.profile_start < 0 or r.profile_steps < 1:
+        raise ConfigError(
+            f"run.profile_start must be >= 0 and run.profile_steps >= 1, got {r.profile_start} and {r.profile_steps}"
+        )
+    if r.profile_start and r.profile_start + r.profile_steps - 1 > r.train_iters:
+        raise ConfigError(
+            f"run.profile_start {r.profile_start} with run.profile_steps {r.profile_steps} ends after "
+            f"run.train_iters ({r.train_iters})"
+        )
 
 
 def _check_model_shape(cfg: LitesparkConfig) -> None:

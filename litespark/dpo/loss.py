@@ -117,7 +117,8 @@ class PreferenceLoss:
 
 def sequence_logps(token_logps: torch.Tensor, sequence: torch.Tensor, sequences: int) -> torch.Tensor:
     """Sum of ``token_logps`` per sequence: ``sequence[j]`` is the index of the response position
-    ``j`` belongs to, or -1 where it belongs to none (prompts, padding); returns ``[sequences]``."""
-    keep = sequence >= 0
-    out = token_logps.new_zeros(sequences)
-    return out.index_add(0, sequence[keep], token_logps[keep])
+    ``j`` belongs to, or -1 where it belongs to none (prompts, padding); returns ``[sequences]``.
+    Those go to one more slot, dropped at the end: selecting the response positions instead would
+    make the host wait for the device (a boolean index's size is only known there) in every forward."""
+    slot = torch.where(sequence >= 0, sequence, sequences)
+    return token_logps.new_zeros(sequences + 1).index_add(0, slot, token_logps)[:sequences]

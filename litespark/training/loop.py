@@ -45,6 +45,7 @@ from litespark.training.metrics import (
     peak_bf16_tflops,
 )
 from litespark.training.metrics_log import MetricsLog
+from litespark.training.profiling import StepProfiler
 from litespark.training.resume import ResumePlan, check_weights_source, load_planned, load_weights, plan_resume
 from litespark.training.step import dp_mean, evaluate, train_step
 
@@ -361,6 +362,9 @@ class TrainingRun:
             engine, run_dir, cfg.checkpoint.keep_last, cfg.checkpoint.async_save, plan.overlap_copy
         )
         self.flags = StepFlags()
+        self.profiler = StepProfiler(
+            cfg.run.profile_start, cfg.run.profile_steps, start_step, run_dir, self.rank, self.device
+        )
         self.peak = peak_bf16_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.metrics = MetricsLog(run_dir, enabled=self.rank == 0)
         # A live bar on a terminal; in logs (batch jobs, CI) the interval lines already say where we are.
@@ -399,6 +403,7 @@ class TrainingRun:
         cfg, device = self.cfg, self.device
         interval_steps, loss_sum, data_wait = 0, torch.zeros((), device=device), 0.0
         with logging_redirect_tqdm(loggers=[logging.getLogger("litespark")]):
+            self.profiler.after_step(self.start_step)
             fetch_start = time.perf_counter()
             for step, micro_batches in self.data.train_batches(self.start_step, self.dp_size, self.dp_rank, device):
                 data_wait += time.perf_counter() - fetch_start  # inside the interval: a stall is training time lost
@@ -436,6 +441,7 @@ class TrainingRun:
                     )
                     self.progress.close()
                     return EXIT_PREEMPTED
+                self.profiler.after_step(self.step_done, sum(_real_tokens(b) for b in micro_batches))
                 fetch_start = time.perf_counter()
             self.progress.close()
             self._save_now("end of training")
@@ -605,6 +611,11 @@ class TrainingRun:
         )
         dist.all_reduce(reported)
         return float(reported[0]), int(reported[1])
+
+
+def _real_tokens(batch: dict) -> int:
+    """A micro-batch's tokens without padding (a packed row counts them; a pretraining one is full)."""
+    return int(batch.get("real_tokens", batch["tokens"].numel()))
 
 
 def _peak_memory_gib() -> dict:
