@@ -24,6 +24,7 @@ import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -128,7 +129,7 @@ class StepProfiler:
                 self.last,
             )
             self.enabled = False
-        self._prof = None
+        self._prof: Any = None
         self._t0 = 0.0
         self._tokens = 0
 
@@ -149,8 +150,9 @@ class StepProfiler:
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
-        self._prof = profile(activities=activities)
-        self._prof.__enter__()
+        prof = profile(activities=activities)
+        prof.__enter__()
+        self._prof = prof
         self._t0 = time.perf_counter()
 
     def _finish(self) -> None:
