@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = plan.config
     init_distributed(1, cfg.run.seed)
-    select_te_norm_kernels(cfg.kernels.norm_kernel)  # as build_model does: the shipped norm kernels
+    select_te_norm_kernels(plan.norm_kernel)  # as build_model does: the shipped norm kernels
     rows = measure_mlps(cfg, args.micro_batch, args.warmup, args.iters)
     torch.cuda.empty_cache()
     rows += measure_attention(cfg, args.micro_batch, args.warmup, max(args.iters // 3, 3))

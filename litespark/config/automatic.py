@@ -143,6 +143,15 @@ def overlap_copy(cfg: LitesparkConfig, backend: str) -> bool:
     return cfg.checkpoint.async_save and backend == "te"
 
 
+def norm_kernel(cfg: LitesparkConfig) -> str:
+    """Which RMSNorm kernels Transformer Engine runs (``kernels.norm_kernel``): as given, or (None)
+    cuDNN's graphs where every micro-batch has the same shape, TE's own on packed rows (cuDNN builds a
+    graph for each new number of tokens: up to 0.7 s that the GPU waits, measured on llama-3b)."""
+    if cfg.kernels.norm_kernel is not None:
+        return cfg.kernels.norm_kernel
+    return "te" if cfg.data.source in PACKED_SOURCES else "cudnn"
+
+
 def fused_qkv_rope(cfg: LitesparkConfig, backend: str) -> bool:
     """Whether the model rotates the unsplit QKV output in one kernel (Megatron's
     ``fused_single_qkv_rope``): ``kernels.fused_qkv_rope`` with the te backend and ``rope_fusion``,

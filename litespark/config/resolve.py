@@ -25,6 +25,7 @@ from litespark.config.automatic import (
     fp32_grad_accumulation,
     fp32_grad_accumulation_refusal,
     host_backend,
+    norm_kernel,
     overlap_copy,
     zero_sub_group_size,
 )
@@ -60,6 +61,8 @@ class RunPlan:
     """Decoder layers captured as CUDA graphs (0 without graphs)."""
     fp32_grad_accumulation: bool
     fp8_output_layer: bool
+    norm_kernel: str
+    """RMSNorm kernels on the te backend: 'te' or 'cudnn' (``kernels.norm_kernel``)."""
     zero_sub_group_size: int | None
     """Most parameters per optimizer group; None: one group for the weight matrices."""
     overlap_copy: bool
@@ -130,6 +133,7 @@ def plan_for(
         cuda_graph_layers=(cfg.kernels.cuda_graph_layers or cfg.model.num_layers) if graphs else 0,
         fp32_grad_accumulation=fp32_grads,
         fp8_output_layer=fp8_output_layer(cfg),
+        norm_kernel=norm_kernel(cfg),
         zero_sub_group_size=zero_sub_group_size(cfg, fp32_grads),
         overlap_copy=overlap_copy(cfg, backend),
     )

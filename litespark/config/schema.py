@@ -128,12 +128,15 @@ class KernelConfig:
     views, copying them contiguous, rotating q and k separately and concatenating the three gradients
     in backward.  Same function.  Ignored without rope_fusion, by the torch backend and with
     ``data.source=sft`` (packed rows restart positions per document, which only the split path takes)."""
-    norm_kernel: Literal["te", "cudnn"] = "cudnn"
+    norm_kernel: Literal["te", "cudnn"] | None = None
     """TE backend: which kernels Transformer Engine runs for RMSNorm (forward, with its FP8 output, and
     backward).  'te': TE's own, which have tuned variants only for some hidden sizes (512, 768, 1024,
     2048, 4096, 8192 in TE 2.10) and fall back to general kernels otherwise (llama-3b's 3072,
     llama-30b's 6656).  'cudnn': cuDNN's normalization graphs (TE's ``NVTE_NORM_FWD_USE_CUDNN`` /
-    ``NVTE_NORM_BWD_USE_CUDNN``).  Same function (docs/performance.md).  Process-wide:
+    ``NVTE_NORM_BWD_USE_CUDNN``), which cuDNN builds for each number of tokens it has not seen.  Same
+    function (docs/performance.md).  None (automatic): 'cudnn' on fixed-size rows (pretraining),
+    'te' on packed SFT and DPO micro-batches, whose token counts change at every micro-batch, so
+    that cuDNN would stop a step for a new graph again and again.  Process-wide:
     :func:`litespark.model.build.build_model` sets TE's switches, which TE reads once, at the first
     normalization in the process."""
     qkv_rope_kernel: Literal["te", "triton"] = "triton"

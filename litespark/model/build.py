@@ -40,7 +40,7 @@ def build_model(plan: RunPlan) -> GPTModel:
     megatron_patches.apply_all()
     cfg, backend = plan.config, plan.backend
     if backend == "te":
-        select_te_norm_kernels(cfg.kernels.norm_kernel)
+        select_te_norm_kernels(plan.norm_kernel)
     _select_qkv_rope_kernel(cfg, backend)
     layer = get_litespark_layer_spec(backend, fused_mlp=cfg.kernels.fused_mlp, te_swiglu=cfg.kernels.te_swiglu)
     block = TransformerBlockSubmodules(

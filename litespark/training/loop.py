@@ -441,7 +441,13 @@ class TrainingRun:
                     )
                     self.progress.close()
                     return EXIT_PREEMPTED
-                self.profiler.after_step(self.step_done, sum(_real_tokens(b) for b in micro_batches))
+                tokens = sum(_real_tokens(b) for b in micro_batches)
+                if self.profiler.ends_at(self.step_done):
+                    self.phases.pause()  # writing the profile is not training time
+                    self.profiler.after_step(self.step_done, tokens)
+                    self.phases.resume()
+                else:
+                    self.profiler.after_step(self.step_done, tokens)
                 fetch_start = time.perf_counter()
             self.progress.close()
             self._save_now("end of training")

@@ -12,7 +12,9 @@ PyTorch profiler (CPU and CUDA activity) and writes, per rank, into ``RUN_DIR/pr
 - ``steps_A-B_rankR.trace.json.gz``: the full timeline, for Perfetto or ``chrome://tracing``.
 
 The window starts after step A - 1 has finished (so it includes making step A's batches) and ends
-once step B's kernels have finished; an evaluation or checkpoint due inside it is in it too.
+once step B's kernels have finished; an evaluation or checkpoint due inside it is in it too.  The
+profiled steps run slower than the others (the profiler records every kernel and runtime call), and
+writing the report is kept out of the training time that tokens/s and goodput count.
 """
 
 from __future__ import annotations
@@ -132,6 +134,10 @@ class StepProfiler:
         self._prof: Any = None
         self._t0 = 0.0
         self._tokens = 0
+
+    def ends_at(self, steps_done: int) -> bool:
+        """Whether :meth:`after_step` with ``steps_done`` ends the window (and writes the report)."""
+        return self._prof is not None and steps_done >= self.last
 
     def after_step(self, steps_done: int, tokens: int = 0) -> None:
         """Call when ``steps_done`` steps are done (and once before the first step with the start

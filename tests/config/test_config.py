@@ -447,3 +447,23 @@ def test_the_automatic_fp8_output_layer_is_on_with_fp8_unless_tied(setting, tied
     plan = resolve(cfg)
     assert plan.cuda_graphs is (micro_batch == 2)  # the case covers the path it names
     assert fp8_output_layer(cfg) is expected and plan.fp8_output_layer is expected
+
+
+@pytest.mark.parametrize(
+    "source, setting, expected",
+    [
+        ("mock", "none", "cudnn"),  # fixed-size rows: cuDNN's graphs, built once
+        ("sft", "none", "te"),  # packed rows: a new token count at every micro-batch
+        ("dpo", "none", "te"),
+        ("sft", "cudnn", "cudnn"),  # an explicit choice stands
+        ("mock", "te", "te"),
+    ],
+)
+def test_the_automatic_norm_kernel_avoids_cudnn_graphs_on_packed_rows(source, setting, expected):
+    sets = [f"data.source={source}", f"kernels.norm_kernel={setting}", "kernels.cuda_graphs=false"]
+    if source != "mock":
+        sets.append("sft.data=examples.jsonl")
+    cfg = apply_overrides(get_preset("tiny"), sets)
+    plan = resolve(cfg, backend="te")
+    assert plan.norm_kernel == expected
+    assert cfg.kernels.norm_kernel == (None if setting == "none" else setting)  # the config stays as given
