@@ -344,6 +344,13 @@ def to_markdown(report: dict) -> str:
             for m, v in sorted(by_micro.items(), key=lambda kv: int(kv[0]))
         )
         trl_lines = ["", f"TRL real tokens/s by per_device_train_batch_size (= its reference batch): {each}."]
+    failed = [a for a in trl.get("attempts", []) if str(a["micro_batch"]) not in (by_micro or {})]
+    if failed:
+        trl_lines.append(
+            "TRL micro-batches that did not run: "
+            + "; ".join(f"{a['micro_batch']} ({'Liger' if a['liger'] else 'plain'}): {a['error']}" for a in failed)
+            + "."
+        )
     lines += markdown_footer(report, trl_lines)
     return "\n".join(lines)
 

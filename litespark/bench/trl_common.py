@@ -168,9 +168,10 @@ def trl_by_micro_batch(module: str, args, data: Path, work: Path, global_batch: 
             if proc.returncode == 0 and out.is_file():
                 by_micro[micro] = json.loads(out.read_text())
                 break
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            oom = "out of memory" in (proc.stdout + proc.stderr).lower()
+            last = "out of memory" if oom else (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
             attempts.append({"micro_batch": micro, "liger": liger, "error": last})
-            if "out of memory" in (proc.stdout + proc.stderr).lower():
+            if oom:
                 break  # does not fit: another kernel choice would not either
     return by_micro, attempts
 

@@ -55,3 +55,9 @@ def test_the_dpo_bench_runs_litespark_and_trl_on_the_same_pairs_and_reports_them
     markdown = out.with_suffix(".md").read_text()
     assert "| litespark-dpo |" in markdown and "| trl |" in markdown and "reference s (pairs)" in markdown
     assert out.with_suffix(".png").is_file()
+
+    # A micro-batch that could not run is named with why, not left out silently.
+    from litespark.bench.dpo_vs_trl import to_markdown
+
+    trl["attempts"] = [{"micro_batch": 4, "liger": True, "error": "out of memory"}]
+    assert "TRL micro-batches that did not run: 4 (Liger): out of memory." in to_markdown(report)
