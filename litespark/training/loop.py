@@ -228,7 +228,8 @@ def _log_summary(plan: RunPlan) -> None:
 
 def _build(plan: RunPlan, load_universal: bool = False, sft_corpus=None):
     """The model inside its DeepSpeed engine, the LR scheduler, and the training data: pretraining
-    datasets of this run's sizes, or ``sft_corpus``'s examples packed (``data.source=sft``)."""
+    datasets of this run's sizes, or ``sft_corpus``'s examples (``data.source=sft``) or preference
+    pairs (``data.source=dpo``) packed into rows."""
 
     from litespark.model.build import build_model
     from litespark.runtime.engine import build_engine
