@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from litespark.config import LitesparkConfig, RunPlan
-from litespark.runtime.deepspeed_config import scheduler_params
+from litespark.runtime.deepspeed_config import scheduler_params, start_schedule
 
 STACKS: tuple[str, ...] = ("hf", "mcore-bf16", "mcore-fp8", "litespark", "litespark-bf16")
 NEEDS_TE: frozenset[str] = frozenset({"mcore-fp8"})
@@ -73,6 +73,7 @@ def build_hf(cfg: LitesparkConfig) -> BuiltStack:
         param_groups(model, o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=device.type == "cuda"
     )
     sched = WarmupCosineLR(opt, **scheduler_params(cfg))
+    start_schedule(sched, cfg)
     dtype = torch.bfloat16 if cfg.precision.bf16 else torch.float32
 
     def step(micro_batches: list[torch.Tensor]) -> torch.Tensor:

@@ -81,14 +81,28 @@ def to_deepspeed_config(plan: RunPlan) -> dict:
 
 
 def scheduler_params(cfg: LitesparkConfig) -> dict:
-    """DeepSpeed's ``WarmupCosineLR`` parameters for ``cfg.optim`` (the benchmark's baselines use them too)."""
+    """DeepSpeed's ``WarmupCosineLR`` parameters for ``cfg.optim`` (the benchmark's baselines use them too).
+
+    ``WarmupCosineLR`` refuses 0 warm-up steps, warms up over at least two from ``warmup_min_ratio``,
+    and gives the step before its first ``step()`` a learning rate of 0, so a run "without warm-up"
+    would not move the weights in its first two steps.  With ``optim.warmup_iters=0`` (the fine-tuning
+    defaults, as TRL's) the warm-up ratio is 1 and :func:`start_schedule` moves the schedule to its
+    first iteration before step 1: steps 1 and 2 at the full rate, then the cosine decay."""
     o = cfg.optim
-    warmup = max(1, o.warmup_iters)  # WarmupCosineLR refuses 0 (and itself warms up >= 2 steps)
+    warmup = max(1, o.warmup_iters)
     decay = o.decay_iters if o.decay_iters is not None else max(cfg.run.train_iters - warmup, 1)
     return {
         "total_num_steps": warmup + decay,
         "warmup_num_steps": warmup,
-        "warmup_min_ratio": 0.0,
+        "warmup_min_ratio": 0.0 if o.warmup_iters else 1.0,
         "warmup_type": "linear",
         "cos_min_ratio": o.min_lr / o.lr,
     }
+
+
+def start_schedule(scheduler, cfg: LitesparkConfig) -> None:
+    """Without a warm-up (``optim.warmup_iters=0``), put a new ``WarmupCosineLR`` of
+    :func:`scheduler_params` at its iteration 0, so that step 1 trains at ``optim.lr`` rather than the
+    0 it gives before its first ``step()``.  A resumed run's scheduler state replaces this."""
+    if not cfg.optim.warmup_iters:
+        scheduler.step(0)

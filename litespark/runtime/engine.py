@@ -20,7 +20,7 @@ import torch
 import deepspeed_patches
 from litespark.config import RunPlan
 from litespark.log import get_logger
-from litespark.runtime.deepspeed_config import to_deepspeed_config
+from litespark.runtime.deepspeed_config import start_schedule, to_deepspeed_config
 from litespark.runtime.megatron_mpu import MegatronMPU
 
 log = get_logger(__name__)
@@ -104,6 +104,7 @@ def build_engine(plan: RunPlan, model: torch.nn.Module, load_universal: bool = F
         )
     if printed.getvalue():
         log.debug("deepspeed.initialize printed:\n%s", printed.getvalue().rstrip())
+    start_schedule(scheduler, cfg)
     if plan.fp32_grad_accumulation:
         from litespark.runtime.fp32_grads import link_fp32_main_grads
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -144,6 +145,35 @@ def test_deepspeed_batch_and_schedule_follow_config():
     assert sched["cos_min_ratio"] == pytest.approx(0.1)
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95]
     assert ds["bf16"]["enabled"] is False  # tiny trains in fp32
+
+
+def _learning_rates(*sets: str) -> list[float]:
+    """The learning rate of each optimizer step under DeepSpeed's scheduler with these settings."""
+    import torch
+    from deepspeed.runtime.lr_schedules import WarmupCosineLR
+
+    from litespark.runtime.deepspeed_config import scheduler_params, start_schedule
+
+    cfg = apply_overrides(get_preset("tiny"), ["optim.lr=1e-3", "optim.min_lr=0", *sets])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    sched = WarmupCosineLR(opt, **scheduler_params(cfg))
+    start_schedule(sched, cfg)  # as build_engine does
+    rates = []
+    for _ in range(cfg.run.train_iters):
+        rates.append(opt.param_groups[0]["lr"])  # what this step's update uses
+        opt.step()
+        sched.step()
+    return rates
+
+
+def test_no_warmup_trains_from_the_first_step_and_decays_to_the_end():
+    rates = _learning_rates("optim.warmup_iters=0", "run.train_iters=10")
+    assert rates[0] == pytest.approx(1e-3) and rates[1] == pytest.approx(1e-3)  # not 0 and half
+    assert all(a > b for a, b in itertools.pairwise(rates[1:])), rates  # then the cosine, down
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    # A warm-up is DeepSpeed's own: the step before its first step() and its first iteration at 0.
+    warm = _learning_rates("optim.warmup_iters=4", "run.train_iters=10")
+    assert warm[:5] == pytest.approx([0.0, 0.0, 2.5e-4, 5e-4, 7.5e-4])
 
 
 def test_deepspeed_accepts_the_config(dist_world_1):

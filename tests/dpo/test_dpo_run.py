@@ -59,7 +59,7 @@ def _trl_steps(hf_dir, run_dir, options: dict) -> list[dict]:
     from trl import DPOConfig, DPOTrainer
 
     from litespark.config import from_dict
-    from litespark.runtime.deepspeed_config import scheduler_params
+    from litespark.runtime.deepspeed_config import scheduler_params, start_schedule
 
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     o = cfg.optim
@@ -67,6 +67,8 @@ def _trl_steps(hf_dir, run_dir, options: dict) -> list[dict]:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay
     )
+    schedule = WarmupCosineLR(optimizer, **scheduler_params(cfg))
+    start_schedule(schedule, cfg)
     args = DPOConfig(
         output_dir=str(run_dir.parent / "trl"),
         report_to=[],
@@ -87,7 +89,7 @@ def _trl_steps(hf_dir, run_dir, options: dict) -> list[dict]:
         args=args,
         train_dataset=Dataset.from_list(PAIRS),
         processing_class=AutoTokenizer.from_pretrained(hf_dir),
-        optimizers=(optimizer, WarmupCosineLR(optimizer, **scheduler_params(cfg))),
+        optimizers=(optimizer, schedule),
     )
     trainer.train()
     return [h for h in trainer.state.log_history if "loss" in h]
@@ -104,8 +106,8 @@ def _trl_steps(hf_dir, run_dir, options: dict) -> list[dict]:
 )
 def test_the_first_steps_equal_trl_dpo_trainer(hf_llama_dir, tmp_path, options):
     """Step 1 (policy = reference) equals TRL's to 1e-4 in the loss and every metric, and so do the
-    next five steps' after AdamW updates (the schedule is DeepSpeed's ``WarmupCosineLR`` on both
-    sides, whose first two steps have learning rate 0).  Measured: 1e-6 relative on the losses and
+    next five steps' after AdamW updates (the schedule is DeepSpeed's ``WarmupCosineLR`` with the
+    run's parameters on both sides).  Measured: 1e-6 relative on the losses and
     5e-6 on the margins, the two models computing the same function with other kernels (Megatron's
     fused QKV and RoPE against transformers'); the bound is 1e-4 so that a real difference, such as a
     softmax over the padded vocabulary (1% on these log-probabilities), fails."""
@@ -219,8 +221,12 @@ def test_bad_pairs_are_counted_the_export_is_the_model_and_unusable_input_is_one
     ]
     data = write_jsonl(tmp_path / "prefs.jsonl", good + bad, ["not json"])
     run = tmp_path / "run"
-    # One step at DeepSpeed's first learning rate (0): the export is the Hugging Face model it started from.
-    _dpo(data, run, "--train-iters", "1", "--export-hf", str(tmp_path / "export"), hf_dir=hf_llama_dir)
+    # One step inside a warm-up (DeepSpeed's first learning rate is 0): the export is the Hugging Face
+    # model it started from.
+    _dpo(
+        data, run, "--train-iters", "1", "--set", "optim.warmup_iters=1", "--export-hf", str(tmp_path / "export"),
+        hf_dir=hf_llama_dir,
+    )  # fmt: skip
     _assert_same_weights(hf_llama_dir, tmp_path / "export")
     manifest = json.loads((run / "dpo_data" / "manifest.json").read_text())
     assert manifest["lines"] == len(good) + len(bad) + 1 and manifest["examples"] == len(good)
