@@ -34,6 +34,8 @@ from litespark.training.kernel_timeline import (  # noqa: F401 - re-exported: th
     family,
     gap_histogram,
     idle_gaps,
+    idle_report,
+    kernel_times,
 )
 
 
@@ -326,12 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     host_ms = {name: 1e3 * sum(ts) / args.steps for name, ts in host.items()}
     syncs = find_sync_sites(lambda: built.step(batches(args.warmup + args.steps)))
 
-    per_kernel: dict[str, float] = defaultdict(float)
-    timeline = []
-    for evt in prof.events():
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[evt.key] += evt.time_range.elapsed_us() / 1e3  # us -> ms
-            timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
+    per_kernel, timeline = kernel_times(prof.events())
     attributed = costliest_outside(per_kernel, top=args.launch_sites)
     sites = {}
     if attributed:
@@ -347,8 +344,6 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
         cpu_ops = [evt for evt in traced.events() if evt.device_type == torch.autograd.DeviceType.CPU]
         sites = launch_sites(cpu_ops, set(attributed))
-    gaps = idle_gaps(timeline)
-    first = min((t[0] for t in timeline), default=0.0)
     busy = sum(per_kernel.values())
     steps = args.steps
     wall_ms = 1e3 * wall / steps
@@ -365,14 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "families_ms_per_step": {k: v / steps for k, v in families_of(per_kernel).items()},
         "kernels_ms_per_step": {k: v / steps for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])},
         "kernel_launches_per_step": len(timeline) / steps,
-        "idle_ms_per_step": sum(length for _, length, _, _ in gaps) / 1e3 / steps,
-        "idle_by_length": {
-            k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()
-        },
-        "longest_idle": [
-            {"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
-            for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:20]
-        ],
+        **idle_report(timeline, steps, longest=20),
         "host_ms_per_step": host_ms,
         "device_syncs_in_one_step": syncs,
         # ms summed over the one step profiled with stacks, per kernel and launching site

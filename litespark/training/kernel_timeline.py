@@ -82,3 +82,34 @@ def families_of(kernels_ms: dict[str, float]) -> dict[str, float]:
     for name, ms in kernels_ms.items():
         by_family[family(name)] += ms
     return dict(sorted(by_family.items(), key=lambda kv: -kv[1]))
+
+
+def kernel_times(events) -> tuple[dict[str, float], list[tuple[float, float, str]]]:
+    """The CUDA kernels among the PyTorch profiler's ``events`` (``prof.events()``): milliseconds per
+    kernel name, and the ``(start_us, end_us, name)`` timeline that :func:`idle_gaps` reads."""
+    import torch
+
+    per_kernel: dict[str, float] = defaultdict(float)
+    timeline = []
+    for evt in events:
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[evt.key] += evt.time_range.elapsed_us() / 1e3  # us -> ms
+            timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
+    return per_kernel, timeline
+
+
+def idle_report(timeline: list[tuple[float, float, str]], steps: int, longest: int) -> dict:
+    """The stretches with no kernel in ``timeline`` over ``steps`` steps: ``idle_ms_per_step``,
+    ``idle_by_length`` (per step) and the ``longest`` ones with the kernels on either side."""
+    gaps = idle_gaps(timeline)
+    first = min((t[0] for t in timeline), default=0.0)
+    return {
+        "idle_ms_per_step": sum(length for _, length, _, _ in gaps) / 1e3 / steps,
+        "idle_by_length": {
+            k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()
+        },
+        "longest_idle": [
+            {"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
+            for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:longest]
+        ],
+    }

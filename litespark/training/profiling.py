@@ -32,7 +32,7 @@ import torch
 
 from litespark.files import atomic_write_text
 from litespark.log import get_logger
-from litespark.training.kernel_timeline import families_of, family, gap_histogram, idle_gaps
+from litespark.training.kernel_timeline import families_of, family, idle_report, kernel_times
 
 log = get_logger(__name__)
 
@@ -45,20 +45,14 @@ def summarize(events, steps: int, wall_s: float, tokens: int) -> dict:
     """The report of ``steps`` profiled steps that took ``wall_s`` and ``tokens`` (real tokens, all of
     this rank's micro-batches): ``events`` are the profiler's (``prof.events()``), CUDA kernels and
     CPU-side CUDA runtime calls among them."""
-    per_kernel: dict[str, float] = defaultdict(float)
+    per_kernel, timeline = kernel_times(events)
     runtime: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    timeline = []
     for evt in events:
-        us = evt.time_range.elapsed_us()
-        if evt.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[evt.key] += us / 1e3
-            timeline.append((evt.time_range.start, evt.time_range.end, evt.key))
-        elif evt.key.startswith("cuda") and not evt.key.startswith("cudaGetDevice"):
+        host_call = evt.device_type != torch.autograd.DeviceType.CUDA and evt.key.startswith("cuda")
+        if host_call and not evt.key.startswith("cudaGetDevice"):
             calls = runtime[evt.key]
             calls[0] += 1
-            calls[1] += us / 1e3
-    gaps = idle_gaps(timeline)
-    first = min((t[0] for t in timeline), default=0.0)
+            calls[1] += evt.time_range.elapsed_us() / 1e3
     busy = sum(per_kernel.values())
     return {
         "steps": steps,
@@ -71,14 +65,7 @@ def summarize(events, steps: int, wall_s: float, tokens: int) -> dict:
         "kernels_ms_per_step": {
             k: v / steps for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
         },
-        "idle_ms_per_step": sum(length for _, length, _, _ in gaps) / 1e3 / steps,
-        "idle_by_length": {
-            k: {"count": v["count"] / steps, "ms": v["ms"] / steps} for k, v in gap_histogram(gaps).items()
-        },
-        "longest_idle": [
-            {"at_ms": (start - first) / 1e3, "ms": length / 1e3, "after": before, "before": after}
-            for start, length, before, after in sorted(gaps, key=lambda gap: -gap[1])[:LONGEST_IDLE]
-        ],
+        **idle_report(timeline, steps, longest=LONGEST_IDLE),
         "cuda_runtime_ms_per_step": {
             name: {"calls": n / steps, "ms": ms / steps}
             for name, (n, ms) in sorted(runtime.items(), key=lambda kv: -kv[1][1])[:TOP_RUNTIME_CALLS]
