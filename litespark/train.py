@@ -265,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(print_config(cfg, world_size, args.gpu))
         return 0
-    run_plan = resolve(cfg, world_size)
+    from litespark.log import setup_logging
+    from litespark.planner.probe import startup_probe
+
+    setup_logging()  # the start-up probe logs
+    run_plan = resolve(cfg, world_size, probe=None if args.smoke else startup_probe(cfg, world_size))
     if args.smoke:
         result = smoke_step(run_plan)
         print(yaml.safe_dump({"smoke": result}, sort_keys=False).rstrip())

@@ -33,6 +33,7 @@ from litespark.config.schema import ConfigError, LitesparkConfig
 from litespark.config.validate import validate
 
 if TYPE_CHECKING:
+    from litespark.planner import Probe
     from litespark.planner.gpus import Gpu
 
 Backend = Literal["te", "torch"]
@@ -74,14 +75,20 @@ class RunPlan:
 
 
 def resolve(
-    cfg: LitesparkConfig, world_size: int = 1, *, backend: str | None = None, gpu: Gpu | None = None
+    cfg: LitesparkConfig,
+    world_size: int = 1,
+    *,
+    backend: str | None = None,
+    gpu: Gpu | None = None,
+    probe: Probe | None = None,
 ) -> RunPlan:
     """Validate ``cfg`` and decide its automatic settings for ``world_size`` processes; ConfigError
     (one line) when the config is invalid or cannot run so.
 
     ``backend`` and ``gpu`` stand for the host: ``kernels.backend='auto'`` becomes ``backend`` (default:
     what this host runs), and an automatic micro-batch is the planner's for ``gpu`` (default: this
-    host's GPU).  The config is not changed."""
+    host's GPU), with ``probe`` trying the faster candidates the planner is unsure of (the training
+    launch passes one: :mod:`litespark.planner.probe`).  The config is not changed."""
     validate(cfg)
     chosen = cfg.kernels.backend if cfg.kernels.backend != "auto" else (backend or host_backend())
     refusal = backend_refusal(cfg, chosen)
@@ -89,7 +96,7 @@ def resolve(
         raise ConfigError(refusal)
     micro_batch, source = cfg.data.micro_batch_size, "data.micro_batch_size"
     if micro_batch is None:
-        micro_batch, source = _automatic_micro_batch(cfg, world_size, chosen, gpu)
+        micro_batch, source = _automatic_micro_batch(cfg, world_size, chosen, gpu, probe)
     return plan_for(cfg, world_size, chosen, micro_batch, source)
 
 
@@ -139,16 +146,17 @@ def plan_for(
     )
 
 
-def _automatic_micro_batch(cfg: LitesparkConfig, world_size: int, backend: str, gpu: Gpu | None) -> tuple[int, str]:
+def _automatic_micro_batch(
+    cfg: LitesparkConfig, world_size: int, backend: str, gpu: Gpu | None, probe: Probe | None
+) -> tuple[int, str]:
     """What ``data.micro_batch_size=None`` becomes, and why: the planner's choice for ``gpu`` (this
     host's by default) on the te backend; 1 on the torch backend, which the planner does not model."""
     if backend != "te":
         return 1, "automatic: 1 on the torch backend"
-    from litespark.planner import choose_micro_batch
+    from litespark.planner import automatic_micro_batch
     from litespark.planner.gpus import gpu_of_this_host
 
     gpu = gpu or gpu_of_this_host()
     if gpu is None:
         raise ConfigError("data.micro_batch_size=null (automatic) needs a CUDA device to plan for (or --gpu)")
-    mb = choose_micro_batch(cfg, world_size, gpu)
-    return mb, f"automatic: the fastest that the planner fits in {gpu.name} ({gpu.memory_gib:.0f} GiB)"
+    return automatic_micro_batch(cfg, world_size, gpu, probe)

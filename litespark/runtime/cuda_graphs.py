@@ -241,7 +241,7 @@ def capture_layer_graphs(model: Any, plan: RunPlan, warmup_iters: int = 3) -> li
     torch.cuda.synchronize()
     log.info(
         "captured CUDA graphs for %d of %d layers (micro-batch %d x %d tokens) in %.1f s; GPU memory now "
-        "%.1f GiB allocated, %.1f GiB reserved",
+        "%.1f GiB allocated, %.1f GiB reserved, of which the graph pool %.2f GiB",
         len(layers),
         len(model.decoder.layers),
         mb,
@@ -249,5 +249,13 @@ def capture_layer_graphs(model: Any, plan: RunPlan, warmup_iters: int = 3) -> li
         time.perf_counter() - t0,
         torch.cuda.memory_allocated() / 2**30,
         torch.cuda.memory_reserved() / 2**30,
+        graph_pool_bytes() / 2**30,
     )
     return installed
+
+
+def graph_pool_bytes() -> int:
+    """Bytes the caching allocator holds in private (CUDA-graph) pools on this device."""
+    return sum(
+        s["total_size"] for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)
+    )
