@@ -39,8 +39,9 @@ log = get_logger(__name__)
 PROBE_STEPS = 2
 """Optimizer steps the child runs: the first allocates Adam's moments (and captures CUDA graphs),
 the second runs with everything resident."""
-PROBE_MEMORY_SHARE = 0.98
-"""Largest share of the device's memory the probe's peak may reserve for the candidate to be taken."""
+PROBE_MEMORY_SHARE = 0.99
+"""Largest share of the device's memory the probe's peak may reserve for the candidate to be taken
+(llama-3b at micro-batch 2 trains at 98.1% of an H100's, measured)."""
 PROBE_TIMEOUT_S = 1800
 
 
