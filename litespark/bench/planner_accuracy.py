@@ -51,8 +51,8 @@ CONFIGS: list[tuple[str, str, list[str]]] = [
         )
         for mb in (2, 4)
     ),
-    # CUDA-graph rows held out from the graph-pool term (written from memory_peak's diagnostics of the
-    # micro-batch-2 rows above):
+    # CUDA-graph rows held out from the BF16-gradient memory term (written from memory_peak's
+    # diagnostics of the micro-batch-2 rows above; benchmarks/results/planner_graphs_20261207):
     ("llama-3b FP8, micro-batch 1 (CUDA graphs)", "llama-3b", ["data.micro_batch_size=1"]),
     ("llama-3b BF16, micro-batch 1 (CUDA graphs)", "llama-3b", ["precision.fp8=false", "data.micro_batch_size=1"]),
     *(

@@ -9,8 +9,10 @@ by its tensor-parallel rank, d the data-parallel size and T = micro-batch x sequ
 - optimizer: fp32 master weights and Adam's two moments, 12 bytes per parameter over d (8 in fp32
   training, where the weights are the master copy);
 - gradients: fp32 buffers of the whole model (``precision.fp32_grad_accumulation``: 4 bytes), else
-  BF16 gradients (ZeRO-1: whole; ZeRO-2/3: 1/d, plus DeepSpeed's reduce bucket) and the optimizer
-  step's fp32 copy of one parameter group (``zero_sub_group_size`` x 4 bytes);
+  the parameters' BF16 gradients (ZeRO-1: whole; ZeRO-2/3: 1/d), and, in ZeRO-1/2, DeepSpeed's
+  contiguous BF16 copy of this rank's 1/d of them and its reduce buckets (two with
+  ``overlap_comm``), and the optimizer step's fp32 copy of one parameter group
+  (``zero_sub_group_size`` x 4 bytes);
 - FP8 weight caches: an FP8 copy and an FP8 transpose of every FP8 weight, 2 bytes per parameter;
 - activations, per layer and token (h hidden, f FFN, kv the key/value width, a the bytes of a GEMM
   input: 1 in FP8, 2 in BF16): the RMSNorm inputs (2 x 2h), the GEMM inputs (a h for QKV and FC1,
@@ -29,13 +31,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from litespark.config import LitesparkConfig, RunPlan
+from litespark.runtime.deepspeed_config import BUCKET_ELEMENTS, OVERLAP_COMM
 from litespark.training.metrics import count_parameters
 
 GIB = 2**30
 WORKSPACE_BYTES = 1.0 * GIB
 """cuBLAS and TE workspaces, RNG states, the allocator's rounding: a fixed allowance."""
-REDUCE_BUCKET_ELEMENTS = 500_000_000
-"""DeepSpeed's reduce bucket (litespark.runtime.deepspeed_config), BF16 elements, ZeRO-2."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,12 @@ def estimate_memory(plan: RunPlan) -> MemoryEstimate:
     else:
         grad_shard = 1 if par.zero_stage == 1 else dp
         gradients = params * weight_bytes / grad_shard
-        if par.zero_stage == 2:
-            gradients += REDUCE_BUCKET_ELEMENTS * weight_bytes
+        if par.zero_stage in (1, 2):
+            # DeepSpeed's grads_in_partition (ZeRO-2: the gradients above are views of it) and its
+            # reduce buckets, both allocated at the first backward and kept for the run.
+            if par.zero_stage == 1:
+                gradients += params * weight_bytes / dp
+            gradients += (2 if OVERLAP_COMM else 1) * BUCKET_ELEMENTS * weight_bytes
         if prec.bf16:
             group = min(plan.zero_sub_group_size or params, params / dp)
             gradients += group * 4

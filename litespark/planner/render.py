@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 
 from litespark.config import ConfigError, LitesparkConfig
-from litespark.planner import MEMORY_HEADROOM, Candidate, best, plan_candidates
+from litespark.planner import MEMORY_ERROR, MEMORY_HEADROOM, Candidate, best, plan_candidates, to_probe
 from litespark.planner.gpus import Gpu
 
 _TERMS = ("weights", "optimizer", "gradients", "fp8_caches", "activations", "logits", "workspace")
@@ -35,7 +35,7 @@ def render_plan(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
             f"| {c.plan.micro_batch_size}{mark} | {'yes' if c.plan.cuda_graphs else 'no'} | "
             f"{'yes' if c.plan.fp32_grad_accumulation else 'no'} | "
             + " | ".join(f"{g[t]:.1f}" for t in _TERMS)
-            + f" | {g['total']:.1f} | {'yes' if c.fits else 'no'} | {c.speed.tokens_per_s_per_gpu:,.0f} | "
+            + f" | {g['total']:.1f} | {c.verdict} | {c.speed.tokens_per_s_per_gpu:,.0f} | "
             f"{100 * c.speed.mfu:.1f}% |"
         )
     lines.append("")
@@ -44,6 +44,17 @@ def render_plan(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
     else:
         terms = ", ".join(f"{k} {v:.3f}" for k, v in chosen.speed.terms.items() if v)
         lines.append(f"automatic micro-batch: {chosen.plan.micro_batch_size}; seconds per step by cost: {terms}")
+    unsure = to_probe(candidates)
+    if unsure:
+        lines.append(
+            f"unsure: micro-batch {', '.join(str(c.plan.micro_batch_size) for c in unsure)} (within the memory "
+            f"model's {MEMORY_ERROR:.0%} error of the device): "
+            + (
+                "the launch probes it at start-up and takes it if it runs"
+                if world_size == 1
+                else f"a launch of {world_size} processes does not probe; pin data.micro_batch_size to try it"
+            )
+        )
     return "\n".join(lines)
 
 

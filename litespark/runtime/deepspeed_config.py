@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from litespark.config import LitesparkConfig, RunPlan
 
-# Bucket sizes (elements) for gradient reduction and parameter all-gather; 5e8 is DeepSpeed's own
-# default, written out so that the snapshot says what runs.
-_BUCKET = 500_000_000
+BUCKET_ELEMENTS = 500_000_000
+"""Bucket size (elements) for gradient reduction and parameter all-gather: DeepSpeed's own default,
+written out so that the snapshot says what runs (the planner counts the reduce buckets with it)."""
+OVERLAP_COMM = True
+"""ZeRO's ``overlap_comm``: reduction overlaps the backward, in two reduce buckets instead of one."""
 
 
 def to_deepspeed_config(plan: RunPlan) -> dict:
@@ -21,14 +23,14 @@ def to_deepspeed_config(plan: RunPlan) -> dict:
     o, par, prec, d = cfg.optim, cfg.parallel, cfg.precision, cfg.data
     zero: dict = {
         "stage": par.zero_stage,
-        "overlap_comm": True,
+        "overlap_comm": OVERLAP_COMM,
         "contiguous_gradients": True,
         "reduce_scatter": True,
-        "reduce_bucket_size": _BUCKET,
+        "reduce_bucket_size": BUCKET_ELEMENTS,
     }
     if par.zero_stage in (1, 2):
         zero["allgather_partitions"] = True
-        zero["allgather_bucket_size"] = _BUCKET
+        zero["allgather_bucket_size"] = BUCKET_ELEMENTS
     else:
         zero.update(
             {

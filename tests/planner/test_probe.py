@@ -12,7 +12,7 @@ from litespark.config import ConfigError, apply_overrides, plan_for, resolve
 from litespark.config.presets import get_preset
 from litespark.planner import MEMORY_ERROR, ProbeResult, automatic_micro_batch, plan_candidates, to_probe
 from litespark.planner.gpus import Gpu, parse_gpu
-from litespark.planner.probe import PROBE_STEPS, probe_config, read_probe, run_probe, startup_probe
+from litespark.planner.probe import PROBE_MICRO_BATCHES, PROBE_STEPS, probe_config, read_probe, run_probe, startup_probe
 
 # llama-3b (global batch 8) is predicted at 130.2 GiB with micro-batch 8 and 93.6 with 4: on a GPU of
 # 131 GiB, 8 is within the model's error of the memory (unsure) and 4 surely fits.
@@ -99,8 +99,9 @@ def test_the_childs_config_runs_the_candidate_alone(tmp_path):
     cfg = apply_overrides(
         get_preset("llama-3b"), ["data.source=indexed", "data.prefixes=/data/a", "run.eval_interval=50"]
     )
-    c = probe_config(cfg, 4, tmp_path)
-    assert (c.data.source, c.data.prefixes, c.data.micro_batch_size, c.data.global_batch_size) == ("mock", [], 4, 4)
+    c = probe_config(cfg, 2, tmp_path)
+    # The preset's global batch 8 is 4 micro-batches of 2: the probe steps accumulate all of them.
+    assert (c.data.source, c.data.prefixes, c.data.micro_batch_size, c.data.global_batch_size) == ("mock", [], 2, 8)
     assert (c.run.train_iters, c.run.eval_interval, c.checkpoint.enabled, c.checkpoint.resume) == (
         PROBE_STEPS,
         0,
@@ -109,6 +110,12 @@ def test_the_childs_config_runs_the_candidate_alone(tmp_path):
     )
     assert c.model == cfg.model and c.precision == cfg.precision and c.kernels == cfg.kernels
     assert cfg.data.source == "indexed"  # the run's own config is untouched
+
+
+def test_the_probe_accumulates_at_most_probe_micro_batches(tmp_path):
+    cfg = apply_overrides(get_preset("llama-3b"), ["data.global_batch_size=256"])
+    assert probe_config(cfg, 2, tmp_path).data.global_batch_size == 2 * PROBE_MICRO_BATCHES
+    assert probe_config(cfg, 256, tmp_path).data.global_batch_size == 256
 
 
 def _metrics(run_dir, peaks, key="peak_reserved_gib"):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What is alive at the peak of the CUDA-graph rows (and of one eager control with the same optimizer
-# path), for writing the planner's graph-pool term.  Run on the GPU host from the repository root,
+# path), to find what the planner missed in them.  Run on the GPU host from the repository root,
 # with PYTHONPATH=/tmp/site:$PWD; writes OUT/diagnose/.
 set -uo pipefail
 OUT=${OUT:?}/diagnose; mkdir -p "$OUT"
