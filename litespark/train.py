@@ -24,6 +24,7 @@ import yaml
 
 from litespark.config import ConfigError, LitesparkConfig, RunPlan, resolve, to_dict
 from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
+from litespark.runtime.allocator import use_expandable_segments
 from litespark.training.metrics import count_parameters, flops_per_token
 
 
@@ -256,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan is not None:
         print(plan(cfg, args.plan, args.gpu, args.plan_layouts))
         return 0
-    # Before CUDA initialises (the automatic micro-batch asks for the GPU's memory): ZeRO's large flat
-    # buffers fragment the default allocator, leaving reserved memory that no allocation can use.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_expandable_segments()  # before CUDA initialises: the automatic micro-batch asks for the GPU's memory
     from litespark.runtime.distributed import launched_world_size
 
     world_size = launched_world_size()  # under srun, SLURM_NTASKS: WORLD_SIZE is set later, by init_distributed

@@ -17,7 +17,6 @@ import argparse
 import copy
 import datetime
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 from litespark.config import ConfigError, resolve, to_dict
 from litespark.config.cli import add_config_args, load_config, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.log import get_logger, setup_logging
+from litespark.runtime.allocator import use_expandable_segments
 
 log = get_logger(__name__)
 EXIT_OOM = 3
@@ -239,5 +239,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_expandable_segments()
     sys.exit(main())

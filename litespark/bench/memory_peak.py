@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from litespark.log import get_logger, setup_logging
+from litespark.runtime.allocator import use_expandable_segments
 
 log = get_logger(__name__)
 
@@ -140,9 +141,7 @@ def to_markdown(report: dict, top: int = 25) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The allocator python -m litespark.train runs with: without expandable segments the reserved
-    # peak of the same run differs by fragmentation (llama-30b width, 4 layers: 66.6 against 59.4 GiB).
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_expandable_segments()  # the allocator python -m litespark.train runs with
     import torch
 
     from litespark.config import apply_overrides, resolve

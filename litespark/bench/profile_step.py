@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from litespark.runtime.allocator import use_expandable_segments
 from litespark.training.kernel_timeline import (  # noqa: F401 - re-exported: the CLI and its tests read them here
     FAMILIES,
     GAP_BUCKETS_US,
@@ -285,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.micro_batch is None:
         p.error("--micro-batch is required")
     quiet_optional_dependency_warnings()
-    # As the benchmark's workers run (litespark.bench.worker): without it the larger micro-batches
-    # that the benchmark fits run out of memory here.
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_expandable_segments()  # as the benchmark's workers run (litespark.bench.worker)
     if not torch.cuda.is_available():
         print("profile_step.py: error: needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from litespark.runtime.allocator import use_expandable_segments
 
 EXIT_OOM = 3
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     quiet_optional_dependency_warnings()
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_expandable_segments()
     plan = resolve(from_dict(json.loads(Path(args.config_json).read_text())))
     cfg = plan.config
     out = Path(args.out)

@@ -20,13 +20,13 @@ then ``--set``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from litespark.config import ConfigError, LitesparkConfig
 from litespark.config.cli import add_config_args, quiet_optional_dependency_warnings, user_errors_exit_2
 from litespark.log import get_logger
+from litespark.runtime.allocator import use_expandable_segments
 
 log = get_logger(__name__)
 
@@ -148,7 +148,7 @@ def run_finetuning(argv: list[str] | None, source: str, defaults: list[str], doc
     if args.preflight is not None:
         print(preflight(cfg, args.preflight, args.gpu))
         return 0
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    use_expandable_segments()
     from litespark.config import resolve
     from litespark.runtime.distributed import launched_world_size
 
