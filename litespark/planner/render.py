@@ -9,6 +9,7 @@ import copy
 from litespark.config import ConfigError, LitesparkConfig
 from litespark.planner import MEMORY_ERROR, MEMORY_HEADROOM, Candidate, best, plan_candidates, to_probe
 from litespark.planner.gpus import Gpu
+from litespark.planner.probe import startup_probe
 
 _TERMS = ("weights", "optimizer", "gradients", "fp8_caches", "activations", "logits", "workspace")
 
@@ -51,8 +52,10 @@ def render_plan(cfg: LitesparkConfig, world_size: int, gpu: Gpu) -> str:
             f"model's {MEMORY_ERROR:.0%} error of the device): "
             + (
                 "the launch probes it at start-up and takes it if it runs"
-                if world_size == 1
+                if startup_probe(cfg, world_size) is not None
                 else f"a launch of {world_size} processes does not probe; pin data.micro_batch_size to try it"
+                if world_size > 1
+                else "SFT and DPO launches do not probe; pin data.micro_batch_size to try it"
             )
         )
     return "\n".join(lines)

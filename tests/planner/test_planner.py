@@ -149,6 +149,25 @@ def test_plan_command_prints_the_table_and_refuses_bad_input(capsys):
     assert main(["--preset", "llama-30b", "--plan", "32", "--gpu", "h200"]) == 0
     assert "unsure: micro-batch 4 " in (out := capsys.readouterr().out)
     assert "a launch of 32 processes does not probe" in out
+    # One process, but packed rows (SFT, DPO): no probe either, whatever the world size says.
+    assert (
+        main(
+            [
+                "--preset",
+                "llama-3b",
+                "--plan",
+                "1",
+                "--gpu",
+                "h100",
+                "--set",
+                "data.source=sft",
+                "--set",
+                "sft.data=corpus.jsonl",
+            ]
+        )
+        == 0
+    )
+    assert "SFT and DPO launches do not probe" in capsys.readouterr().out
     assert main(["--preset", "llama-30b", "--plan", "32", "--gpu", "h200", "--plan-layouts"]) == 0
     out = capsys.readouterr().out
     assert "layouts for llama-30b on 32 x H200" in out and "| 4 | 8 | 1 |" in out
